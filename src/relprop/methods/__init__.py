@@ -1,0 +1,1 @@
+"""Attribution methods: each composes a seed with a rule table."""

@@ -1,0 +1,50 @@
+"""Attribution Equilibrium: the hidden-convolution rule (algorithms.md §5.1-5.2, Q5, Q28)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .common import positive_negative, safe_divide, sample_sum, shift, unit_mass
+from .conv_ops import ConvGeometry
+
+
+def ae_conv(
+    a: Tensor, relevance: Tensor, weight: Tensor, geometry: ConvGeometry, ratio: float,
+    *, sectional: bool = True, structural_support: bool = True, keep_mass: bool = True,
+) -> Tensor:
+    """AE rule for a hidden convolution with kernel ``K = |W|``.
+
+    a: layer input (N, C, H, W); relevance: (N, O, h, w); weight: (O, C/g, kh, kw); returns (N, C, H, W).
+
+    ``P̂``, ``N̂`` are the positive and negative parts of the relevance, each scaled to unit mass per
+    sample.  ``C = Z(a⁺, K, r·P̂) − Z(a⁺, K, N̂)`` shares both through the same ``|w|·a⁺``
+    proportions; with ``sectional`` it is re-centred by ``Σ_s P̂`` (the authors' 1×1 branch uses
+    ``r = 1`` and no shift).  ``A`` spreads ``P̂`` over the active inputs (``a > 0``) and ``B`` spreads
+    ``−N̂`` over the inactive ones, both in proportion to ``|w|``.  The result sums to ``r − 2``
+    (sectional) or 0 per sample.  With ``keep_mass`` (quirk Q28) it is multiplied by the incoming
+    mass ``(Σ_s P + Σ_s N) / 2`` so that shares split upstream (residual adds, concatenations)
+    survive; on a chain this only changes the global scale.
+    """
+    kernel = weight.abs()
+    pos, neg = positive_negative(relevance)
+    pos_hat, neg_hat = unit_mass(pos), unit_mass(neg)
+    x = a.clamp(min=0)
+    active = (a > 0).to(a.dtype)
+    inactive = 1 - active
+    n = a.shape[0]
+    den = geometry.conv(torch.cat((x, active, inactive)), kernel)
+    r = ratio if sectional else 1.0
+    numerators = torch.cat((r * pos_hat - neg_hat, pos_hat, neg_hat))
+    spread = geometry.conv_t(safe_divide(numerators, den), kernel, (3 * n, *a.shape[1:]))
+    c = x * spread[:n]
+    if sectional:
+        if structural_support:
+            support = (a > 0) & geometry.reach(relevance != 0, a.shape, kernel.shape)
+        else:
+            support = c != 0
+        c = shift(c, sample_sum(pos_hat), support)
+    result = c + active * spread[n : 2 * n] - inactive * spread[2 * n :]
+    if keep_mass:
+        result = result * (sample_sum(pos) + sample_sum(neg)) / 2
+    return result

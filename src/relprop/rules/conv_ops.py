@@ -1,0 +1,80 @@
+"""Convolutions, their adjoints and per-sample variants for the rules.
+
+A :class:`ConvGeometry` holds a layer's stride, padding, dilation and groups; every helper honours
+all four (the authors' code ignores groups and dilation, quirk Q18).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+from .common import safe_divide
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Geometry of a 2-d convolution with symmetric zero padding."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def conv(self, x: Tensor, kernel: Tensor) -> Tensor:
+        """(N, C, H, W) x (O, C/g, kh, kw) -> (N, O, h, w), no bias."""
+        return F.conv2d(x, kernel, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def conv_t(self, y: Tensor, kernel: Tensor, input_shape: torch.Size) -> Tensor:
+        """Adjoint of :meth:`conv` w.r.t. its input: (N, O, h, w) -> ``input_shape``."""
+        return conv2d_input(input_shape, kernel, y, self.stride, self.padding, self.dilation, self.groups)
+
+    def reach(self, active_out: Tensor, input_shape: torch.Size, kernel_shape: torch.Size) -> Tensor:
+        """Input units whose receptive field holds an active output: bool (N, O, h, w) -> bool ``input_shape``."""
+        n, o = active_out.shape[:2]
+        g = self.groups
+        per_group = active_out.reshape(n, g, o // g, *active_out.shape[2:]).any(dim=2).to(torch.float32)
+        ones = torch.ones(g, 1, *kernel_shape[2:], dtype=per_group.dtype, device=per_group.device)
+        shape = (n, g, *input_shape[2:])
+        hits = conv2d_input(shape, ones, per_group, self.stride, self.padding, self.dilation, g)
+        return hits.repeat_interleave(input_shape[1] // g, dim=1) > 0.5
+
+    # Per-sample kernels: sample n is convolved with its own kernel kernels[n].  The batch is folded
+    # into the channel dimension and the convolution run with groups * N groups.
+
+    def conv_per_sample(self, x: Tensor, kernels: Tensor) -> Tensor:
+        """(N, C, H, W) x (N, O, C/g, kh, kw) -> (N, O, h, w)."""
+        n, o = kernels.shape[:2]
+        out = F.conv2d(
+            x.reshape(1, -1, *x.shape[2:]), kernels.reshape(n * o, *kernels.shape[2:]), None,
+            self.stride, self.padding, self.dilation, self.groups * n,
+        )
+        return out.reshape(n, o, *out.shape[2:])
+
+    def conv_t_per_sample(self, y: Tensor, kernels: Tensor, input_shape: torch.Size) -> Tensor:
+        """Adjoint of :meth:`conv_per_sample` w.r.t. its input: (N, O, h, w) -> ``input_shape``."""
+        n, o = kernels.shape[:2]
+        out = conv2d_input(
+            (1, n * input_shape[1], *input_shape[2:]), kernels.reshape(n * o, *kernels.shape[2:]),
+            y.reshape(1, n * o, *y.shape[2:]), self.stride, self.padding, self.dilation, self.groups * n,
+        )
+        return out.reshape(input_shape)
+
+    def wgrad_per_sample(self, x: Tensor, y: Tensor, kernel_shape: torch.Size) -> Tensor:
+        """Per-sample adjoint w.r.t. the kernel: ``out[n] = Σ_positions y[n] ⊗ x[n]`` -> (N, O, C/g, kh, kw)."""
+        n = x.shape[0]
+        o = kernel_shape[0]
+        out = conv2d_weight(
+            x.reshape(1, -1, *x.shape[2:]), (n * o, *kernel_shape[1:]), y.reshape(1, n * o, *y.shape[2:]),
+            self.stride, self.padding, self.dilation, self.groups * n,
+        )
+        return out.reshape(n, *kernel_shape)
+
+
+def z_rule(x: Tensor, kernel: Tensor, relevance: Tensor, geometry: ConvGeometry) -> Tensor:
+    """``x ⊙ convᵀ(R ⊘ conv(x, K), K)``: each output's relevance shared in proportion to ``x_i K_i``."""
+    return x * geometry.conv_t(safe_divide(relevance, geometry.conv(x, kernel)), kernel, x.shape)
