@@ -142,6 +142,15 @@ class ModelGraph:
         return last
 
 
+    def display_name(self, name: str) -> str:
+        """The shortest module path whose output is op ``name`` (``'layer4'`` rather than its last ReLU)."""
+        stack = self.by_name[name].node.meta.get("nn_module_stack") or {}
+        for path, _ in stack.values():
+            if self.resolve(path) == name:
+                return path
+        return self.by_name[name].path
+
+
 def _trace(model: nn.Module) -> fx.Graph:
     """Symbolically trace ``model`` in eval mode (restoring every module's flag afterwards)."""
     flags = {m: m.training for m in model.modules()}

@@ -58,7 +58,9 @@ def resolve_targets(target: Target, logits: Tensor) -> Tensor:
             raise InputError(f"target must have one entry per sample ({n}); got shape {tuple(target.shape)}.")
     else:
         try:
-            values = [int(v) for v in target]  # type: ignore[union-attr]
+            if isinstance(target, (str, bytes)):
+                raise TypeError(target)
+            values = [_index(v) for v in target]  # type: ignore[union-attr]
         except TypeError as exc:
             raise InputError(
                 f"target must be None, an int, a sequence of ints or a LongTensor; got {type(target).__name__}."
@@ -72,3 +74,10 @@ def resolve_targets(target: Target, logits: Tensor) -> Tensor:
             f"target {t[bad][0].item()} is out of range: the model has {classes} classes (0..{classes - 1})."
         )
     return t
+
+
+def _index(v: object) -> int:
+    """An integer class index from a Python or numpy integer (or 0-d integer tensor)."""
+    if isinstance(v, bool) or not hasattr(v, "__index__"):
+        raise TypeError(v)
+    return int(v.__index__())  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..errors import InputError, UnsupportedLayerError
+from ..errors import InputError, RelpropError, UnsupportedLayerError
 from ..forward import ForwardRecord, record_forward
 from ..graph import (
     ADD, AVGPOOL, BATCHNORM, CAT, CONSTANT, CONV, INPUT, LAYOUT, LINEAR, MAXPOOL, POINTWISE, ModelGraph, Op,
@@ -85,7 +85,7 @@ class RelevancePropagation:
             self.seed_op = authors_seed_layer(model, self.graph)
         else:
             self.seed_op = default_seed_layer(self.graph)
-        self.seed_layer = self.graph.by_name[self.seed_op].path
+        self.seed_layer = self.graph.display_name(self.seed_op)
         self._plan = self._make_plan()
 
     # ----------------------------------------------------------------- method-specific parts
@@ -131,7 +131,13 @@ class RelevancePropagation:
             seed = self._normalise_seed(channel_contribution(record.seed.detach(), grad))
             del grad, picked
             record.logits = record.logits.detach()
-            return self._walk(seed, record, x)
+            result = self._walk(seed, record, x)
+        if not torch.isfinite(result).all():
+            raise RelpropError(
+                f"{self.name} relevance overflowed {x.dtype} on {type(self.model).__name__} (its magnitude "
+                "grows with depth); explain in float64 (model.double(), x.double()) or pick a later seed_layer."
+            )
+        return result
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, seed_layer={self.seed_layer!r}, mode={self.mode!r})"

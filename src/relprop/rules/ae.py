@@ -22,9 +22,10 @@ def ae_conv(
     proportions; with ``sectional`` it is re-centred by ``Σ_s P̂`` (the authors' 1×1 branch uses
     ``r = 1`` and no shift).  ``A`` spreads ``P̂`` over the active inputs (``a > 0``) and ``B`` spreads
     ``−N̂`` over the inactive ones, both in proportion to ``|w|``.  The result sums to ``r − 2``
-    (sectional) or 0 per sample.  With ``keep_mass`` (quirk Q28) it is multiplied by the incoming
-    mass ``(Σ_s P + Σ_s N) / 2`` so that shares split upstream (residual adds, concatenations)
-    survive; on a chain this only changes the global scale.
+    (sectional) or 0 per sample before ``keep_mass``.  With ``keep_mass`` (quirk Q28) it is
+    rescaled so that its mass ``(Σ_s R⁺ + Σ_s R⁻) / 2`` equals the incoming mass: shares split
+    upstream (residual adds, concatenations) survive the renormalisation, and the scale neither
+    grows nor shrinks with depth.
     """
     kernel = weight.abs()
     pos, neg = positive_negative(relevance)
@@ -46,5 +47,10 @@ def ae_conv(
         c = shift(c, sample_sum(pos_hat), support)
     result = c + active * spread[n : 2 * n] - inactive * spread[2 * n :]
     if keep_mass:
-        result = result * (sample_sum(pos) + sample_sum(neg)) / 2
+        result = result * safe_divide(_mass(relevance), _mass(result))
     return result
+
+
+def _mass(r: Tensor) -> Tensor:
+    """``(Σ_s r⁺ + Σ_s r⁻) / 2`` per sample, (N, 1, 1, 1)."""
+    return sample_sum(r.abs()) / 2
