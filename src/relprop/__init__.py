@@ -7,6 +7,10 @@ unmodified torchvision CNNs, batched.
 from .errors import InputError, RelpropError, UnsupportedLayerError
 from .methods.ae import AE, AttributionEquilibrium
 from .methods.rsp import RSP
+from .registry import get_method, list_methods
 
-__all__ = ["AE", "AttributionEquilibrium", "InputError", "RSP", "RelpropError", "UnsupportedLayerError"]
+__all__ = [
+    "AE", "AttributionEquilibrium", "InputError", "RSP", "RelpropError", "UnsupportedLayerError",
+    "get_method", "list_methods",
+]
 __version__ = "0.1.0"

@@ -9,9 +9,11 @@ from ..graph import Op
 from ..rules.ae import ae_conv
 from ..rules.common import safe_divide, sample_sum
 from ..rules.conv_ops import ConvGeometry
+from ..registry import register
 from .propagation import Bounds, Mode, RelevancePropagation
 
 
+@register("ae")
 class AttributionEquilibrium(RelevancePropagation):
     """Attribution Equilibrium: evidence as the gap between positive and negative influence.
 
@@ -19,7 +21,7 @@ class AttributionEquilibrium(RelevancePropagation):
     convolution shares the unit-mass positive part (times ``ratio``) and the unit-mass negative
     part through the same ``|w|·a⁺`` proportions, re-centres, and adds the positive mass spread
     over active inputs and the negative mass spread over inactive inputs — so every layer's
-    relevance sums to ``ratio − 2`` times its incoming mass.  The image layer uses z^B.
+    unit-mass relevance sums to ``ratio − 2``.  The image layer uses z^B.
 
     ``ratio`` (the user-defined criterion for the degree of positive attribution, 1 ≤ r ≤ 2 in the
     paper) weighs positive against negative evidence.
@@ -29,7 +31,8 @@ class AttributionEquilibrium(RelevancePropagation):
         positive) relevance;
       * one rule for every kernel size (the authors drop ``ratio`` and the re-centring for 1×1
         kernels), structural re-centring support;
-      * each convolution keeps its incoming mass (``(ΣP + ΣN)/2``), so the shares given to the
+      * each convolution's output is rescaled to its incoming mass ``(ΣP + ΣN)/2`` (quirk Q28,
+        mass-preserving so the scale does not grow with depth), so the shares given to the
         branches of a residual add or a concatenation survive the per-layer renormalisation;
       * residual adds split by ``|a| / (|a| + |b|)`` (the authors drop the skip path), concatenations by
         slicing, BatchNorm is the identity and folded into the first convolution for z^B;

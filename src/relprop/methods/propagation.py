@@ -81,6 +81,8 @@ class RelevancePropagation:
         self.graph = ModelGraph(model)
         if seed_layer is not None:
             self.seed_op = self.graph.resolve(seed_layer)
+        elif self.seeds_at_logits:
+            self.seed_op = self.graph.by_name[self.graph.output_name].inputs[0]
         elif mode == "reference":
             self.seed_op = authors_seed_layer(model, self.graph)
         else:
@@ -90,8 +92,29 @@ class RelevancePropagation:
 
     # ----------------------------------------------------------------- method-specific parts
 
+    seeds_at_logits = False
+    """Whether the walk starts at the logits (LRP family) rather than at a convolutional seed layer."""
+
+    def _initial_relevance(self, record: ForwardRecord, targets: Tensor) -> Tensor:
+        """Relevance at the seed op: the channel contribution map ``A ⊙ mean_hw(∂y_t/∂A)``, normalised."""
+        with torch.enable_grad():
+            picked = record.logits.gather(1, targets[:, None]).sum()
+            (grad,) = torch.autograd.grad(picked, record.seed, allow_unused=True)
+        if grad is None:
+            raise ValueError(f"seed layer '{self.seed_layer}' does not feed the model's logits.")
+        if record.seed.dim() != 4:
+            raise ValueError(
+                f"seed layer '{self.seed_layer}' outputs shape {tuple(record.seed.shape)}; "
+                "a (N, C, h, w) feature map is needed."
+            )
+        return self._normalise_seed(channel_contribution(record.seed.detach(), grad))
+
     def _normalise_seed(self, seed: Tensor) -> Tensor:
         """Scale the channel contribution map (N, C, h, w) per sample."""
+        raise NotImplementedError
+
+    def _linear(self, a: Tensor, relevance: Tensor, op: Op) -> Tensor:
+        """Relevance rule of a Linear layer (N, in) <- (N, out); methods without one reject Linear layers."""
         raise NotImplementedError
 
     def _hidden_conv(
@@ -123,13 +146,7 @@ class RelevancePropagation:
         with evaluation_mode(self.model), torch.no_grad():
             record = record_forward(self.graph, x, self.seed_op, self._plan.keep, self._plan.replay)
             targets = resolve_targets(target, record.logits.detach())
-            with torch.enable_grad():
-                picked = record.logits.gather(1, targets[:, None]).sum()
-                (grad,) = torch.autograd.grad(picked, record.seed, allow_unused=True)
-            if grad is None:
-                raise ValueError(f"seed layer '{self.seed_layer}' does not feed the model's logits.")
-            seed = self._normalise_seed(channel_contribution(record.seed.detach(), grad))
-            del grad, picked
+            seed = self._initial_relevance(record, targets)
             record.logits = record.logits.detach()
             result = self._walk(seed, record, x)
         if not torch.isfinite(result).all():
@@ -165,6 +182,8 @@ class RelevancePropagation:
             elif op.kind in (MAXPOOL, AVGPOOL):
                 keep.add(op.inputs[0])
                 replay.add(op.name)
+            elif op.kind == LINEAR:
+                keep.add(op.inputs[0])
             elif op.kind == LAYOUT:
                 replay.add(op.name)
             elif op.kind == ADD:
@@ -185,6 +204,8 @@ class RelevancePropagation:
                     op.path, f"{op.type_name}(padding_mode={op.attrs['padding_mode']!r})", self.name,
                     "Only zero padding is supported.",
                 )
+            return
+        if op.kind == LINEAR and type(self)._linear is not RelevancePropagation._linear:
             return
         hint = _SUPPORTED
         if op.kind == LINEAR:
@@ -305,6 +326,8 @@ class RelevancePropagation:
             return [maxpool_rule(record.replays[op.name], a, r), *rest]
         if kind == AVGPOOL:
             return [self._avgpool(record.replays[op.name], a, r), *rest]
+        if kind == LINEAR:
+            return [self._linear(a, r, op), *rest]
         if kind == BATCHNORM:
             return [nonzero_mask_rule(a, r) if self.mode == "reference" else r, *rest]
         if kind == ADD:
@@ -366,7 +389,7 @@ class RelevancePropagation:
 
 
 def _needed_inputs(op: Op, plan: _Plan) -> list[str]:
-    if op.kind == CONV or op.kind in (MAXPOOL, AVGPOOL):
+    if op.kind in (CONV, MAXPOOL, AVGPOOL, LINEAR):
         return [op.inputs[0]]
     if op.kind in (ADD, CAT, BATCHNORM):
         return [i for i in op.inputs if i in plan.keep]

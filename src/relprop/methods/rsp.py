@@ -9,9 +9,11 @@ from ..graph import Op
 from ..rules.common import safe_divide
 from ..rules.conv_ops import ConvGeometry
 from ..rules.rsp import rsp_conv
+from ..registry import register
 from .propagation import Bounds, Mode, RelevancePropagation
 
 
+@register("rsp")
 class RSP(RelevancePropagation):
     """Relative Sectional Propagation: bi-polar relevance, target evidence (positive) against hostile
     evidence (negative).
