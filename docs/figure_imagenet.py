@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import relprop
-from relprop.cli import imagenet_categories
+from relprop.commands.demo import imagenet_categories
 from relprop.preprocess import load_image
 from relprop.viz import show_heatmap, to_map
 from relprop.zoo import load_model

@@ -1,67 +1,35 @@
-"""The ``relprop`` command line."""
+"""The ``relprop`` command line: one module per sub-command in :mod:`relprop.commands`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from importlib import resources
-from pathlib import Path
-
-import numpy as np
-import torch
 
 from .errors import RelpropError
 
-SAMPLES = ("chelsea.jpg", "coffee.jpg", "astronaut.jpg")
+# Each module defines add_parser(subparsers), which registers its sub-command with
+# set_defaults(run=callable(args) -> int | None).
+COMMAND_MODULES = (
+    "relprop.commands.demo",
+)
 
 
-def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names in index order (from torchvision's metadata, no download)."""
-    from torchvision.models import ResNet50_Weights
-
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def demo(out: Path) -> Path:
-    """Explain the bundled sample photos with the pretrained EfficientNet-Lite0 (RSP and AE)."""
-    from . import AE, RSP
-    from .preprocess import load_image
-    from .viz import save_grid, to_map
-    from .zoo import load_model
-
-    model, preprocess = load_model("efficientnet_lite0")
-    files = [resources.files("relprop") / "data" / name for name in SAMPLES]
-    images = [load_image(str(f)) for f in files]
-    x = torch.stack([preprocess(im) for im in images])
-    with torch.no_grad():
-        probs = model(x).softmax(dim=1)
-    names = imagenet_categories()
-    top = probs.argmax(dim=1)
-    for name, p in zip(SAMPLES, probs):
-        values, indices = p.topk(5)
-        ranked = ", ".join(f"{names[i]} {v:.1%}" for v, i in zip(values.tolist(), indices.tolist()))
-        print(f"{name}: {ranked}")
-    methods = {"RSP": RSP(model), "AE (r=2)": AE(model, ratio=2.0), "AE (r=1)": AE(model, ratio=1.0)}
-    maps = {label: [to_map(a) for a in m.attribute(x, target=top)] for label, m in methods.items()}
-    crops = [np.asarray(preprocess.crop(im)) for im in images]
-    path = save_grid(crops, maps, out / "demo_grid.png", row_titles=[names[i] for i in top.tolist()])
-    print(f"wrote {path}")
-    return path
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relprop", description="Relevance propagation explanations for CNNs.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relprop", description="Relevance propagation explanations for CNNs.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="explain bundled sample photos with a pretrained EfficientNet-Lite0")
-    demo_parser.add_argument("--out", type=Path, default=Path("relprop-demo"), help="output folder (default: relprop-demo)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            demo(args.out)
-    except RelpropError as exc:
+        return int(args.run(args) or 0)
+    except (RelpropError, FileNotFoundError, ValueError) as exc:
         print(f"relprop: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
