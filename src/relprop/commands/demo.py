@@ -50,4 +50,4 @@ def demo(out: Path) -> Path:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="explain bundled sample photos with a pretrained EfficientNet-Lite0")
     parser.add_argument("--out", type=Path, default=Path("relprop-demo"), help="output folder (default: relprop-demo)")
-    parser.set_defaults(run=lambda args: demo(args.out))
+    parser.set_defaults(run=lambda args: 0 if demo(args.out) else 1)
