@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import positive_negative, safe_divide, sample_sum, shift
+from .common import safe_divide, sample_sum, shift
 from .conv_ops import ConvGeometry
 
 
@@ -24,15 +24,18 @@ def rsp_conv(
     returned.  The support is either structural (``a > 0`` and an output with ``R ≠ 0`` in the
     receptive field) or, as in the authors' code, the non-zero entries of the difference.
     """
-    n = a.shape[0]
     x = a.clamp(min=0)
-    pos, neg = positive_negative(relevance)
-    x2 = x.repeat(2, 1, 1, 1)
-    r2 = torch.cat((pos, neg))
-    kernels = geometry.wgrad_per_sample(x2, r2, kernel_shape)
-    shares = safe_divide(r2, geometry.conv_per_sample(x2, kernels))
-    c2 = x2 * geometry.conv_t_per_sample(shares, kernels, x2.shape)
-    c = c2[:n] - c2[n:]
+    # P and N side by side as 2·O output channels, grouped so that each of the layer's groups
+    # keeps its own channels: (N, g, {P, N}, O/g, h, w).  One per-sample kernel of 2·O outputs
+    # then serves both parts, and the adjoint with the N shares negated yields C⁺ − C⁻ at once.
+    n, o = relevance.shape[:2]
+    g = geometry.groups
+    grouped = relevance.reshape(n, g, 1, o // g, *relevance.shape[2:])
+    both = torch.cat((grouped.clamp(min=0), (-grouped).clamp(min=0)), dim=2).reshape(n, 2 * o, *relevance.shape[2:])
+    kernels = geometry.wgrad_per_sample(x, both, (2 * o, *kernel_shape[1:]))
+    shares = safe_divide(both, geometry.conv_per_sample(x, kernels)).reshape(grouped.shape[:2] + (2,) + grouped.shape[3:])
+    shares[:, :, 1].neg_()
+    c = x * geometry.conv_t_per_sample(shares.reshape(both.shape), kernels, x.shape)
     if not sectional:
         return c
     if structural_support:
