@@ -12,6 +12,10 @@ from .errors import RelpropError
 # set_defaults(run=callable(args) -> int | None).
 COMMAND_MODULES = (
     "relprop.commands.demo",
+    "relprop.commands.explain",
+    "relprop.commands.bench",
+    "relprop.commands.evaluate",
+    "relprop.commands.sanity",
 )
 
 

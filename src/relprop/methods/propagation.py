@@ -237,7 +237,7 @@ class RelevancePropagation:
         if padding == "valid":
             return (0, 0)
         if padding == "same":
-            weight = self._weight(op, None)
+            weight = self._weight(op)
             totals = [d * (k - 1) for d, k in zip(op.attrs["dilation"], weight.shape[2:])]
             if any(t % 2 for t in totals):
                 raise UnsupportedLayerError(
@@ -269,7 +269,7 @@ class RelevancePropagation:
             )
         for name, conv in self._plan.convs.items():
             if conv.input_chain is not None:
-                weight = self._weight(self.graph.by_name[name], None)
+                weight = self._weight(self.graph.by_name[name])
                 expected = weight.shape[1] * conv.geometry.groups
                 if x.shape[1] != expected:
                     raise InputError(
@@ -277,7 +277,7 @@ class RelevancePropagation:
                         f"('{self.graph.by_name[name].path}') expects {expected}."
                     )
 
-    def _weight(self, op: Op, record: ForwardRecord | None) -> Tensor:
+    def _weight(self, op: Op) -> Tensor:
         if "weight" in op.attrs:
             return op.attrs["weight"]()
         node = self.graph.by_name[op.attrs["weight_node"]].node
@@ -344,7 +344,7 @@ class RelevancePropagation:
             return cat_rule(parts, r, dim, mask_zeros=self.mode == "reference")
         if kind == CONV:
             conv = self._plan.convs[op.name]
-            weight = self._weight(op, record)
+            weight = self._weight(op)
             if conv.input_chain is not None:
                 return [self._input_conv(conv, a, r, weight, record, x)]
             return [self._hidden_conv(a, r, weight, conv.geometry, op)]

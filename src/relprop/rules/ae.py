@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .common import positive_negative, safe_divide, sample_sum, shift, unit_mass
@@ -31,21 +30,23 @@ def ae_conv(
     pos, neg = positive_negative(relevance)
     pos_hat, neg_hat = unit_mass(pos), unit_mass(neg)
     x = a.clamp(min=0)
-    active = (a > 0).to(a.dtype)
-    inactive = 1 - active
-    n = a.shape[0]
-    den = geometry.conv(torch.cat((x, active, inactive)), kernel)
+    active = a > 0
     r = ratio if sectional else 1.0
-    numerators = torch.cat((r * pos_hat - neg_hat, pos_hat, neg_hat))
-    spread = geometry.conv_t(safe_divide(numerators, den), kernel, (3 * n, *a.shape[1:]))
-    c = x * spread[:n]
+
+    def spread(inputs: Tensor, numerator: Tensor) -> Tensor:
+        """``inputs ⊙ convᵀ(numerator ⊘ conv(inputs, K), K)``; the three terms run one after the other
+        so that only one set of temporaries is alive at a time."""
+        return inputs * geometry.conv_t(safe_divide(numerator, geometry.conv(inputs, kernel)), kernel, a.shape)
+
+    result = spread(x, r * pos_hat - neg_hat)
     if sectional:
         if structural_support:
-            support = (a > 0) & geometry.reach(relevance != 0, a.shape, kernel.shape)
+            support = active & geometry.reach(relevance != 0, a.shape, kernel.shape)
         else:
-            support = c != 0
-        c = shift(c, sample_sum(pos_hat), support)
-    result = c + active * spread[n : 2 * n] - inactive * spread[2 * n :]
+            support = result != 0
+        result = shift(result, sample_sum(pos_hat), support)
+    result += spread(active.to(a.dtype), pos_hat)
+    result -= spread((~active).to(a.dtype), neg_hat)
     if keep_mass:
         result = result * safe_divide(_mass(relevance), _mass(result))
     return result
