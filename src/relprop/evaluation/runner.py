@@ -1,0 +1,240 @@
+"""Per-image evaluation: one JSON-serialisable record per image, for every method and metric.
+
+A record holds the image's units (one per ground-truth class, with its difficult flag) and, per
+method, the per-unit raw results (pointing hit and point, energy proportion, confusion counts per
+mIoU threshold, AP, insertion/deletion AUC, sensitivity curves). Aggregation happens later from the
+records alone (:mod:`relprop.evaluation.results`), so an interrupted run can resume from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .datasets import EvaluationDataset, Sample
+from .insdel import auc, causal_curve
+from .maps import gaussian_smooth, input_shape, to_grid, to_input, to_original
+from .methods import MethodSpec, explain
+from .pointing import argmax_point, center_point, energy_proportion, hit, is_constant
+from .protocol import Protocol
+from .segmentation import confusion, foreground, prepare, unit_average_precision
+from .sensitivity import model_sensitivity
+
+
+@dataclass
+class Unit:
+    """One (image, class) pair on its way through the evaluation."""
+
+    sample: Sample
+    label: int
+    x: Tensor  # (3, h, w) on the device
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.x.shape[1], self.x.shape[2]
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if value != value else float(value)
+
+
+class Evaluator:
+    """Turns samples into records for a model, a list of methods and a protocol."""
+
+    def __init__(
+        self, dataset: EvaluationDataset, model: nn.Module | None, methods: list[MethodSpec], protocol: Protocol,
+        device: torch.device, batch_size: int = 8,
+    ) -> None:
+        self.dataset, self.model, self.methods, self.protocol = dataset, model, methods, protocol
+        self.device, self.batch_size = device, batch_size
+        if model is None and any(not m.model_free for m in methods):
+            raise ValueError("a model is needed for every method except 'center'.")
+        needs_model = {"insdel", "sensitivity"} & set(protocol.metrics)
+        if model is None and needs_model:
+            raise ValueError(f"{', '.join(sorted(needs_model))} need a model (--model).")
+        self.explainers = {m.label: m.build(model) for m in methods}  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------------------------ records
+
+    def error_record(self, index: int, path: str, message: str) -> dict:
+        return {"index": index, "id": self.dataset.image_id(index), "status": "error", "path": path, "error": message}
+
+    def records(self, samples: list[Sample]) -> list[dict]:
+        """One record per sample (maps are computed in batches of ``batch_size`` units)."""
+        units = self.units(samples)
+        per_method = {spec.label: self._method_results(spec, units) for spec in self.methods}
+        out = []
+        for sample in samples:
+            mine = [i for i, u in enumerate(units) if u.sample is sample]
+            out.append({
+                "index": sample.index, "id": sample.image_id, "status": "ok", "size": list(sample.size),
+                "units": [self._unit_info(units[i]) for i in mine],
+                "methods": {label: {k: [v[i] for i in mine] for k, v in res.items()} for label, res in per_method.items()},
+            })
+        return out
+
+    def units(self, samples: list[Sample]) -> list[Unit]:
+        p = self.protocol
+        units = []
+        for sample in samples:
+            width, height = sample.size
+            x = to_input(sample.image, input_shape(width, height, p.input_mode, p.input_size), p.mean, p.std)
+            x = x.to(self.device)
+            labels = set(sample.labels)
+            if "miou" in p.metrics and sample.segmentation:
+                labels |= set(sample.segmentation)
+            units += [Unit(sample, label, x) for label in sorted(labels)]
+        return units
+
+    @staticmethod
+    def _unit_info(unit: Unit) -> dict:
+        s = unit.sample
+        return {
+            "label": unit.label, "difficult": s.difficult(unit.label),
+            "boxes_scored": unit.label in s.regions and unit.label not in s.all_difficult,
+            "has_segmentation": bool(s.segmentation) and unit.label in s.segmentation,
+        }
+
+    # ------------------------------------------------------------------------------------ maps
+
+    def maps(self, spec: MethodSpec, units: list[Unit], model: nn.Module | None = None) -> list[Tensor]:
+        """Map (h, w) on the input grid of every unit, in batches of units sharing an input shape."""
+        method = self.explainers[spec.label] if model is None else spec.build(model)
+        reduce = self.protocol.reduce_for(spec)
+        maps: list[Tensor | None] = [None] * len(units)
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, unit in enumerate(units):
+            by_shape.setdefault(unit.shape, []).append(i)
+        for indices in by_shape.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                x = torch.stack([units[i].x for i in chunk])
+                targets = torch.tensor([units[i].label for i in chunk], device=self.device)
+                for i, m in zip(chunk, explain(spec, method, x, targets, reduce)):  # type: ignore[arg-type]
+                    maps[i] = m.cpu()
+        return maps  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------ metrics
+
+    def _method_results(self, spec: MethodSpec, units: list[Unit]) -> dict[str, list[Any]]:
+        p = self.protocol
+        maps = self.maps(spec, units)
+        results: dict[str, list[Any]] = {}
+        if "pointing" in p.metrics:
+            smoothing = p.smoothing_for(spec)
+            results["pointing"] = [self._pointing(spec, u, m, smoothing) for u, m in zip(units, maps)]
+            if smoothing > 0:
+                results["pointing_unsmoothed"] = [self._pointing(spec, u, m, 0.0) for u, m in zip(units, maps)]
+        if "energy" in p.metrics:
+            results["energy"] = [self._energy(u, m) for u, m in zip(units, maps)]
+        if "miou" in p.metrics:
+            results["miou"] = [self._segmentation(u, m) for u, m in zip(units, maps)]
+        if "insdel" in p.metrics:
+            results["insdel"] = [self._insdel(u, m) for u, m in zip(units, maps)]
+        if "sensitivity" in p.metrics:
+            results["sensitivity"] = self._sensitivity(spec, units, maps)
+        return results
+
+    def _pointing(self, spec: MethodSpec, unit: Unit, saliency: Tensor, smoothing: float) -> dict | None:
+        s = unit.sample
+        if unit.label not in s.regions or unit.label in s.all_difficult:
+            return None
+        width, height = s.size
+        if spec.model_free:
+            point, constant = center_point(width, height), False
+        else:
+            full = gaussian_smooth(to_original(saliency, height, width), smoothing)
+            point, constant = argmax_point(full), is_constant(full)
+        return {"hit": hit(s.regions[unit.label], point, self.protocol.tolerance), "point": list(point), "constant": constant}
+
+    def _energy(self, unit: Unit, saliency: Tensor) -> float | None:
+        s = unit.sample
+        if unit.label not in s.regions or unit.label in s.all_difficult:
+            return None
+        region = to_grid(s.regions[unit.label], unit.shape)
+        return _none_if_nan(energy_proportion(saliency, region, self.protocol.energy_negative))
+
+    def _segmentation(self, unit: Unit, saliency: Tensor) -> dict | None:
+        s = unit.sample
+        if not s.segmentation or unit.label not in s.segmentation:
+            return None
+        p = self.protocol
+        gt = to_grid(s.segmentation[unit.label], unit.shape)
+        ignore = to_grid(s.ignore, unit.shape) if s.ignore is not None else None
+        raw = saliency.numpy()
+        normalized = prepare(raw, p.miou_sign, p.miou_normalize)
+        counts = {str(t): list(confusion(foreground(raw, normalized, t, gt), gt, ignore)) for t in p.thresholds}
+        return {
+            "counts": counts, "ap": _none_if_nan(unit_average_precision(normalized, gt, ignore)),
+            "constant": bool(np.all(normalized == normalized.flat[0])),
+        }
+
+    def _insdel(self, unit: Unit, saliency: Tensor) -> dict:
+        assert self.model is not None
+        score_fn = self._score_function(unit.label)
+        step = self.protocol.insdel_step
+        return {
+            mode: auc(causal_curve(score_fn, unit.x, saliency.to(unit.x.device), mode, step=step, chunk=self.batch_size * 4))
+            for mode in ("insertion", "deletion")
+        }
+
+    def _score_function(self, label: int):  # type: ignore[no-untyped-def]
+        model, kind = self.model, self.protocol.insdel_score
+
+        def score(batch: Tensor) -> Tensor:
+            logits = model(batch)  # type: ignore[misc]
+            if kind == "softmax":
+                return logits.softmax(dim=1)[:, label]
+            if kind == "sigmoid":
+                return logits.sigmoid()[:, label]
+            return logits[:, label]
+
+        return score
+
+    def _sensitivity(self, spec: MethodSpec, units: list[Unit], maps: list[Tensor]) -> list[dict | None]:
+        p = self.protocol
+        out: list[dict | None] = [None] * len(units)
+        chosen = [i for i, u in enumerate(units) if u.sample.index < p.sensitivity_images]
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i in chosen:
+            by_shape.setdefault(units[i].shape, []).append(i)
+        for indices in by_shape.values():
+            group = [units[i] for i in indices]
+            x = torch.stack([u.x for u in group])
+            targets = torch.tensor([u.label for u in group], device=self.device)
+            reference = torch.stack([maps[i] for i in indices])
+
+            def explain_group(model: nn.Module, xs: Tensor, ts: Tensor, group: list[Unit] = group) -> Tensor:
+                return torch.stack(self.maps(spec, [Unit(u.sample, int(t), u.x) for u, t in zip(group, ts)], model))
+
+            curves = {}
+            for mode in p.sensitivity_modes:
+                curves[mode] = model_sensitivity(
+                    self.model, explain_group, x, targets,  # type: ignore[arg-type]
+                    mode=mode, granularity=p.sensitivity_granularity, init=p.sensitivity_init,
+                    reset_bn=p.sensitivity_reset_bn, target_mode=p.sensitivity_target, seed=p.sensitivity_seed,
+                    measures=p.sensitivity_measures, reference=reference,
+                )
+            for position, i in enumerate(indices):
+                out[i] = {
+                    mode: {"steps": c.steps, "values": [[_none_if_nan(v) for v in step[position]] for step in c.values]}
+                    for mode, c in curves.items()
+                }
+        return out
+
+
+def batches(indices: Iterable[int], size: int) -> Iterable[list[int]]:
+    """Consecutive chunks of at most ``size`` indices."""
+    chunk: list[int] = []
+    for index in indices:
+        chunk.append(index)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

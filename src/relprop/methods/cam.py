@@ -1,0 +1,145 @@
+"""Class activation maps: Grad-CAM (with Captum) and Grad-CAM++.
+
+A CAM method weighs the channels of one convolutional layer's output ``A`` (N, K, h, w) by
+gradients of the target logit, giving a coarse (N, 1, h, w) map.  To honour relprop's contract
+(an attribution of ``x``'s shape) the map is upsampled to the input's height and width with
+bilinear interpolation (``F.interpolate(..., mode="bilinear", align_corners=False)``, what Captum's
+``LayerAttribution.interpolate`` does with ``"bilinear"``) and the same map is repeated in every
+input channel: each channel equals the upsampled CAM, so summing over C gives C × CAM.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import RelpropError
+from ..graph import ModelGraph
+from ..registry import register
+from ..seeds import default_seed_layer
+from .gradient import AutogradMethod
+
+
+class ClassActivationMap(AutogradMethod):
+    """Base of the CAM methods: picks the layer, upsamples and broadcasts the (N, 1, h, w) map.
+
+    Args:
+        model: the classifier; it is never modified (forward hooks live for one call only).
+        layer: module path of the layer whose output is ``A`` (e.g. ``"layer4"``, ``"features.29"``).
+            Default: the output of the last convolutional block, the layer RSP seeds from. That
+            layer is sometimes a function call rather than a module (DenseNet's final ``F.relu``);
+            CAM needs a module, so the module producing the call's input is taken instead, walking
+            back through single-input operations (DenseNet: ``"features"``, the activations
+            before that ReLU). The chosen path is stored in ``self.layer``.
+    """
+
+    def __init__(self, model: nn.Module, layer: str | None = None) -> None:
+        super().__init__(model)
+        self.layer = layer if layer is not None and _is_module_path(model, layer) else _module_layer(model, layer)
+        self.layer_module = model.get_submodule(self.layer)
+
+    def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        cam = self._layer_map(x, targets)
+        upsampled = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return upsampled.expand_as(x).contiguous()
+
+    def _layer_map(self, x: Tensor, targets: Tensor) -> Tensor:
+        """The coarse map (N, 1, h, w) at ``self.layer``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, layer={self.layer!r})"
+
+
+def _is_module_path(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return path != ""
+
+
+def _module_layer(model: nn.Module, layer: str | None) -> str:
+    """Module path whose output is op ``layer`` (default: the automatic seed layer), or of the module
+    producing its input when the op is a function call."""
+    graph = ModelGraph(model)
+    name = graph.resolve(layer) if layer is not None else default_seed_layer(graph)
+    current = name
+    while (path := _producing_module(graph, current)) is None:
+        inputs = graph.by_name[current].inputs
+        if len(inputs) != 1 or inputs[0] == graph.input_name:
+            raise ValueError(
+                f"layer '{graph.display_name(name)}' of {type(model).__name__} is not produced by a module; "
+                "pass layer='module.path' naming a module."
+            )
+        current = inputs[0]
+    return path
+
+
+def _producing_module(graph: ModelGraph, name: str) -> str | None:
+    """The outermost module whose output is op ``name``, or None when it is a bare function call."""
+    op = graph.by_name[name]
+    stack = op.node.meta.get("nn_module_stack") or {}
+    for path, _ in stack.values():
+        if path and graph.resolve(path) == name:
+            return path
+    return op.path if op.node.op == "call_module" else None
+
+
+@register("gradcam")
+class GradCAM(ClassActivationMap):
+    """Grad-CAM (Selvaraju et al. 2017) with Captum's ``LayerGradCam``:
+    ``ReLU(Σ_k mean_hw(∂y_t/∂A_k) · A_k)``, upsampled and broadcast as described in :mod:`relprop.methods.cam`.
+    Non-negative."""
+
+    name = "Grad-CAM"
+
+    def _layer_map(self, x: Tensor, targets: Tensor) -> Tensor:
+        from captum.attr import LayerGradCam
+
+        return LayerGradCam(self.model, self.layer_module).attribute(x, target=targets, relu_attributions=True)
+
+
+@register("gradcampp")
+class GradCAMPlusPlus(ClassActivationMap):
+    """Grad-CAM++ (Chattopadhay et al. 2018), with the paper's closed form for an exponential
+    output ``S = exp(y_t)``: with ``g = ∂y_t/∂A``,
+
+        α_k(i, j) = g_k(i, j)² / (2 g_k(i, j)² + Σ_ab A_k(a, b) · g_k(i, j)³)   (0 where the denominator is 0)
+        w_k = Σ_ij α_k(i, j) · ReLU(g_k(i, j)),   map = ReLU(Σ_k w_k A_k).
+
+    The common factor ``exp(y_t)`` of ``∂S/∂A`` is dropped (it only scales the map and overflows
+    for large logits). Non-negative; upsampled and broadcast as described in :mod:`relprop.methods.cam`.
+    """
+
+    name = "Grad-CAM++"
+
+    def _layer_map(self, x: Tensor, targets: Tensor) -> Tensor:
+        a, g = self._activation_and_gradient(x, targets)
+        g2 = g * g
+        denominator = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g
+        nonzero = denominator != 0
+        alpha = torch.where(nonzero, g2 / torch.where(nonzero, denominator, torch.ones_like(denominator)), 0.0)
+        weights = (alpha * g.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+        return (weights * a).sum(dim=1, keepdim=True).clamp(min=0)
+
+    def _activation_and_gradient(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Output ``A`` (N, K, h, w) of the layer and ``∂y_t/∂A`` (one forward hook, removed at once)."""
+        outputs: list[Tensor] = []
+        handle = self.layer_module.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+        try:
+            logits = self.model(x)
+        finally:
+            handle.remove()
+        if len(outputs) != 1 or not isinstance(outputs[0], Tensor) or outputs[0].dim() != 4:
+            raise RelpropError(
+                f"layer '{self.layer}' must run once per forward pass and return an (N, K, h, w) tensor; "
+                "pass another layer=."
+            )
+        picked = logits.gather(1, targets[:, None]).sum()
+        (grad,) = torch.autograd.grad(picked, outputs[0], allow_unused=True)
+        if grad is None:
+            raise RelpropError(f"layer '{self.layer}' does not feed the model's logits; pass another layer=.")
+        return outputs[0].detach(), grad

@@ -1,0 +1,248 @@
+"""Gradient baselines computed with Captum: gradient, gradient × input, Integrated Gradients,
+SmoothGrad and Guided Backprop.
+
+Each class wraps one Captum attribution behind relprop's contract (:class:`AutogradMethod`):
+targets resolved per sample like RSP, the model explained in eval mode and restored afterwards,
+the caller's input tensor never touched, gradients taken with respect to the input only (the
+parameters' ``.grad`` stay as they were).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import InputError, RelpropError
+from ..graph import POINTWISE, ModelGraph
+from ..model_state import evaluation_mode
+from ..registry import register
+from ..targets import Target, check_input, resolve_targets
+
+Baseline = Union[float, Tensor]
+
+
+class AutogradMethod:
+    """Base class of the autograd baselines: ``Method(model).attribute(x, target=None)``.
+
+    Subclasses implement ``_attribute(x, targets)`` on a private copy of ``x`` that requires grad,
+    with ``targets`` a LongTensor (N,), and return a tensor of ``x``'s shape.
+    """
+
+    name = "autograd method"
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        self.model = model
+
+    def attribute(self, x: Tensor, target: Target = None) -> Tensor:
+        """Attribution of every input element for the target class.
+
+        x: (N, C, H, W) floating-point batch on the model's device and dtype.
+        target: None (top-1 class of each sample), an int, a sequence of N ints or a LongTensor (N,).
+        Returns a tensor of x's shape, dtype and device; sample i does not depend on the other samples.
+        """
+        x = check_input(x)
+        _check_compatible(self.model, x)
+        with evaluation_mode(self.model):
+            inputs = x.detach().clone().requires_grad_(True)
+            with torch.no_grad():
+                logits = self.model(inputs)
+            if not isinstance(logits, Tensor) or logits.dim() != 2:
+                raise InputError(f"{type(self.model).__name__} must return (N, classes) logits to be explained.")
+            targets = resolve_targets(target, logits)
+            with torch.enable_grad():
+                result = self._attribute(inputs, targets).detach()
+        if not torch.isfinite(result).all():
+            raise RelpropError(
+                f"{self.name} produced NaN or Inf on {type(self.model).__name__}; explain in float64 "
+                "(model.double(), x.double())."
+            )
+        return result
+
+    def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+def _check_compatible(model: nn.Module, x: Tensor) -> None:
+    param = next(model.parameters(), None)
+    if param is not None and (param.dtype != x.dtype or param.device != x.device):
+        raise InputError(
+            f"x is {x.dtype} on {x.device} but the model's parameters are {param.dtype} on "
+            f"{param.device}; call model.to(x.device, x.dtype) or convert x."
+        )
+
+
+@register("gradient")
+class Gradient(AutogradMethod):
+    """Saliency: the gradient ``∂y_t/∂x`` of the target logit, **signed** by default.
+
+    Captum's ``Saliency`` takes the absolute value by default; relprop keeps the sign so that the
+    map is comparable with the other signed methods. ``absolute=True`` gives ``|∂y_t/∂x|``
+    (Simonyan et al. 2014 take the maximum of that over channels when displaying).
+    """
+
+    name = "Gradient"
+
+    def __init__(self, model: nn.Module, absolute: bool = False) -> None:
+        super().__init__(model)
+        self.absolute = absolute
+
+    def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        from captum.attr import Saliency
+
+        return Saliency(self.model).attribute(x, target=targets, abs=self.absolute)
+
+
+@register("gradient_x_input")
+class GradientXInput(AutogradMethod):
+    """Gradient × input: ``x ⊙ ∂y_t/∂x`` (Captum's ``InputXGradient``), signed."""
+
+    name = "Gradient × input"
+
+    def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        from captum.attr import InputXGradient
+
+        return InputXGradient(self.model).attribute(x, target=targets)
+
+
+@register("integrated_gradients")
+class IntegratedGradients(AutogradMethod):
+    """Integrated Gradients (Sundararajan et al. 2017) with Captum: ``(x − x̄) ⊙ ∫₀¹ ∂y_t/∂x(x̄ + α(x − x̄)) dα``.
+
+    Args:
+        model: the classifier; it is never modified.
+        baseline: ``x̄``, a float (a constant image; the default 0 is the mean image for inputs
+            normalised with the data set's mean) or a tensor broadcastable to ``x``.
+        n_steps: number of points of the integral.
+        method: Captum's quadrature rule ("gausslegendre", "riemann_trapezoid", ...).
+        steps_per_pass: interpolation points evaluated per sample in one forward/backward pass
+            (memory grows with ``steps_per_pass × N``); None evaluates all ``n_steps`` at once.
+    """
+
+    name = "Integrated Gradients"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        baseline: Baseline = 0.0,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        steps_per_pass: int | None = 16,
+    ) -> None:
+        super().__init__(model)
+        if n_steps < 1 or (steps_per_pass is not None and steps_per_pass < 1):
+            raise ValueError("n_steps and steps_per_pass must be positive.")
+        self.baseline = baseline
+        self.n_steps = n_steps
+        self.method = method
+        self.steps_per_pass = steps_per_pass
+
+    def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        from captum.attr import IntegratedGradients as CaptumIntegratedGradients
+
+        batch = None if self.steps_per_pass is None else self.steps_per_pass * x.shape[0]
+        baseline = self.baseline.to(x) if isinstance(self.baseline, Tensor) else self.baseline
+        return CaptumIntegratedGradients(self.model).attribute(
+            x, baselines=baseline, target=targets, n_steps=self.n_steps, method=self.method,
+            internal_batch_size=batch,
+        )
+
+
+@register("smoothgrad")
+class SmoothGrad(AutogradMethod):
+    """SmoothGrad (Smilkov et al. 2017): the gradient averaged over noisy copies of the input,
+    computed with Captum's ``NoiseTunnel(Saliency)``.
+
+    The noise of sample i has standard deviation ``noise_level × (max x_i − min x_i)`` and is drawn
+    from the random generator seeded with ``seed`` (forked, so the caller's random state is left
+    as it was): every sample gets the same noise sequence wherever it sits in a batch, so sample i
+    of a batch gets exactly the map it gets alone, and repeated calls give the same map.
+    The averaged gradients are signed unless ``absolute=True``.
+    """
+
+    name = "SmoothGrad"
+
+    def __init__(
+        self, model: nn.Module, n_samples: int = 25, noise_level: float = 0.15, seed: int = 0, absolute: bool = False
+    ) -> None:
+        super().__init__(model)
+        if n_samples < 1 or noise_level < 0:
+            raise ValueError("n_samples must be positive and noise_level non-negative.")
+        self.n_samples = n_samples
+        self.noise_level = noise_level
+        self.seed = seed
+        self.absolute = absolute
+
+    def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        from captum.attr import NoiseTunnel, Saliency
+
+        tunnel = NoiseTunnel(Saliency(self.model))
+        maps = []
+        for sample, target in zip(x.split(1), targets.tolist()):
+            stdev = self.noise_level * (sample.max() - sample.min()).item()
+            with _forked_rng(x.device):
+                torch.manual_seed(self.seed)
+                maps.append(tunnel.attribute(
+                    sample, nt_type="smoothgrad", nt_samples=self.n_samples, stdevs=stdev, target=target,
+                    abs=self.absolute,
+                ))
+        return torch.cat(maps)
+
+
+def _forked_rng(device: torch.device):  # type: ignore[no-untyped-def]
+    """Context in which seeding and drawing leave the global random state of ``device`` untouched."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[device], device_type=device.type)
+
+
+@register("guided_backprop")
+class GuidedBackprop(AutogradMethod):
+    """Guided Backprop (Springenberg et al. 2015) with Captum: the gradient with every ReLU's
+    backward pass clamped to non-negative values.
+
+    Captum overrides the backward pass of ``nn.ReLU`` modules only (through hooks it removes after
+    each call, also on errors; in-place ReLUs are safe because it hooks a copy of their input).
+    ReLU-type activations applied as functions (``torch.relu``, ``F.relu``) or other modules
+    (``nn.ReLU6``) keep their plain gradient; a warning lists them when the model is traced.
+    """
+
+    name = "Guided Backprop"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        unhooked = _unhooked_relus(model)
+        if unhooked:
+            warnings.warn(
+                f"Guided Backprop overrides nn.ReLU modules only; the ReLU-type activations at "
+                f"{', '.join(unhooked)} keep their plain gradient.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        from captum.attr import GuidedBackprop as CaptumGuidedBackprop
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")
+            return CaptumGuidedBackprop(self.model).attribute(x, target=targets)
+
+
+def _unhooked_relus(model: nn.Module) -> list[str]:
+    """Paths of ReLU-type activations that are not ``nn.ReLU`` modules ([] if the model cannot be traced)."""
+    try:
+        graph = ModelGraph(model)
+    except RelpropError:
+        return []
+    return [
+        op.path for op in graph.ops
+        if op.kind == POINTWISE and "relu" in op.type_name.lower() and not isinstance(op.module, nn.ReLU)
+    ]

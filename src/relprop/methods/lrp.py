@@ -1,0 +1,263 @@
+"""Layer-wise relevance propagation (LRP) baselines on the relevance engine.
+
+The walk starts at the logits with ``R₀ = onehot(target) · logit`` and goes through the Linear
+layers, pooling, flattening and the convolution stack down to the input.  Linear layers and
+convolutions use the rules of :mod:`relprop.rules.lrp`; everything else is the engine's:
+
+* a BatchNorm that is the only reader of a convolution's output is folded into that convolution
+  (canonisation: the rule sees the kernel and bias of ``bn(conv(x))``, and relevance passes the
+  BatchNorm unchanged) — this is exact LRP on the folded network;
+* a BatchNorm that cannot be folded (DenseNet's BatchNorm after a concatenation) passes relevance
+  unchanged (identity): its affine shift neither absorbs nor injects relevance, so the maps of
+  such layers are not those of an ε rule applied to the affine map;
+* residual adds split relevance by ``|a| / (|a| + |b|)``: shares in [0, 1], conserving, never
+  exploding when ``a ≈ −b`` (the proportional ``a / (a + b)`` split of textbook LRP does);
+* max pooling sends a window's relevance to its arg-max, average pooling shares it in proportion
+  to ``a⁺``, activations and dropout pass it unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch import Tensor
+
+from ..forward import ForwardRecord
+from ..graph import BATCHNORM, Op
+from ..registry import register
+from ..rules.conv_ops import ConvGeometry
+from ..rules.lrp import (
+    LayerRule, alpha_beta_rule, conv_map, dense_map, epsilon_rule, fold_batchnorm, gamma_rule, zplus_rule,
+)
+from .propagation import Bounds, RelevancePropagation, _ConvPlan
+
+
+class LogitPropagation(RelevancePropagation):
+    """Base of the methods whose walk starts at the logits (LRP family, RAP).
+
+    Convolutions are seen with a BatchNorm that only reads them folded in (see the module docstring).
+    """
+
+    seeds_at_logits = True
+
+    def __init__(self, model: nn.Module, input_bounds: Bounds = None) -> None:
+        super().__init__(model, input_bounds=input_bounds)
+
+    def _one_hot(self, record: ForwardRecord, targets: Tensor) -> Tensor:
+        """(N, classes): 1 at each sample's target class, 0 elsewhere."""
+        logits = record.logits.detach()
+        return torch.zeros_like(logits).scatter_(1, targets[:, None], 1.0)
+
+    def _conv_parameters(self, op: Op, weight: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """Kernel (O, C/g, kh, kw) and bias (O,) or None of a convolution, BatchNorm folded in."""
+        bias = self._conv_bias(op)
+        users = self.graph.consumers[op.name]
+        if len(users) == 1 and self.graph.by_name[users[0]].kind == BATCHNORM:
+            bn = self.graph.by_name[users[0]].module
+            if bn.running_var is not None:  # type: ignore[union-attr]
+                return fold_batchnorm(weight, bias, bn)  # type: ignore[arg-type]
+        return weight, bias
+
+    def _conv_bias(self, op: Op) -> Optional[Tensor]:
+        if op.module is not None:
+            return op.module.bias  # type: ignore[return-value]
+        node = op.node
+        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        if not isinstance(bias, fx.Node):
+            return bias
+        return functools.reduce(getattr, str(bias.target).split("."), self.model)  # type: ignore[arg-type]
+
+    def _op_of(self, conv: _ConvPlan) -> Op:
+        """The op of a planned convolution."""
+        return self.graph.by_name[next(name for name, plan in self._plan.convs.items() if plan is conv)]
+
+
+class LRP(LogitPropagation):
+    """Layer-wise relevance propagation with one rule per layer type (a composite).
+
+    Seed: ``R₀ = onehot(target) · logit`` at the logits.  Every rule is a function
+    ``rule(a, relevance, weight, bias, layer)`` of :mod:`relprop.rules.lrp` with its hyper-parameters
+    bound (e.g. ``functools.partial(epsilon_rule, epsilon=0.25)``).
+
+    Args:
+        model: a CNN classifier returning (N, classes) logits; it is never modified.
+        linear_rule: rule of the ``nn.Linear`` layers.
+        conv_rule: rule of the convolutions that do not read the image.
+        input_rule: rule of the convolution that reads the image; ``None``: the z^B rule with
+            ``input_bounds``.
+        input_bounds: ``(low, high)`` for z^B (floats or per-channel tensors); default: each
+            sample's minimum and maximum over all channels and pixels.
+    """
+
+    name = "LRP"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        linear_rule: LayerRule,
+        conv_rule: LayerRule,
+        input_rule: Optional[LayerRule] = None,
+        input_bounds: Bounds = None,
+    ) -> None:
+        self.linear_rule = linear_rule
+        self.conv_rule = conv_rule
+        self.input_rule = input_rule
+        super().__init__(model, input_bounds=input_bounds)
+
+    def _initial_relevance(self, record: ForwardRecord, targets: Tensor) -> Tensor:
+        return self._one_hot(record, targets) * record.logits.detach()
+
+    def _linear(self, a: Tensor, relevance: Tensor, op: Op) -> Tensor:
+        module = op.module
+        return self.linear_rule(a, relevance, module.weight, module.bias, dense_map())  # type: ignore[union-attr]
+
+    def _hidden_conv(self, a: Tensor, relevance: Tensor, weight: Tensor, geometry: ConvGeometry, op: Op) -> Tensor:
+        weight, bias = self._conv_parameters(op, weight)
+        return self.conv_rule(a, relevance, weight, bias, conv_map(geometry, a.shape))
+
+    def _input_conv(
+        self, conv: _ConvPlan, a: Tensor, r: Tensor, weight: Tensor, record: ForwardRecord, x: Tensor
+    ) -> Tensor:
+        if self.input_rule is None:
+            return super()._input_conv(conv, a, r, weight, record, x)
+        weight, bias = self._conv_parameters(self._op_of(conv), weight)
+        return self.input_rule(a, r, weight, bias, conv_map(conv.geometry, a.shape))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+def _check(name: str, value: float) -> float:
+    value = float(value)
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value}.")
+    return value
+
+
+@register("lrp_epsilon")
+class LRPEpsilon(LRP):
+    """LRP-ε at every layer, the image layer included (Bach et al. 2015).
+
+    ``R_i = Σ_j a_i w_ij R_j / (z_j + ε·sign(z_j))`` with ``z_j`` the layer's output (bias included);
+    a larger ``ε`` absorbs more of the weak, contradictory contributions.  On a network without
+    biases, ``Σ R_input`` equals the target logit up to the leak through ``ε``.
+
+    Args:
+        model: a CNN classifier returning (N, classes) logits; it is never modified.
+        epsilon: the stabiliser ``ε >= 0`` (default ``1e-6``; Captum's default is ``1e-9``).
+    """
+
+    name = "LRP-ε"
+
+    def __init__(self, model: nn.Module, epsilon: float = 1e-6) -> None:
+        self.epsilon = _check("epsilon", epsilon)
+        rule = functools.partial(epsilon_rule, epsilon=self.epsilon)
+        super().__init__(model, rule, rule, rule)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, epsilon={self.epsilon})"
+
+
+@register("lrp_zplus")
+class LRPZPlus(LRP):
+    """LRP-z⁺ at every layer (deep Taylor decomposition, Montavon et al. 2017).
+
+    Each output's relevance is shared by the positive contributions ``(a_i w_ij)⁺``; biases are
+    ignored, so ``Σ R`` is conserved at every layer (at outputs with a positive contribution).
+    Signed inputs (the image, a linear bottleneck) count ``a⁺w⁺ + a⁻w⁻`` as positive.
+    """
+
+    name = "LRP-z+"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model, zplus_rule, zplus_rule, zplus_rule)
+
+
+class LRPAlphaBeta(LRP):
+    """LRP-αβ at every layer (Bach et al. 2015).
+
+    ``R_i = Σ_j (α (a_i w_ij)⁺ / z⁺_j − β (a_i w_ij)⁻ / z⁻_j) R_j``, the bias's positive (negative)
+    part joining ``z⁺`` (``z⁻``).  ``Σ R`` is conserved for ``α − β = 1`` where both signs occur.
+
+    Args:
+        model: a CNN classifier returning (N, classes) logits; it is never modified.
+        alpha, beta: weights of the positive and negative shares (``>= 0``).
+    """
+
+    name = "LRP-αβ"
+
+    def __init__(self, model: nn.Module, alpha: float = 1.0, beta: float = 0.0) -> None:
+        self.alpha, self.beta = _check("alpha", alpha), _check("beta", beta)
+        rule = functools.partial(alpha_beta_rule, alpha=self.alpha, beta=self.beta)
+        super().__init__(model, rule, rule, rule)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, alpha={self.alpha}, beta={self.beta})"
+
+
+@register("lrp_alpha1beta0")
+class LRPAlpha1Beta0(LRPAlphaBeta):
+    """LRP-α1β0: only positive contributions (with the positive part of the bias) share relevance."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model, alpha=1.0, beta=0.0)
+
+
+@register("lrp_alpha2beta1")
+class LRPAlpha2Beta1(LRPAlphaBeta):
+    """LRP-α2β1: twice the positive shares minus the negative shares."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model, alpha=2.0, beta=1.0)
+
+
+@register("lrp_gamma")
+class LRPGamma(LRP):
+    """LRP-γ at every layer (Montavon et al. 2019): positive contributions amplified by ``1 + γ``.
+
+    ``z_ij = a_i w_ij + γ (a_i w_ij)⁺``, bias ``b + γ b⁺``, denominators stabilised by ``ε``;
+    ``γ = 0`` is LRP-ε, ``γ → ∞`` tends to LRP-z⁺ (with biases).
+
+    Args:
+        model: a CNN classifier returning (N, classes) logits; it is never modified.
+        gamma: ``γ >= 0`` (default 0.25); epsilon: the stabiliser (default ``1e-6``).
+    """
+
+    name = "LRP-γ"
+
+    def __init__(self, model: nn.Module, gamma: float = 0.25, epsilon: float = 1e-6) -> None:
+        self.gamma, self.epsilon = _check("gamma", gamma), _check("epsilon", epsilon)
+        rule = functools.partial(gamma_rule, gamma=self.gamma, epsilon=self.epsilon)
+        super().__init__(model, rule, rule, rule)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, gamma={self.gamma}, epsilon={self.epsilon})"
+
+
+@register("lrp_composite")
+class LRPComposite(LRP):
+    """The composite "ε + z⁺ + z^B": LRP-ε for Linear layers, LRP-z⁺ for hidden convolutions, z^B
+    at the convolution that reads the image.
+
+    Args:
+        model: a CNN classifier returning (N, classes) logits; it is never modified.
+        epsilon: the stabiliser of the Linear layers (default ``1e-6``).
+        input_bounds: ``(low, high)`` for z^B (floats or per-channel tensors of the normalised
+            image's range); default: each sample's minimum and maximum.
+    """
+
+    name = "LRP-ε+z⁺+zB"
+
+    def __init__(self, model: nn.Module, epsilon: float = 1e-6, input_bounds: Bounds = None) -> None:
+        self.epsilon = _check("epsilon", epsilon)
+        super().__init__(
+            model, functools.partial(epsilon_rule, epsilon=self.epsilon), zplus_rule, None, input_bounds
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, epsilon={self.epsilon})"

@@ -1,0 +1,60 @@
+"""Relative Attributing Propagation rules (Nam et al., AAAI 2020; algorithms.md §6).
+
+Notation: ``a⁺ = max(a, 0)``, ``W⁺ = max(W, 0)`` (activating weights), ``W⁻ = max(−W, 0)``
+(inhibiting weights, as magnitudes), ``Z(x, K, S) = x ⊙ linᵀ(S ⊘ lin(x, K), K)`` the z-rule.
+All tensors are batched (dimension 0 is the sample) and every sum is per sample.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .common import safe_divide, sample_sum, shift
+from .lrp import LinearMap, generic_rule
+
+
+def rap_logit_split(a: Tensor, relevance: Tensor, weight: Tensor) -> Tensor:
+    """RAP at the layer producing the logits: the target logit split into its input contributions.
+
+    a: (N, in) layer input; relevance: (N, out), the one-hot of the target (any weights allowed:
+    the explained output is ``Σ_j R_j y_j``); weight: (out, in).
+    Contributions ``c_i = a_i Σ_j R_j w_ji`` (each belongs to one of the four sign classes
+    ``a⁺w⁺, a⁺w⁻, a⁻w⁺, a⁻w⁻``); the positive and the negative contributions are each rescaled to
+    unit mass, so they balance: ``R_in = c⁺/Σc⁺ − c⁻/Σc⁻`` (Σ R_in = 0, or ±1 if one sign is absent).
+
+    The bias is left out.  Shared over the contributions in proportion to them (signed or by
+    magnitude), it scales all positive and all negative contributions by one factor each — which the
+    balancing undoes — unless it outweighs them (``|b| > Σ|c|``), where it would flip a whole sign
+    class and erase the positive / negative distinction RAP is about.
+    """
+    c = a * (relevance @ weight)
+    pos, neg = c.clamp(min=0), (-c).clamp(min=0)
+    return safe_divide(pos, sample_sum(pos)) - safe_divide(neg, sample_sum(neg))
+
+
+def rap_hidden(a: Tensor, relevance: Tensor, weight: Tensor, layer: LinearMap) -> Tensor:
+    """RAP at a hidden convolution or dense layer: sign-aware shares with the real weights, re-centred.
+
+    With ``Z₁ = lin(a⁺, W⁺)``, ``Z₂ = lin(a⁺, W⁻)`` and the inhibition share ``q = Z₂ ⊘ (Z₁ + Z₂)``::
+
+        C    = Z(a⁺, W⁺, R⁺) + Z(a⁺, W⁻, q·R⁺ + (1 + q)·R⁻)          R⁺ = max(R, 0), R⁻ = min(R, 0)
+        R_in = C − (Σ C − Σ R) spread evenly over the support
+
+    i.e. positive relevance goes fully through the activators and a ``q`` share of it also through
+    the inhibitors; negative relevance goes through the inhibitors, plus its ``q`` share.  The
+    support is structural: inputs with ``a > 0`` connected by a non-zero weight to an output with
+    ``R ≠ 0`` (it does not move with float rounding), so ``Σ R_in = Σ R`` whenever it is not empty.
+
+    a: layer input; relevance: output-shaped; weight: the layer's kernel; layer: the linear map.
+    """
+    a_pos = a.clamp(min=0)
+    w_act, w_inh = weight.clamp(min=0), (-weight).clamp(min=0)
+    z_act, z_inh = layer.apply(a_pos, w_act), layer.apply(a_pos, w_inh)
+    q = safe_divide(z_inh, z_act + z_inh)
+    r_pos, r_neg = relevance.clamp(min=0), relevance.clamp(max=0)
+    c = generic_rule([(a_pos, w_act)], None, r_pos, layer, 0.0) + generic_rule(
+        [(a_pos, w_inh)], None, q * r_pos + (1 + q) * r_neg, layer, 0.0
+    )
+    connected = layer.adjoint((relevance != 0).to(a.dtype), (weight != 0).to(a.dtype)) > 0
+    return shift(c, sample_sum(c) - sample_sum(relevance), connected & (a > 0))
+

@@ -1,0 +1,376 @@
+"""LRP baselines: rules and two-layer nets against hand-computed values, conservation, ResNet-50
+stability, BatchNorm canonisation, batch invariance, stock models and Captum.
+
+Every expected value is written literally (derived by hand in the comments), computed by an
+independent model written in the test (BatchNorm folded by hand) or produced by Captum.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+import relprop
+from model_state import assert_unchanged, snapshot
+from relprop.rules.conv_ops import ConvGeometry
+from relprop.rules.lrp import alpha_beta_rule, conv_map, dense_map, fold_batchnorm, gamma_rule, zplus_rule
+
+D = torch.float64
+LRP_NAMES = ["lrp_epsilon", "lrp_zplus", "lrp_alpha1beta0", "lrp_alpha2beta1", "lrp_gamma", "lrp_composite"]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# --------------------------------------------------------------------------------------------- rules
+
+
+def _one_layer(kind: str):
+    """One layer (2 inputs -> 2 outputs), W = [[-2, 1], [1, 1]], as a dense map or a 1×1 conv on 1×1 maps."""
+    w = torch.tensor([[-2.0, 1.0], [1.0, 1.0]], dtype=D)
+    a = torch.tensor([[-1.0, 2.0]], dtype=D)
+    r = torch.tensor([[1.0, 2.0]], dtype=D)
+    if kind == "dense":
+        return a, r, w, dense_map(), lambda t: t.reshape(1, 2)
+    geometry = ConvGeometry((1, 1), (0, 0), (1, 1), 1)
+    return a.view(1, 2, 1, 1), r.view(1, 2, 1, 1), w.view(2, 2, 1, 1), conv_map(geometry, torch.Size((1, 2, 1, 1))), (
+        lambda t: t.reshape(1, 2)
+    )
+
+
+# a = (-1, 2); contributions a_i w_ji: output 0: (2, 2), output 1: (-1, 2); R = (1, 2).
+# z+:     out 0 shares 1 by (2, 2)/4 -> (0.5, 0.5); out 1 shares 2 by (0, 2)/2 -> (0, 2)      = (0.5, 2.5)
+#         (input 0 gets relevance through a⁻w⁻ > 0: signed inputs count a⁻w⁻ as positive)
+# α2β1:   out 0 has no negative contribution: 2·(0.5, 0.5) = (1, 1); out 1: 2·(0, 2) − (2, 0) = (−2, 4) = (−1, 5)
+# γ = 1:  out 0: (2+2, 2+2)/8 -> (0.5, 0.5); out 1: (−1, 2+2)/3 · 2 = (−2/3, 8/3)          = (−1/6, 19/6)
+RULE_CASES = {
+    "zplus": (lambda a, r, w, m: zplus_rule(a, r, w, None, m), [0.5, 2.5]),
+    "alpha2beta1": (lambda a, r, w, m: alpha_beta_rule(a, r, w, None, m, alpha=2.0, beta=1.0), [-1.0, 5.0]),
+    "gamma": (lambda a, r, w, m: gamma_rule(a, r, w, None, m, gamma=1.0, epsilon=0.0), [-1 / 6, 19 / 6]),
+}
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("case", list(RULE_CASES))
+def test_rule_with_signed_input(kind, case):
+    a, r, w, layer, flat = _one_layer(kind)
+    rule, expected = RULE_CASES[case]
+    torch.testing.assert_close(flat(rule(a, r, w, layer)), torch.tensor([expected], dtype=D), rtol=0, atol=1e-12)
+
+
+def test_fold_batchnorm_by_hand():
+    # w = 2, b = 1; BN: mean 3, var 3, eps 1 (σ = 2), γ = 4, β = 5: scale 4/2 = 2, w' = 4, b' = (1 − 3)·2 + 5 = 1
+    bn = nn.BatchNorm2d(1, eps=1.0).to(D)
+    with torch.no_grad():
+        bn.running_mean.fill_(3.0), bn.running_var.fill_(3.0), bn.weight.fill_(4.0), bn.bias.fill_(5.0)
+    weight, bias = fold_batchnorm(torch.full((1, 1, 1, 1), 2.0, dtype=D), torch.ones(1, dtype=D), bn)
+    assert weight.item() == 4.0 and bias.item() == 1.0
+
+
+# --------------------------------------------------------------------------------------------- two-layer nets
+
+
+def two_layer_net(kind: str) -> tuple[nn.Module, torch.Tensor]:
+    """x = (1, 2) -> W1 = [[1, 1], [3, -1]], b1 = (1, 0) -> ReLU -> W2 = [[1, 2], [-1, 1]], b2 = (2, 0).
+
+    Hidden: z1 = (4, 1), h = (4, 1); logits (8, -3).  ``kind='conv'`` makes the first layer a 1×1
+    convolution on a (1, 2, 1, 1) image (it then reads the image).
+    """
+    w1, b1 = torch.tensor([[1.0, 1.0], [3.0, -1.0]]), torch.tensor([1.0, 0.0])
+    w2, b2 = torch.tensor([[1.0, 2.0], [-1.0, 1.0]]), torch.tensor([2.0, 0.0])
+    if kind == "dense":
+        model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+        first, x = model[1], torch.tensor([1.0, 2.0]).view(1, 1, 1, 2)
+    else:
+        model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2))
+        first, x = model[0], torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)
+    with torch.no_grad():
+        first.weight.copy_(w1.view_as(first.weight)), first.bias.copy_(b1)
+        model[3].weight.copy_(w2), model[3].bias.copy_(b2)
+    return model.to(D).eval(), x.to(D)
+
+
+# (method, target, expected relevance of x = (1, 2)), derived by hand:
+# ε = 0, t = 0: R = 8 = 4·1 + 1·2 + 2 -> h gets (4, 2) (the bias keeps 2); unit 0: z = 4, contributions (1, 2)
+#   -> (1, 2); unit 1: z = 1, contributions (3, -2), R = 2 -> (6, -4).                         x: (7, -2)
+# ε = 0, t = 1: R = -3, contributions (-4, 1) -> h: (-4, 1); unit 0: (1, 2)·(-4)/4 = (-1, -2);
+#   unit 1: (3, -2)·1/1.                                                                        x: (2, -4)
+# ε = 1, t = 0: h: (4, 2)·8/9; unit 0: (1, 2)·(32/9)/5; unit 1: (3, -2)·(16/9)/2.      x: (152/45, -16/45)
+# z+, t = 0: h: (4, 2)·8/6; unit 0: (1, 2)·(16/3)/3; unit 1: (3, 0)·(8/3)/3.              x: (40/9, 32/9)
+# α1β0, t = 0 (b⁺ joins z⁺): h: (4, 2)·8/8; unit 0: z⁺ = 3 + 1: (1, 2)·4/4; unit 1: (3, 0)·2/3.   x: (3, 2)
+# α2β1, t = 0: h: 2·(4, 2) (no negative contribution); unit 0: 2·(1, 2)·8/4 = (4, 8);
+#   unit 1: 2·(3, 0)·4/3 − (0, -2)·4/(-2) = (8, -4).                                          x: (12, 4)
+# α2β1, t = 1: R = -3; h: 2·(0, 1)·(-3)/1 − (-4, 0)·(-3)/(-4) = (3, -6); unit 0: 2·(1, 2)·3/4 = (1.5, 3);
+#   unit 1: 2·(3, 0)·(-6)/3 − (0, -2)·(-6)/(-2) = (-12, 6).                                  x: (-10.5, 9)
+# γ = 0.5, ε = 0, t = 0: h: z = (4+2) + (2+1) + (2+1) = 12 -> (6, 3)·8/12 = (4, 2);
+#   unit 0: (1.5, 3), bias 1.5, z = 6 -> (1, 2); unit 1: (4.5, -2), z = 2.5 -> (3.6, -1.6).   x: (4.6, 0.4)
+# γ = 0.5, ε = 0, t = 1: z = -3 < 0, so the negative contributions are amplified: (-4, 1) + 0.5·(-4, 0),
+#   z̃ = -5 -> h: (-6, 1)·(-3)/(-5) = (-3.6, 0.6); unit 0: (1.5, 3)·(-3.6)/6 = (-0.9, -1.8);
+#   unit 1: (4.5, -2)·0.6/2.5 = (1.08, -0.48).                                             x: (0.18, -2.28)
+HAND_CASES = [
+    (lambda m: relprop.LRPEpsilon(m, epsilon=0.0), 0, [7.0, -2.0]),
+    (lambda m: relprop.LRPEpsilon(m, epsilon=0.0), 1, [2.0, -4.0]),
+    (lambda m: relprop.LRPEpsilon(m, epsilon=1.0), 0, [152 / 45, -16 / 45]),
+    (lambda m: relprop.LRPZPlus(m), 0, [40 / 9, 32 / 9]),
+    (lambda m: relprop.LRPAlpha1Beta0(m), 0, [3.0, 2.0]),
+    (lambda m: relprop.LRPAlpha2Beta1(m), 0, [12.0, 4.0]),
+    (lambda m: relprop.LRPAlpha2Beta1(m), 1, [-10.5, 9.0]),
+    (lambda m: relprop.LRPGamma(m, gamma=0.5, epsilon=0.0), 0, [4.6, 0.4]),
+    (lambda m: relprop.LRPGamma(m, gamma=0.5, epsilon=0.0), 1, [0.18, -2.28]),
+]
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("make, target, expected", HAND_CASES)
+def test_two_layer_net_by_hand(kind, make, target, expected):
+    model, x = two_layer_net(kind)
+    attr = make(model).attribute(x, target=target)
+    assert attr.shape == x.shape
+    torch.testing.assert_close(attr.reshape(-1), torch.tensor(expected, dtype=D), rtol=0, atol=1e-12)
+
+
+def test_composite_by_hand():
+    """x = (1, 2) as a 1×2 image; conv (1×2 kernels (1, 1), (3, -1), bias (1, 0)) -> ReLU -> 1×1 conv
+    ((1, 2), (-1, 1)) -> ReLU -> Linear ((1, -1), (0.5, 1)), bias (1, 0).
+
+    Activations (4, 1) -> (6, 0) -> logit 7.  Linear, ε = 1: (6, 0)·7/8 = (5.25, 0).  Hidden conv z+:
+    (4, 2)·5.25/6 = (3.5, 1.75).  Input z^B with bounds [-1, 3]: unit 0 terms x w − l w⁺ − h w⁻ =
+    (2, 3) -> (1.4, 2.1); unit 1 terms (3 + 3, -2 + 3) = (6, 1) -> (1.5, 0.25).  x: (2.9, 2.35).
+    """
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, (1, 2)), nn.ReLU(), nn.Conv2d(2, 2, 1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2)
+    ).to(D)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 1.0], [3.0, -1.0]]).view(2, 1, 1, 2))
+        model[0].bias.copy_(torch.tensor([1.0, 0.0]))
+        model[2].weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, 1.0]]).view(2, 2, 1, 1))
+        model[5].weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 1.0]]))
+        model[5].bias.copy_(torch.tensor([1.0, 0.0]))
+    x = torch.tensor([1.0, 2.0], dtype=D).view(1, 1, 1, 2)
+    attr = relprop.LRPComposite(model.eval(), epsilon=1.0, input_bounds=(-1.0, 3.0)).attribute(x, target=0)
+    torch.testing.assert_close(attr.reshape(-1), torch.tensor([2.9, 2.35], dtype=D), rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------- BatchNorm
+
+
+@pytest.mark.parametrize("make", [lambda m: relprop.LRPEpsilon(m, 0.01), relprop.LRPAlpha2Beta1, relprop.LRPGamma])
+def test_batchnorm_is_folded_into_its_convolution(make):
+    """conv -> BN -> ReLU equals, for LRP, the single convolution with BN folded in by hand."""
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.weight.uniform_(-1.5, 1.5), bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    tail = [nn.ReLU(), nn.Conv2d(4, 5, 3), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3)]
+    model = nn.Sequential(conv, bn, *tail).to(D).eval()
+    folded_conv = nn.Conv2d(3, 4, 3).to(D)
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        folded_conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        folded_conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+    folded = nn.Sequential(folded_conv, *tail).to(D).eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    torch.testing.assert_close(model(x), folded(x))
+    expected = make(folded).attribute(x, target=[0, 2])
+    torch.testing.assert_close(make(model).attribute(x, target=[0, 2]), expected, rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------- conservation
+
+
+class SmallCNN(nn.Module):
+    """conv-BN-ReLU stem, residual block, concatenation, BN after the concatenation, max and average
+    pooling, grouped conv, two Linear layers.  Input (N, 3, 12, 12), 5 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.side = nn.Conv2d(8, 4, 1)
+        self.norm = nn.BatchNorm2d(12)
+        self.head = nn.Conv2d(12, 6, 3, padding=1, groups=2)
+        self.fc1 = nn.Linear(24, 16)
+        self.fc2 = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(x + self.branch(x))
+        x = F.relu(self.norm(torch.cat([x, F.relu(self.side(x))], dim=1)))
+        x = F.relu(self.head(F.max_pool2d(x, 2)))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 2), 1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters (scales of both signs)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(-1.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def zero_biases(model: nn.Module) -> nn.Module:
+    """Make the network bias-free: conv and Linear biases 0; BatchNorm shift β = 0 and running mean 0,
+    so that BN is the pure per-channel scaling x·γ/√(σ² + eps)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.zero_()
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.zero_()
+                m.running_mean.zero_()
+    return model
+
+
+def small_cnn(biases: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    model = randomise_batchnorm(SmallCNN()).to(D).eval()
+    return model if biases else zero_biases(model)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: relprop.LRPEpsilon(m, epsilon=1e-12),
+        relprop.LRPZPlus,
+        relprop.LRPAlpha1Beta0,  # equals z+ without biases
+        lambda m: relprop.LRPGamma(m, gamma=0.25, epsilon=1e-12),
+        lambda m: relprop.LRPComposite(m, epsilon=1e-12),
+    ],
+)
+def test_sum_equals_logit_without_biases(make):
+    model = small_cnn(biases=False)
+    x = torch.randn(4, 3, 12, 12, dtype=D, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1, 3, 4])
+    logits = model(x).gather(1, targets[:, None]).squeeze(1).detach()
+    attr = make(model).attribute(x, target=targets)
+    torch.testing.assert_close(attr.sum(dim=(1, 2, 3)), logits, rtol=1e-8, atol=0)
+
+
+def test_biases_absorb_relevance():
+    """With biases the ε sum is not the logit (the check above can fail)."""
+    model = small_cnn(biases=True)
+    x = torch.randn(4, 3, 12, 12, dtype=D, generator=torch.Generator().manual_seed(1))
+    logits = model(x)[:, 0].detach()
+    sums = relprop.LRPEpsilon(model, epsilon=1e-12).attribute(x, target=0).sum(dim=(1, 2, 3))
+    assert (sums - logits).abs().max() > 1e-3
+
+
+def _resnet50_bias_free() -> nn.Module:
+    torch.manual_seed(0)
+    return zero_biases(randomise_batchnorm(torchvision.models.resnet50())).eval()
+
+
+def test_lrp_epsilon_on_resnet50_is_finite_and_conserves():
+    """Captum's LRP explodes on stock ResNet-50; ours stays finite and, without biases, sums to the logit."""
+    model = _resnet50_bias_free()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    logits = model(x).detach()
+    target = int(logits.argmax())
+    attr = relprop.LRPEpsilon(model).attribute(x, target=target)
+    assert torch.isfinite(attr).all()
+    assert abs(attr.sum().item() - logits[0, target].item()) <= 0.1 * abs(logits[0, target].item())
+    with torch.no_grad():  # with biases (BN shifts, fc bias) the map must still be finite
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.uniform_(-0.5, 0.5), m.running_mean.uniform_(-0.5, 0.5)
+        model.fc.bias.uniform_(-1, 1)
+    assert torch.isfinite(relprop.LRPEpsilon(model).attribute(x, target=target)).all()
+
+
+# --------------------------------------------------------------------------------------------- contract
+
+
+@pytest.mark.parametrize("name", LRP_NAMES)
+def test_batch_per_sample_targets_and_invariance(name):
+    """Sample i of a batch gets its map alone (float64: the float32 forward of a batch and of a single
+    image differ by rounding, which the ε-type divisions can amplify above 1e-5)."""
+    model = small_cnn()
+    method = relprop.get_method(name)(model)
+    x = torch.randn(4, 3, 12, 12, dtype=D, generator=torch.Generator().manual_seed(3))
+    targets = [4, 0, 2, 2]
+    batch = method.attribute(x, target=targets)
+    for i, t in enumerate(targets):
+        assert _rel(batch[i : i + 1], method.attribute(x[i : i + 1], target=t)) <= 1e-5
+    assert _rel(batch[2], method.attribute(x[2:3], target=1)[0]) > 1e-3  # the target matters
+
+
+STOCK = {
+    "vgg11": (torchvision.models.vgg11, 32),
+    "resnet18": (torchvision.models.resnet18, 64),
+    "densenet121": (torchvision.models.densenet121, 32),
+    "mobilenet_v2": (torchvision.models.mobilenet_v2, 64),
+}
+
+
+def check_stock_model(arch: str, names: list[str]) -> None:
+    """Every method runs on a random-init stock model: finite, non-constant maps; model untouched."""
+    build, size = STOCK[arch]
+    torch.manual_seed(0)
+    model = build().eval()
+    before = snapshot(model)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(4))
+    for name in names:
+        attr = relprop.get_method(name)(model).attribute(x, target=[1, 999])
+        assert attr.shape == x.shape and torch.isfinite(attr).all(), name
+        assert all(sample.std() > 0 for sample in attr), name
+    assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("arch", list(STOCK))
+def test_stock_models(arch):
+    check_stock_model(arch, LRP_NAMES)
+
+
+def test_invalid_hyper_parameters():
+    model = small_cnn()
+    for make in [
+        lambda: relprop.LRPEpsilon(model, epsilon=-1.0),
+        lambda: relprop.LRPGamma(model, gamma=float("nan")),
+        lambda: relprop.LRPAlphaBeta(model, alpha=2.0, beta=-1.0),
+    ]:
+        with pytest.raises(ValueError, match="must be a finite number >= 0"):
+            make()
+
+
+# --------------------------------------------------------------------------------------------- Captum
+
+
+class CaptumNet(nn.Module):
+    """A plain conv net of layers Captum's LRP has default rules for (flattening done in forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def test_lrp_epsilon_equals_captum():
+    """Captum's LRP defaults to its ε rule (ε = 1e-9, bias in the denominator) on Conv2d, Linear and the
+    pooling layers and passes relevance through ReLU: with the same ε every rule coincides with ours
+    (its max pool gives the winner ``x·R/(x + ε)`` instead of ``R``: a relative difference of order ε/x)."""
+    from captum.attr import LRP as CaptumLRP
+
+    torch.manual_seed(0)
+    model = CaptumNet().to(D).eval()
+    x = torch.randn(3, 3, 12, 12, dtype=D, generator=torch.Generator().manual_seed(5))
+    targets = [0, 3, 4]
+    expected = CaptumLRP(copy.deepcopy(model)).attribute(x.clone(), target=targets)
+    ours = relprop.LRPEpsilon(model, epsilon=1e-9).attribute(x, target=targets)
+    assert expected.abs().max() > 0
+    assert _rel(ours, expected.detach()) <= 1e-6

@@ -1,0 +1,122 @@
+"""RAP: its two rules and a two-layer net against hand-computed values, conservation, batch
+invariance, stock models, unsupported heads.
+
+Expected values are written literally and derived by hand in the comments (notation of
+relprop.rules.rap: W⁺ activating weights, W⁻ inhibiting weight magnitudes, q = Z₂ / (Z₁ + Z₂)).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import relprop
+from relprop.rules.conv_ops import ConvGeometry
+from relprop.rules.lrp import conv_map, dense_map
+from relprop.rules.rap import rap_hidden, rap_logit_split
+from test_lrp import D, _rel, check_stock_model, small_cnn
+
+W1 = [[1.0, -1.0], [2.0, 1.0]]
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_hidden_rule_by_hand(kind):
+    """a = (1, 2), W = [[1, -1], [2, 1]], R = (3, -1).
+
+    Z₁ = (1, 4), Z₂ = (2, 0), q = (2/3, 0).  Activators: output 0 gives its R⁺ = 3 to input 0 (the only
+    activator) -> (3, 0).  Inhibitors get q·R⁺ + (1 + q)·R⁻ = (2, -1): output 0 -> input 1 gets 2;
+    output 1 has no inhibitor (its -1 is dropped).  C = (3, 2), Σ C − Σ R = 5 − 2 = 3, both inputs are
+    active and connected: R_in = (3, 2) − 1.5 = (1.5, 0.5).
+    """
+    a = torch.tensor([[1.0, 2.0]], dtype=D)
+    r = torch.tensor([[3.0, -1.0]], dtype=D)
+    w = torch.tensor(W1, dtype=D)
+    if kind == "dense":
+        out = rap_hidden(a, r, w, dense_map())
+    else:
+        geometry = ConvGeometry((1, 1), (0, 0), (1, 1), 1)
+        out = rap_hidden(a.view(1, 2, 1, 1), r.view(1, 2, 1, 1), w.view(2, 2, 1, 1), conv_map(geometry, (1, 2, 1, 1)))
+    torch.testing.assert_close(out.reshape(1, 2), torch.tensor([[1.5, 0.5]], dtype=D), rtol=0, atol=1e-12)
+
+
+def test_hidden_rule_support_excludes_inactive_inputs():
+    """a = (1, 0, 2): the inactive input 1 gets nothing, also from the re-centring.
+
+    W = [[1, 1, -1]], R = (2,): Z₁ = 1, Z₂ = 2, q = 2/3; activators: input 0 gets 2; inhibitors get
+    (2/3)·2 = 4/3 -> input 2.  C = (2, 0, 4/3), excess 4/3 over inputs 0 and 2: (4/3, 0, 2/3).
+    """
+    out = rap_hidden(
+        torch.tensor([[1.0, 0.0, 2.0]], dtype=D), torch.tensor([[2.0]], dtype=D),
+        torch.tensor([[1.0, 1.0, -1.0]], dtype=D), dense_map(),
+    )
+    torch.testing.assert_close(out, torch.tensor([[4 / 3, 0.0, 2 / 3]], dtype=D), rtol=0, atol=1e-12)
+
+
+def test_logit_split_by_hand():
+    """W = [[5, 5, 5], [2, 1, -1]], a = (1, -2, 3) for both samples.
+
+    Sample 0, target 1: c = (2, -2, -3) -> positive part to unit mass (1, 0, 0), negative
+    (0, -2, -3)/5: (1, -0.4, -0.6).  Sample 1, target 0: c = (5, -10, 15) -> (5, 0, 15)/20 − (0, 1, 0)
+    = (0.25, -1, 0.75).
+    """
+    a = torch.tensor([[1.0, -2.0, 3.0], [1.0, -2.0, 3.0]], dtype=D)
+    r = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=D)
+    w = torch.tensor([[5.0, 5.0, 5.0], [2.0, 1.0, -1.0]], dtype=D)
+    expected = torch.tensor([[1.0, -0.4, -0.6], [0.25, -1.0, 0.75]], dtype=D)
+    torch.testing.assert_close(rap_logit_split(a, r, w), expected, rtol=0, atol=1e-12)
+
+
+def test_two_layer_net_by_hand():
+    """x = (1, 2) -> Linear W1 = [[1, -1], [2, 1]], b1 = (2, 0) -> ReLU: h = (1, 4) -> Linear
+    W2 = [[1, -1], [2, 1]], b2 = (0, 1).
+
+    Target 0: c = (1, -4) -> R_h = (1, -1).  Hidden rule: Z₁ = (1, 4), Z₂ = (2, 0), q = (2/3, 0);
+    activators (1, 0); inhibitors get (2/3, -1) -> input 1 gets (2/3)/2·2 = 2/3; C = (1, 2/3),
+    excess 5/3 over 2 inputs: (1/6, -1/6).
+    Target 1: c = (2, 4) (the bias is left out) -> R_h = (1/3, 2/3).  Activators: s = (1/3, 1/6)
+    -> (2/3, 1/3); inhibitors q·R⁺ = (2/9, 0) -> input 1 gets 2/9; C = (2/3, 5/9), excess 2/9:
+    (5/9, 4/9).
+    """
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)).to(D)
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor(W1)), model[1].bias.copy_(torch.tensor([2.0, 0.0]))
+        model[3].weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 1.0]])), model[3].bias.copy_(torch.tensor([0.0, 1.0]))
+    x = torch.tensor([1.0, 2.0], dtype=D).view(1, 1, 1, 2).repeat(2, 1, 1, 1)
+    attr = relprop.RAP(model.eval()).attribute(x, target=[0, 1])
+    expected = torch.tensor([[1 / 6, -1 / 6], [5 / 9, 4 / 9]], dtype=D).view(2, 1, 1, 2)
+    torch.testing.assert_close(attr, expected, rtol=0, atol=1e-12)
+
+
+def test_balanced_total_is_conserved_to_the_input():
+    """The logit split gives Σ R = 0 (both signs occur here); every later rule (re-centring, pooling,
+    residual split, z^B) keeps it."""
+    model = small_cnn()
+    x = torch.randn(4, 3, 12, 12, dtype=D, generator=torch.Generator().manual_seed(6))
+    attr = relprop.RAP(model).attribute(x, target=[0, 1, 2, 3])
+    mass = attr.abs().sum(dim=(1, 2, 3))
+    assert (mass > 0).all()
+    assert (attr.sum(dim=(1, 2, 3)).abs() <= 1e-9 * mass).all()
+
+
+def test_batch_per_sample_targets_and_invariance():
+    """Sample i of a batch gets its map alone (float64, see test_lrp)."""
+    model = small_cnn()
+    method = relprop.get_method("rap")(model)
+    x = torch.randn(4, 3, 12, 12, dtype=D, generator=torch.Generator().manual_seed(3))
+    targets = [4, 0, 2, 2]
+    batch = method.attribute(x, target=targets)
+    for i, t in enumerate(targets):
+        assert _rel(batch[i : i + 1], method.attribute(x[i : i + 1], target=t)) <= 1e-5
+    assert _rel(batch[2], method.attribute(x[2:3], target=1)[0]) > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "resnet18", "densenet121", "mobilenet_v2"])
+def test_stock_models(arch):
+    check_stock_model(arch, ["rap"])
+
+
+def test_logits_not_from_a_linear_layer_are_rejected():
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(relprop.UnsupportedLayerError, match="Linear layer that produces the logits"):
+        relprop.RAP(model)
