@@ -15,7 +15,12 @@ for make in (lambda m: relprop.RSP(m), lambda m: relprop.AE(m)):
     m.cpu()
     print("cuda vs cpu max rel diff", ((gpu - cpu).abs().max() / cpu.abs().max()).item())
 PY
-python3 -m relprop.cli bench --device cuda --models resnet50 --batch-sizes 1,64 \
-  --methods forward,gradient,rsp,ae,lrp_epsilon,captum_lrp,zennit_epsilon_plus_flat --repeats 10 --out $OUT/resnet50
-python3 -m relprop.cli bench --device cuda --models vgg16,densenet121,efficientnet_lite0 --batch-sizes 1,16 \
-  --methods forward,gradient,rsp,ae,lrp_epsilon,captum_lrp,zennit_epsilon_plus_flat --repeats 5 --out $OUT/others
+python3 - <<'PY'
+import os
+from pathlib import Path
+from relprop.benchmark import run, save
+methods = ("forward", "gradient", "rsp", "ae", "lrp_epsilon", "captum_lrp", "zennit_epsilon_plus_flat")
+out = Path(os.environ["OUT"])
+save(run(models=("resnet50",), batches=(1, 64), methods=methods, device="cuda", repeats=10), out / "resnet50")
+save(run(models=("vgg16", "densenet121", "efficientnet_lite0"), batches=(1, 16), methods=methods, device="cuda", repeats=5), out / "others")
+PY
