@@ -9,6 +9,7 @@ and the input) over the resident size at that point (CPU), or ``torch.cuda.max_m
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import statistics
@@ -66,6 +67,10 @@ def make_method(name: str, model: nn.Module) -> Explain:
             logits = model(x)
             return torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)[0]
         return gradient
+    if name in ("captum_lrp", "zennit_epsilon_plus_flat"):
+        # Other libraries get their own copy: a canonizer that fails half-way (Zennit on
+        # DenseNet) can leave the model it was given altered.
+        model = copy.deepcopy(model)
     if name == "captum_lrp":
         from captum.attr import LRP
 
