@@ -306,9 +306,9 @@ def test_batch_per_sample_targets_and_invariance(name):
 
 STOCK = {
     "vgg11": (torchvision.models.vgg11, 32),
-    "resnet18": (torchvision.models.resnet18, 64),
+    "resnet18": (torchvision.models.resnet18, 32),
     "densenet121": (torchvision.models.densenet121, 32),
-    "mobilenet_v2": (torchvision.models.mobilenet_v2, 64),
+    "mobilenet_v2": (torchvision.models.mobilenet_v2, 32),
 }
 
 
@@ -318,11 +318,11 @@ def check_stock_model(arch: str, names: list[str]) -> None:
     torch.manual_seed(0)
     model = build().eval()
     before = snapshot(model)
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(4))
     for name in names:
-        attr = relprop.get_method(name)(model).attribute(x, target=[1, 999])
+        attr = relprop.get_method(name)(model).attribute(x, target=999)
         assert attr.shape == x.shape and torch.isfinite(attr).all(), name
-        assert all(sample.std() > 0 for sample in attr), name
+        assert attr.std() > 0, name
     assert_unchanged(before, model)
 
 

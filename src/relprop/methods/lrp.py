@@ -8,8 +8,9 @@ convolutions use the rules of :mod:`relprop.rules.lrp`; everything else is the e
   (canonisation: the rule sees the kernel and bias of ``bn(conv(x))``, and relevance passes the
   BatchNorm unchanged) — this is exact LRP on the folded network;
 * a BatchNorm that cannot be folded (DenseNet's BatchNorm after a concatenation) passes relevance
-  unchanged (identity): its affine shift neither absorbs nor injects relevance, so the maps of
-  such layers are not those of an ε rule applied to the affine map;
+  unchanged (identity): relevance is conserved through it and its shift absorbs nothing — unlike
+  an ε rule on the affine map ``s·x + t``, which would give ``s·x / (s·x + t)`` of it to ``x``
+  (the rest to ``t``) and grow without bound where ``s·x + t ≈ 0``;
 * residual adds split relevance by ``|a| / (|a| + |b|)``: shares in [0, 1], conserving, never
   exploding when ``a ≈ −b`` (the proportional ``a / (a + b)`` split of textbook LRP does);
 * max pooling sends a window's relevance to its arg-max, average pooling shares it in proportion
@@ -82,7 +83,11 @@ class LRP(LogitPropagation):
 
     Seed: ``R₀ = onehot(target) · logit`` at the logits.  Every rule is a function
     ``rule(a, relevance, weight, bias, layer)`` of :mod:`relprop.rules.lrp` with its hyper-parameters
-    bound (e.g. ``functools.partial(epsilon_rule, epsilon=0.25)``).
+    bound, e.g. "ε + γ + z^B"::
+
+        from functools import partial
+        from relprop.rules.lrp import epsilon_rule, gamma_rule
+        LRP(model, partial(epsilon_rule, epsilon=0.25), partial(gamma_rule, gamma=0.25, epsilon=1e-6))
 
     Args:
         model: a CNN classifier returning (N, classes) logits; it is never modified.

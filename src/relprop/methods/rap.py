@@ -24,11 +24,12 @@ class RAP(LogitPropagation):
     Seed: the one-hot of the target at the logits.  The Linear layer producing the logits splits
     the target logit into its input contributions and balances them: positive and negative parts
     get unit mass each (the bias is left out, see :func:`relprop.rules.rap.rap_logit_split`).
-    Every hidden Linear layer and convolution sends positive relevance through the activating weights (and a share through
-    the inhibiting ones), negative relevance through the inhibiting weights, then re-centres so
-    that ``Σ R`` is conserved (:func:`relprop.rules.rap.rap_hidden`).  The image layer uses z^B.
+    Every hidden Linear layer and convolution sends positive relevance through the activating
+    weights (and a share through the inhibiting ones), negative relevance through the inhibiting
+    weights, then re-centres so that ``Σ R`` is conserved (:func:`relprop.rules.rap.rap_hidden`).
+    The image layer uses z^B.
 
-    Differences from the authors' released code (which was read, not run, and not copied): every
+    Differences from the authors' released code as algorithms.md §6 describes it: every
     sum and normalisation is per sample (batch-invariant); one rule for convolutions and hidden
     Linear layers (their Linear version sends the first negative term through the activators);
     the re-centring support is structural (inputs with ``a > 0`` connected to an output with
