@@ -93,6 +93,19 @@ class ModelGraph:
             )
         self.input_name = inputs[0].name
         self.output_name = next(op.name for op in self.ops if op.kind == OUTPUT)
+        self._called_modules = {str(op.node.target) for op in self.ops if op.node.op == "call_module"}
+
+    def refuse_bypassed_hooks(self) -> None:
+        """Forward hooks on a module that is traced through (the model itself, torchvision blocks)
+        would silently not run; refuse them.  Hooks on leaf layers run as usual."""
+        for path, module in self.model.named_modules():
+            if path not in self._called_modules and (module._forward_hooks or module._forward_pre_hooks):
+                where = f"'{path}'" if path else "the model itself"
+                raise RelpropError(
+                    f"{where} ({type(module).__name__}) has forward hooks or pre-hooks; relprop traces "
+                    "through this module and could not run them, so the explanation would not match the "
+                    "model's output. Remove them (handle.remove()) or register them on leaf layers."
+                )
 
     def ancestors(self, name: str) -> set[str]:
         """Names of all ops ``name`` depends on, itself included."""
@@ -124,6 +137,10 @@ class ModelGraph:
         The output of a module is the last op traced inside it.  Raises ``ValueError`` listing
         close names when nothing matches.
         """
+        if not isinstance(layer, str):
+            raise TypeError(
+                f"seed_layer must be a module path such as 'layer4' (a str); got {type(layer).__name__} {layer!r}."
+            )
         if layer in self.by_name:
             return layer
         last = None

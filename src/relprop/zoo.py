@@ -70,6 +70,8 @@ def _load_state_dict(model: nn.Module, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise RelpropError(f"weights file not found: {path}") from exc
+    except OSError as exc:
+        raise RelpropError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
     except Exception as exc:  # unpickling errors come in many types
         raise RelpropError(
             f"{path} is not a state dict that loads with weights_only=True (a pickled model or another "
@@ -85,6 +87,17 @@ def _load_state_dict(model: nn.Module, path: str | Path) -> None:
         example = (missing or unexpected or reshaped)[0]
         raise RelpropError(
             f"{path} does not fit {type(model).__name__} ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(reshaped)} wrongly shaped keys, e.g. '{example}'): weights for another architecture?"
+            f"{len(reshaped)} wrongly shaped keys, e.g. '{example}'): {_mismatch_hint(state, expected)}"
         )
     model.load_state_dict(state)
+
+
+def _mismatch_hint(state: dict, expected: dict) -> str:
+    """What a state dict that does not fit probably is: a training checkpoint, DataParallel weights
+    (keys prefixed ``module.``) or the weights of another architecture."""
+    wrapped = [k for k, v in state.items() if isinstance(v, dict) and set(v) & set(expected)]
+    if wrapped:
+        return f"a training checkpoint? Save checkpoint[{wrapped[0]!r}] instead (torch.save(checkpoint[{wrapped[0]!r}], path))."
+    if any(k.startswith("module.") and k[len("module."):] in expected for k in state):
+        return "weights saved from a DataParallel / DistributedDataParallel wrapper? Remove the 'module.' prefix of the keys."
+    return "weights for another architecture?"

@@ -143,6 +143,7 @@ class RelevancePropagation:
         """
         x = check_input(x)
         self._check_compatible(x)
+        self.graph.refuse_bypassed_hooks()
         with evaluation_mode(self.model), torch.no_grad():
             record = record_forward(self.graph, x, self.seed_op, self._plan.keep, self._plan.replay)
             targets = resolve_targets(target, record.logits.detach())
@@ -150,6 +151,12 @@ class RelevancePropagation:
             record.logits = record.logits.detach()
             result = self._walk(seed, record, x)
         if not torch.isfinite(result).all():
+            if self.mode == "reference":
+                raise RelpropError(
+                    f"{self.name} in reference mode divided by zero on this input, as the authors' code does "
+                    "(algorithms.md Q4/Q26: an empty positive or negative part, or a seed summing to 0); "
+                    "use mode='default'."
+                )
             raise RelpropError(
                 f"{self.name} relevance overflowed {x.dtype} on {type(self.model).__name__} (its magnitude "
                 "grows with depth); explain in float64 (model.double(), x.double()) or pick a later seed_layer."
@@ -190,6 +197,13 @@ class RelevancePropagation:
                 keep.update(op.inputs)
             elif op.kind in (CAT, BATCHNORM) and self.mode == "reference":
                 keep.update(op.inputs)
+        if not self.seeds_at_logits:
+            flattening = [op for op in order if op.kind == LAYOUT and not _is_pad(op)]
+            if flattening:
+                raise ValueError(
+                    f"seed_layer '{self.seed_layer}' comes after '{flattening[0].path}' ({flattening[0].type_name}), "
+                    "so its output is no (N, C, h, w) feature map; choose a convolutional block."
+                )
         plan = _Plan(order, convs, keep, replay)
         if self._drops_skip_paths():
             for op in order:
@@ -403,3 +417,9 @@ def _backward_uses(plan: _Plan) -> dict[str, int]:
             uses[inp] = uses.get(inp, 0) + 1
     return uses
 
+
+def _is_pad(op: Op) -> bool:
+    """Zero padding keeps the (N, C, H, W) layout; flatten / view / reshape do not."""
+    if op.module is not None:
+        return not isinstance(op.module, nn.Flatten)
+    return op.node.target is torch.nn.functional.pad
