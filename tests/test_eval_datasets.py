@@ -172,3 +172,20 @@ def test_wrong_roots_get_clear_errors(shared_data: Path, tmp_path: Path) -> None
 def test_flag_files_are_not_shipped_with_the_package() -> None:
     package = Path(relprop.__file__).parent
     assert not [p for p in package.rglob("*") if "difficult" in p.name.lower()]
+
+
+def test_imagenet_kaggle_layout(tmp_path: Path) -> None:
+    (tmp_path / "val").mkdir()
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / "val" / "ILSVRC2012_val_00000007.JPEG")
+    (tmp_path / "LOC_synset_mapping.txt").write_text("n02000000 second class\nn01000000 first class, alias\n")
+    (tmp_path / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\nILSVRC2012_val_00000007,n02000000 1 2 3 4 n02000000 10 20 12 29 \n"
+    )
+    dataset = open_dataset("imagenet", tmp_path)
+    assert dataset.class_names == ("first class, alias", "second class")  # synsets sorted
+    sample = dataset[0]
+    assert sample.labels == (1,)
+    expected = np.zeros((30, 40), dtype=bool)
+    expected[2:5, 1:4] = True  # inclusive pixel indices
+    expected[20:30, 10:13] = True
+    assert (sample.regions[1] == expected).all()

@@ -16,9 +16,24 @@ from relprop.evaluation.datasets import VOC2007, boxes_to_mask
 from relprop.evaluation.maps import gaussian_smooth, input_shape, to_grid, to_original
 from relprop.evaluation.methods import MethodSpec, parse_methods
 from relprop.evaluation.metrics import (
-    SegmentationUnit, Threshold, argmax_point, auc, average_precision, causal_curve, center_point, confusion,
-    energy_proportion, foreground, hit, miou_scores, pointing_accuracy, PointingUnit, prepare, randomisation_units,
-    randomised_models, similarity,
+    SegmentationUnit,
+    Threshold,
+    argmax_point,
+    auc,
+    average_precision,
+    causal_curve,
+    center_point,
+    confusion,
+    energy_proportion,
+    foreground,
+    hit,
+    miou_scores,
+    pointing_accuracy,
+    PointingUnit,
+    prepare,
+    randomisation_units,
+    randomised_models,
+    similarity,
 )
 from relprop.evaluation.protocol import Protocol
 from relprop.evaluation.results import aggregate
@@ -42,7 +57,9 @@ def _peaked_map(height: int, width: int, u: int, v: int) -> np.ndarray:
     return saliency
 
 
-@pytest.mark.parametrize("u, expected", [(65, True), (80 + 14, True), (80 + 16, False), (50 - 14, True), (50 - 16, False)])
+@pytest.mark.parametrize(
+    "u, expected", [(65, True), (80 + 14, True), (80 + 16, False), (50 - 14, True), (50 - 16, False)]
+)
 def test_map_peaked_inside_or_beside_a_box(u: int, expected: bool) -> None:
     region = np.zeros((150, 200), dtype=bool)
     region[50:81, 50:81] = True  # columns and rows 50..80
@@ -90,7 +107,9 @@ def _voc_xml(width: int, height: int, objects: list[tuple[str, tuple[int, int, i
         f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
         for name, b, difficult in objects
     )
-    return f"<annotation><size><width>{width}</width><height>{height}</height><depth>3</depth></size>{body}</annotation>"
+    return (
+        f"<annotation><size><width>{width}</width><height>{height}</height><depth>3</depth></size>{body}</annotation>"
+    )
 
 
 def make_voc(root: Path, images: dict[str, tuple[int, int, list]], flags: dict[str, dict[str, int]] | None) -> Path:
@@ -104,9 +123,7 @@ def make_voc(root: Path, images: dict[str, tuple[int, int, list]], flags: dict[s
         (root / "Annotations" / f"{image_id}.xml").write_text(_voc_xml(width, height, objects))
     (root / "ImageSets" / "Main" / "test.txt").write_text("".join(f"{i}\n" for i in images))
     if flags is not None:
-        rows = [
-            "\t".join([image_id] + [str(row.get(c, 0)) for c in VOC_CLASSES]) for image_id, row in flags.items()
-        ]
+        rows = ["\t".join([image_id] + [str(row.get(c, 0)) for c in VOC_CLASSES]) for image_id, row in flags.items()]
         (root / "pointing_game_ebp_voc07_difficult.txt").write_text("\n".join(rows) + "\n")
     return root
 
@@ -231,7 +248,10 @@ def test_threshold_strategies() -> None:
     raw = np.array([[-1.0, 0.5, 2.0], [4.0, 0.5, 0.0]])
     normalized = prepare(raw)  # (raw + 1) / 5
     gt = np.array([[1, 1, 0], [0, 0, 0]], dtype=bool)
-    picks = lambda t: foreground(raw, normalized, Threshold.parse(t), gt).astype(int).tolist()  # noqa: E731
+
+    def picks(threshold: str) -> list[list[int]]:
+        return foreground(raw, normalized, Threshold.parse(threshold), gt).astype(int).tolist()
+
     assert picks("zero") == [[0, 1, 1], [1, 1, 0]]
     assert picks("value:0.5") == [[0, 0, 1], [1, 0, 0]]  # 0.6 and 1.0 > 0.5
     assert picks("top_fraction:0.5") == [[0, 1, 1], [1, 0, 0]]  # 3 highest; tie 0.5/0.5 -> row-major first
@@ -280,7 +300,9 @@ def test_vgg16_and_resnet50_randomisation_orders() -> None:
     ]
     resnet = randomisation_units(torchvision.models.resnet50(), "block")
     assert [name for name, _ in resnet] == ["fc"] + [
-        f"layer{stage}.{block}" for stage, blocks in ((4, 3), (3, 6), (2, 4), (1, 3)) for block in reversed(range(blocks))
+        f"layer{stage}.{block}"
+        for stage, blocks in ((4, 3), (3, 6), (2, 4), (1, 3))
+        for block in reversed(range(blocks))
     ] + ["conv1"]
     assert resnet[-1][1] == ["conv1", "bn1"]  # the stem with its BatchNorm
 
@@ -305,8 +327,12 @@ def test_cascading_and_independent_randomisation() -> None:
     assert cascading == [names[:k] for k in range(1, len(names) + 1)]
     independent = [(_changed_units(model, m, units)) for _, m in randomised_models(model, "independent", seed=3)]
     assert independent == [[n] for n in names]
-    first = [{k: v.clone() for k, v in m.state_dict().items()} for _, m in randomised_models(model, "cascading", seed=3)]
-    second = [{k: v.clone() for k, v in m.state_dict().items()} for _, m in randomised_models(model, "cascading", seed=3)]
+    first = [
+        {k: v.clone() for k, v in m.state_dict().items()} for _, m in randomised_models(model, "cascading", seed=3)
+    ]
+    second = [
+        {k: v.clone() for k, v in m.state_dict().items()} for _, m in randomised_models(model, "cascading", seed=3)
+    ]
     assert all(torch.equal(a[k], b[k]) for a, b in zip(first, second) for k in a)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model is untouched
 

@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from .demo import SAMPLES
+
 
 def sanity(args: argparse.Namespace) -> int:
     from ..evaluation.distributed import resolve_device
     from ..evaluation.methods import MethodSpec, explain
-    from ..evaluation.protocol import Protocol
     from ..evaluation.report import sensitivity_plot
     from ..evaluation.sensitivity import MEASURES, model_sensitivity
-    from ..preprocess import load_image
+    from ..evaluation.datasets import open_image
     from .evaluate import load_classifier
 
     device = resolve_device(args.device)
     spec = MethodSpec.parse(args.method)
     if spec.model_free:
         raise ValueError("'center' does not depend on the model; choose a model-based method.")
-    model, preprocess = load_classifier(args.model, args.weights, None)
+    model, preprocess = load_classifier(args.model, args.weights, args.num_classes)
+    if args.size:
+        preprocess = dataclasses.replace(preprocess, size=args.size, resize=args.size)  # type: ignore[type-var]
     model = model.to(device)
-    files = [Path(f) for f in args.images] or [Path(str(resources.files("relprop") / "data" / n)) for n in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg")]
-    x = torch.stack([preprocess(load_image(f)) for f in files]).to(device)  # type: ignore[operator]
+    files = [Path(f) for f in args.images] or [Path(str(resources.files("relprop") / "data" / n)) for n in SAMPLES]
+    x = torch.stack([preprocess(open_image(f)) for f in files]).to(device)  # type: ignore[operator]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     measures = tuple(m.strip() for m in args.measures.split(",") if m.strip())
-    reduce = Protocol(reduce=args.reduce).reduce_for(spec)
+    reduce = args.reduce or spec.default_reduce
 
     def explain_maps(m: torch.nn.Module, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         return explain(spec, spec.build(m), xs, ts, reduce)  # type: ignore[arg-type]
@@ -40,16 +44,32 @@ def sanity(args: argparse.Namespace) -> int:
     summaries = {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         curves = model_sensitivity(
-            model, explain_maps, x, targets, mode=mode, granularity=args.granularity, init=args.init,  # type: ignore[arg-type]
-            reset_bn=args.reset_bn, seed=args.seed, measures=measures or MEASURES,
+            model,
+            explain_maps,
+            x,
+            targets,
+            mode=mode,
+            granularity=args.granularity,
+            init=args.init,  # type: ignore[arg-type]
+            reset_bn=args.reset_bn,
+            seed=args.seed,
+            measures=measures or MEASURES,
         )
         summaries[mode] = {"steps": curves.steps, "curves": curves.summary()}
     config = {
-        "model": args.model, "weights": args.weights, "method": spec.label, "images": [str(f) for f in files],
-        "targets": targets.tolist(), "target_mode": "fixed (top-1 of the trained model)", "granularity": args.granularity,
-        "init": args.init, "reset_bn": args.reset_bn, "seed": args.seed, "channel_reduction": reduce,
+        "model": args.model,
+        "weights": args.weights,
+        "method": spec.label,
+        "images": [str(f) for f in files],
+        "targets": targets.tolist(),
+        "target_mode": "fixed (top-1 of the trained model)",
+        "granularity": args.granularity,
+        "init": args.init,
+        "reset_bn": args.reset_bn,
+        "seed": args.seed,
+        "channel_reduction": reduce,
     }
-    stem = f"sanity_{spec.label.replace(':', '_').replace('=', '')}"
+    stem = "sanity_" + "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in spec.label)
     (out / f"{stem}.json").write_text(json.dumps({"config": config, "curves": summaries}, indent=2) + "\n")
     (out / f"{stem}.png").write_bytes(sensitivity_plot(summaries, spec.label))
     print(f"wrote {out / (stem + '.png')} and {out / (stem + '.json')}")
@@ -58,21 +78,30 @@ def sanity(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "sanity", help="model-sensitivity curves: similarity of maps vs randomised layers",
+        "sanity",
+        help="model-sensitivity curves: similarity of maps vs randomised layers",
         description="Randomise a copy of the model layer block by layer block (cascading: output to input, "
         "cumulative; independent: one block at a time) and plot how similar the method's maps stay.",
     )
     parser.add_argument("--model", required=True, help="model name (torchvision or efficientnet_lite0)")
     parser.add_argument("--weights", help="state-dict file (or DEFAULT for torchvision's download)")
+    parser.add_argument(
+        "--num-classes", type=int, help="build a torchvision model with this many outputs (e.g. 20 for VOC)"
+    )
     parser.add_argument("--method", required=True, help="method spec, e.g. rsp or ae:ratio=1")
     parser.add_argument("--images", nargs="*", default=[], help="image files (default: the bundled sample photos)")
+    parser.add_argument(
+        "--size", type=int, help="input size (short side resized to it, centre square); default: the model's"
+    )
     parser.add_argument("--modes", default="cascading", help="cascading, independent or both (comma-separated)")
     parser.add_argument("--granularity", choices=("block", "layer"), default="block")
     parser.add_argument("--init", choices=("reset_parameters", "xavier_u01", "normal_0.01"), default="reset_parameters")
     parser.add_argument("--reset-bn", choices=("affine_only", "all", "none"), default="affine_only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measures", default="spearman_abs,spearman,ssim,hog")
-    parser.add_argument("--reduce", choices=("sum", "sum_abs", "max_abs"), help="channel reduction (default per method)")
+    parser.add_argument(
+        "--reduce", choices=("sum", "sum_abs", "max_abs"), help="channel reduction (default per method)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="relprop-sanity", help="output folder (default relprop-sanity)")
     parser.set_defaults(run=sanity)

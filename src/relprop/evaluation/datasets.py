@@ -36,8 +36,26 @@ from ..errors import RelpropError
 from ..preprocess import load_image
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 COCO_CATEGORY_IDS = tuple(
     i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
@@ -119,7 +137,9 @@ def read_difficult_flags(path: Path, classes: int) -> DifficultFlags:
     return DifficultFlags(path, rows, classes)
 
 
-def find_difficult_flags(explicit: Path | None, root: Path, pattern: str, torchray_file: str, classes: int) -> DifficultFlags:
+def find_difficult_flags(
+    explicit: Path | None, root: Path, pattern: str, torchray_file: str, classes: int
+) -> DifficultFlags:
     """The flag file: ``explicit``, else ``root/<pattern>``, else the user's ``torchray`` install, else none."""
     if explicit is not None:
         if not explicit.is_file():
@@ -146,7 +166,9 @@ def open_image(path: Path) -> Image.Image:
         raise DataError(path, f"unreadable image ({exc})") from exc
 
 
-def boxes_to_mask(boxes: Sequence[tuple[float, float, float, float]], height: int, width: int, one_based: bool) -> np.ndarray:
+def boxes_to_mask(
+    boxes: Sequence[tuple[float, float, float, float]], height: int, width: int, one_based: bool
+) -> np.ndarray:
     """(H, W) bool union of boxes given as inclusive pixel indices (xmin, ymin, xmax, ymax).
 
     ``one_based`` (VOC): box (1, 1, 2, 3) covers rows 0-2 and columns 0-1. Fractional coordinates
@@ -199,8 +221,9 @@ def voc_root(root: Path) -> Path:
         if (candidate / "Annotations").is_dir() and (candidate / "JPEGImages").is_dir():
             return candidate
     raise DataError(
-        root, "no VOC2007 layout here: pass the folder holding JPEGImages/, Annotations/ and ImageSets/ "
-        "(or its VOCdevkit parent)"
+        root,
+        "no VOC2007 layout here: pass the folder holding JPEGImages/, Annotations/ and ImageSets/ "
+        "(or its VOCdevkit parent)",
     )
 
 
@@ -224,7 +247,9 @@ def parse_voc_xml(path: Path) -> tuple[tuple[int, int], list[VOCObject]]:
                 raise ValueError(f"unknown class name {name!r}")
             box = obj.find("bndbox")
             coords = tuple(int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[union-attr,arg-type]
-            objects.append(VOCObject(VOC_CLASSES.index(name), coords, (obj.findtext("difficult") or "0").strip() == "1"))  # type: ignore[arg-type]
+            objects.append(
+                VOCObject(VOC_CLASSES.index(name), coords, (obj.findtext("difficult") or "0").strip() == "1")
+            )  # type: ignore[arg-type]
     except FileNotFoundError as exc:
         raise DataError(path, "annotation file not found") from exc
     except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
@@ -247,8 +272,11 @@ class VOC2007(EvaluationDataset):
         self.ids = sorted({line.split()[0] for line in listing.read_text().splitlines() if line.strip()})
         self.split = split
         self.flags = find_difficult_flags(
-            Path(difficult_flags) if difficult_flags else None, self.root,
-            "pointing_game_ebp_voc07_difficult*.txt", "pointing_game_ebp_voc07_difficult.txt", len(VOC_CLASSES),
+            Path(difficult_flags) if difficult_flags else None,
+            self.root,
+            "pointing_game_ebp_voc07_difficult*.txt",
+            "pointing_game_ebp_voc07_difficult.txt",
+            len(VOC_CLASSES),
         )
 
     def __getitem__(self, index: int) -> Sample:
@@ -265,10 +293,21 @@ class VOC2007(EvaluationDataset):
         all_difficult = frozenset(c for c in labels if all(o.difficult for o in objects if o.label == c))
         segmentation, ignore = self._segmentation(image_id, (width, height))
         return Sample(
-            index, image_id, path, image, labels, regions, all_difficult, segmentation, ignore, self.flags.lookup(image_id)
+            index,
+            image_id,
+            path,
+            image,
+            labels,
+            regions,
+            all_difficult,
+            segmentation,
+            ignore,
+            self.flags.lookup(image_id),
         )
 
-    def _segmentation(self, image_id: str, size: tuple[int, int]) -> tuple[dict[int, np.ndarray] | None, np.ndarray | None]:
+    def _segmentation(
+        self, image_id: str, size: tuple[int, int]
+    ) -> tuple[dict[int, np.ndarray] | None, np.ndarray | None]:
         path = self.root / "SegmentationClass" / f"{image_id}.png"
         if not path.is_file():
             return None, None
@@ -309,7 +348,9 @@ class COCO2014(EvaluationDataset):
     name = "coco2014"
     multilabel = True
 
-    def __init__(self, root: str | Path, annotations: str | Path | None = None, difficult_flags: str | Path | None = None) -> None:
+    def __init__(
+        self, root: str | Path, annotations: str | Path | None = None, difficult_flags: str | Path | None = None
+    ) -> None:
         try:
             from pycocotools.coco import COCO
         except ImportError as exc:
@@ -332,8 +373,11 @@ class COCO2014(EvaluationDataset):
         self.image_ids = sorted(self.coco.getImgIds())
         self.ids = [Path(self.coco.imgs[i]["file_name"]).stem for i in self.image_ids]
         self.flags = find_difficult_flags(
-            Path(difficult_flags) if difficult_flags else None, self.root,
-            "pointing_game_ebp_coco_difficult*.txt", "pointing_game_ebp_coco_difficult.txt", len(COCO_CATEGORY_IDS),
+            Path(difficult_flags) if difficult_flags else None,
+            self.root,
+            "pointing_game_ebp_coco_difficult*.txt",
+            "pointing_game_ebp_coco_difficult.txt",
+            len(COCO_CATEGORY_IDS),
         )
 
     def __getitem__(self, index: int) -> Sample:
@@ -355,7 +399,15 @@ class COCO2014(EvaluationDataset):
             raise DataError(self.annotation_file, f"bad annotation of image {info['id']} ({exc})") from exc
         labels = tuple(sorted(regions))
         return Sample(
-            index, self.ids[index], path, image, labels, regions, frozenset(), dict(regions), None,
+            index,
+            self.ids[index],
+            path,
+            image,
+            labels,
+            regions,
+            frozenset(),
+            dict(regions),
+            None,
             self.flags.lookup(self.ids[index]),
         )
 
@@ -387,8 +439,11 @@ class ImageNetVal(EvaluationDataset):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.images_dir = next(
-            (d for d in (self.root / "val", self.root / "ILSVRC" / "Data" / "CLS-LOC" / "val", self.root) if d.is_dir()
-             and any(d.glob("*.JPEG"))),
+            (
+                d
+                for d in (self.root / "val", self.root / "ILSVRC" / "Data" / "CLS-LOC" / "val", self.root)
+                if d.is_dir() and any(d.glob("*.JPEG"))
+            ),
             None,
         )
         if self.images_dir is None:
@@ -472,7 +527,12 @@ class ImageNetVal(EvaluationDataset):
             raise DataError(path, f"image is {width}x{height} but the box file says {entry.size[0]}x{entry.size[1]}")
         region = boxes_to_mask(entry.boxes, height, width, one_based=False)
         return Sample(
-            index, self.ids[index], path, image, (entry.label,), {entry.label: region},
+            index,
+            self.ids[index],
+            path,
+            image,
+            (entry.label,),
+            {entry.label: region},
             segmentation={entry.label: region},
         )
 
@@ -484,7 +544,11 @@ DATASETS = ("voc2007", "coco2014", "imagenet")
 
 
 def open_dataset(
-    name: str, root: str | Path, *, split: str = "test", difficult_flags: str | Path | None = None,
+    name: str,
+    root: str | Path,
+    *,
+    split: str = "test",
+    difficult_flags: str | Path | None = None,
     annotations: str | Path | None = None,
 ) -> EvaluationDataset:
     """The adapter for ``name`` (one of :data:`DATASETS`) reading the layout under ``root``."""

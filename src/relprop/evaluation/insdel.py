@@ -44,7 +44,13 @@ def auc(scores: Sequence[float] | np.ndarray) -> float:
 
 
 def causal_curve(
-    score: Score, x: Tensor, saliency: Tensor, mode: str, *, step: int = 224, substrate: str | None = None,
+    score: Score,
+    x: Tensor,
+    saliency: Tensor,
+    mode: str,
+    *,
+    step: int = 224,
+    substrate: str | None = None,
     chunk: int = 32,
 ) -> np.ndarray:
     """Scores (n + 1,) of the explained class while pixels are deleted or inserted.

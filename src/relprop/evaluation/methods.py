@@ -18,10 +18,20 @@ from ..registry import get_method, list_methods
 from .maps import Reduce, center_map, reduce_channels
 
 CENTER = "center"
-LAYER_RESOLUTION_METHODS = frozenset({
-    "gradcam", "grad_cam", "gradcam++", "gradcampp", "gradcam_pp", "gradcamplusplus", "layercam", "scorecam",
-    "excitation_backprop", "contrastive_excitation_backprop",
-})
+LAYER_RESOLUTION_METHODS = frozenset(
+    {
+        "gradcam",
+        "grad_cam",
+        "gradcam++",
+        "gradcampp",
+        "gradcam_pp",
+        "gradcamplusplus",
+        "layercam",
+        "scorecam",
+        "excitation_backprop",
+        "contrastive_excitation_backprop",
+    }
+)
 """Maps computed at a feature-map resolution (no pointing-game smoothing, evaluation.md §1.3 step 3)."""
 MAX_ABS_METHODS = frozenset({"gradient", "saliency", "guided_backprop", "deconvnet"})
 """TorchRay reduces these over channels by max |·| (§1.3 step 1); every other method by the signed sum."""

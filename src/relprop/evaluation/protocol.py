@@ -83,25 +83,32 @@ class Protocol:
             "metrics": list(self.metrics),
             "targets": "ground-truth classes (every class present in an image)",
             "input": {
-                "mode": self.input_mode, "size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+                "mode": self.input_mode,
+                "size": self.input_size,
+                "mean": list(self.mean),
+                "std": list(self.std),
                 "resize": "whole image, bilinear, align_corners=False, antialiased; no crop",
             },
             "channel_reduction": {s.label: self.reduce_for(s) for s in methods if not s.model_free},
         }
         if "pointing" in self.metrics:
             config["pointing"] = {
-                "tolerance_px": self.tolerance, "map_to_image": "bilinear, align_corners=False",
+                "tolerance_px": self.tolerance,
+                "map_to_image": "bilinear, align_corners=False",
                 "smoothing": {s.label: self.smoothing_for(s) for s in methods},
                 "unsmoothed_variant": "pointing_unsmoothed (s = 0) for every method whose smoothing is > 0",
-                "argmax_ties": "first in row-major order", "center_point": "(W/2, H/2)",
+                "argmax_ties": "first in row-major order",
+                "center_point": "(W/2, H/2)",
                 "aggregation": "mean over classes with >= 1 scored pair",
             }
         if "energy" in self.metrics:
             config["energy"] = {"negative": self.energy_negative, "grid": "input grid, region resized nearest-exact"}
         if "miou" in self.metrics:
             config["miou"] = {
-                "thresholds": [str(t) for t in self.thresholds], "default_threshold": str(self.thresholds[0]),
-                "sign": self.miou_sign, "normalize": self.miou_normalize,
+                "thresholds": [str(t) for t in self.thresholds],
+                "default_threshold": str(self.thresholds[0]),
+                "sign": self.miou_sign,
+                "normalize": self.miou_normalize,
                 "resolution": "input grid (ground truth resized nearest-exact)",
                 "aggregate": "dataset_2class (also per_unit_fg, per_class_fg, pixel accuracy, mAP)",
             }
@@ -109,8 +116,10 @@ class Protocol:
             config["sensitivity"] = {k.removeprefix("sensitivity_"): p[k] for k in p if k.startswith("sensitivity_")}
         if "insdel" in self.metrics:
             config["insdel"] = {
-                "step_px": self.insdel_step, "score": self.insdel_score,
-                "deletion_substrate": "zero", "insertion_substrate": "blur (11x11, sigma 5)",
+                "step_px": self.insdel_step,
+                "score": self.insdel_score,
+                "deletion_substrate": "zero",
+                "insertion_substrate": "blur (11x11, sigma 5)",
                 "order": "decreasing signed map, ties row-major",
             }
         return _plain(config)

@@ -75,11 +75,18 @@ def notes(results: dict, skipped: Sequence[dict]) -> list[str]:
     if config["data"]["name"] == "imagenet":
         lines.append("ImageNet has no difficult subset.")
     elif flags is None:
-        lines.append("No difficult-flag file was found: the Difficult numbers are not computed (pass --difficult-flags).")
+        lines.append(
+            "No difficult-flag file was found: the Difficult numbers are not computed (pass --difficult-flags)."
+        )
     else:
-        lines.append(f"Difficult subset: EBP flags read from {flags} (TorchRay, CC BY-NC 4.0; not shipped with relprop).")
+        lines.append(
+            f"Difficult subset: EBP flags read from {flags} (TorchRay, CC BY-NC 4.0; not shipped with relprop)."
+        )
     if skipped:
-        lines.append(f"{len(skipped)} image(s) skipped as unreadable: " + "; ".join(f"{s['path']} ({s['error']})" for s in skipped))
+        lines.append(
+            f"{len(skipped)} image(s) skipped as unreadable: "
+            + "; ".join(f"{s['path']} ({s['error']})" for s in skipped)
+        )
     for method in (k for k in results if k != "config"):
         entry = results[method]
         constant = entry.get("pointing", {}).get("constant_maps")
@@ -142,7 +149,7 @@ def per_class_bars(results: dict, key: str) -> bytes | None:
         values = [results[method][key]["per_class"].get(c) for c in classes]
         ax.bar(np.arange(len(classes)) + i * width, [np.nan if v is None else v for v in values], width, label=method)
     ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=70, fontsize=7)
-    ax.set_ylabel(key)
+    ax.set_ylabel(f"{key} per class")
     ax.legend(fontsize=7, ncol=min(4, len(methods)))
     return _png(fig)
 
@@ -180,13 +187,17 @@ def _table_html(header: list[str], rows: list[list[str]]) -> str:
 
 
 def html_report(
-    results: dict, skipped: Sequence[dict] = (), examples: Mapping[str, bytes] | None = None, command: str | None = None,
+    results: dict,
+    skipped: Sequence[dict] = (),
+    examples: Mapping[str, bytes] | None = None,
+    command: str | None = None,
 ) -> str:
     """The full report as one HTML page; ``examples``: method -> PNG of its best/worst units."""
     config = results["config"]
     header, rows = table_rows(results)
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>relprop evaluation</title><style>{_STYLE}</style></head><body>",
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>relprop evaluation</title>"
+        f"<style>{_STYLE}</style></head><body>",
         f"<h1>relprop evaluation: {html.escape(config['data']['name'])}, {html.escape(str(config['model']))}</h1>",
     ]
     if command:
@@ -200,8 +211,10 @@ def html_report(
         parts.append("<h2>Per class</h2>")
         parts += [f"<h3>{k}</h3>{_img(png)}" for k, png in bars if png]
     elif bar_keys:
-        parts.append(f"<p>Per-class bars are drawn for data sets with at most {MAX_BAR_CLASSES} classes; "
-                     "per-class values are in results.json.</p>")
+        parts.append(
+            f"<p>Per-class bars are drawn for data sets with at most {MAX_BAR_CLASSES} classes; "
+            "per-class values are in results.json.</p>"
+        )
     for method in (m for m in results if m != "config"):
         curves = {k.removeprefix("sensitivity_"): v for k, v in results[method].items() if k.startswith("sensitivity_")}
         if curves:
@@ -232,7 +245,10 @@ def example_figure(rows: Sequence[tuple[np.ndarray, np.ndarray, str]]) -> bytes:
 
 
 def write_report(
-    out: Path, results: dict, skipped: Sequence[dict] = (), examples: Mapping[str, bytes] | None = None,
+    out: Path,
+    results: dict,
+    skipped: Sequence[dict] = (),
+    examples: Mapping[str, bytes] | None = None,
     command: str | None = None,
 ) -> tuple[Path, Path]:
     """Write ``results.md`` and ``report.html`` into ``out``; returns their paths."""

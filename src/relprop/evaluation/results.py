@@ -78,7 +78,9 @@ def _energy(units: list[tuple[dict, float]], all_units: int, class_names: Sequen
 def _miou(units: list[tuple[dict, dict]], threshold: str, class_names: Sequence[str], has_flags: bool) -> dict:
     def scored(selection: list[tuple[dict, dict]]) -> list[SegmentationUnit]:
         return [
-            SegmentationUnit(info["label"], tuple(v["counts"][threshold]), math.nan if v["ap"] is None else v["ap"], v["constant"])
+            SegmentationUnit(
+                info["label"], tuple(v["counts"][threshold]), math.nan if v["ap"] is None else v["ap"], v["constant"]
+            )
             for info, v in selection
         ]
 
@@ -143,9 +145,7 @@ def aggregate(records: list[dict], methods: Sequence[str], config: dict, class_n
                 entry["pointing_unsmoothed"] = _pointing(unsmoothed, class_names, has_flags)
         if "energy" in metrics:
             defined = _units(records, method, "energy")
-            boxed = sum(
-                info["boxes_scored"] for r in records if r["status"] == "ok" for info in r["units"]
-            )
+            boxed = sum(info["boxes_scored"] for r in records if r["status"] == "ok" for info in r["units"])
             entry["energy"] = _energy(defined, boxed, class_names, has_flags)
         if "miou" in metrics:
             units = _units(records, method, "miou")

@@ -8,6 +8,7 @@ records alone (:mod:`relprop.evaluation.results`), so an interrupted run can res
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -47,8 +48,13 @@ class Evaluator:
     """Turns samples into records for a model, a list of methods and a protocol."""
 
     def __init__(
-        self, dataset: EvaluationDataset, model: nn.Module | None, methods: list[MethodSpec], protocol: Protocol,
-        device: torch.device, batch_size: int = 8,
+        self,
+        dataset: EvaluationDataset,
+        model: nn.Module | None,
+        methods: list[MethodSpec],
+        protocol: Protocol,
+        device: torch.device,
+        batch_size: int = 8,
     ) -> None:
         self.dataset, self.model, self.methods, self.protocol = dataset, model, methods, protocol
         self.device, self.batch_size = device, batch_size
@@ -58,27 +64,43 @@ class Evaluator:
         if model is None and needs_model:
             raise ValueError(f"{', '.join(sorted(needs_model))} need a model (--model).")
         self.explainers = {m.label: m.build(model) for m in methods}  # type: ignore[arg-type]
+        self.seconds = {m.label: 0.0 for m in methods}
+        """Time spent per method (maps and metrics) in :meth:`records`."""
 
     # ------------------------------------------------------------------------------------ records
 
     def error_record(self, index: int, path: str, message: str) -> dict:
+        """The record of an image that could not be read (counted, never scored)."""
         return {"index": index, "id": self.dataset.image_id(index), "status": "error", "path": path, "error": message}
 
     def records(self, samples: list[Sample]) -> list[dict]:
         """One record per sample (maps are computed in batches of ``batch_size`` units)."""
         units = self.units(samples)
-        per_method = {spec.label: self._method_results(spec, units) for spec in self.methods}
+        per_method = {}
+        for spec in self.methods:
+            started = time.perf_counter()
+            per_method[spec.label] = self._method_results(spec, units)
+            self.seconds[spec.label] += time.perf_counter() - started
         out = []
         for sample in samples:
             mine = [i for i, u in enumerate(units) if u.sample is sample]
-            out.append({
-                "index": sample.index, "id": sample.image_id, "status": "ok", "size": list(sample.size),
-                "units": [self._unit_info(units[i]) for i in mine],
-                "methods": {label: {k: [v[i] for i in mine] for k, v in res.items()} for label, res in per_method.items()},
-            })
+            out.append(
+                {
+                    "index": sample.index,
+                    "id": sample.image_id,
+                    "status": "ok",
+                    "size": list(sample.size),
+                    "units": [self._unit_info(units[i]) for i in mine],
+                    "methods": {
+                        label: {k: [v[i] for i in mine] for k, v in res.items()} for label, res in per_method.items()
+                    },
+                }
+            )
         return out
 
     def units(self, samples: list[Sample]) -> list[Unit]:
+        """The (image, class) units of ``samples``: every ground-truth class (for mIoU also every class of
+        the segmentation mask), each carrying its image on the input grid."""
         p = self.protocol
         units = []
         for sample in samples:
@@ -95,7 +117,8 @@ class Evaluator:
     def _unit_info(unit: Unit) -> dict:
         s = unit.sample
         return {
-            "label": unit.label, "difficult": s.difficult(unit.label),
+            "label": unit.label,
+            "difficult": s.difficult(unit.label),
             "boxes_scored": unit.label in s.regions and unit.label not in s.all_difficult,
             "has_segmentation": bool(s.segmentation) and unit.label in s.segmentation,
         }
@@ -150,7 +173,11 @@ class Evaluator:
         else:
             full = gaussian_smooth(to_original(saliency, height, width), smoothing)
             point, constant = argmax_point(full), is_constant(full)
-        return {"hit": hit(s.regions[unit.label], point, self.protocol.tolerance), "point": list(point), "constant": constant}
+        return {
+            "hit": hit(s.regions[unit.label], point, self.protocol.tolerance),
+            "point": list(point),
+            "constant": constant,
+        }
 
     def _energy(self, unit: Unit, saliency: Tensor) -> float | None:
         s = unit.sample
@@ -170,7 +197,8 @@ class Evaluator:
         normalized = prepare(raw, p.miou_sign, p.miou_normalize)
         counts = {str(t): list(confusion(foreground(raw, normalized, t, gt), gt, ignore)) for t in p.thresholds}
         return {
-            "counts": counts, "ap": _none_if_nan(unit_average_precision(normalized, gt, ignore)),
+            "counts": counts,
+            "ap": _none_if_nan(unit_average_precision(normalized, gt, ignore)),
             "constant": bool(np.all(normalized == normalized.flat[0])),
         }
 
@@ -179,7 +207,9 @@ class Evaluator:
         score_fn = self._score_function(unit.label)
         step = self.protocol.insdel_step
         return {
-            mode: auc(causal_curve(score_fn, unit.x, saliency.to(unit.x.device), mode, step=step, chunk=self.batch_size * 4))
+            mode: auc(
+                causal_curve(score_fn, unit.x, saliency.to(unit.x.device), mode, step=step, chunk=self.batch_size * 4)
+            )
             for mode in ("insertion", "deletion")
         }
 
@@ -215,10 +245,18 @@ class Evaluator:
             curves = {}
             for mode in p.sensitivity_modes:
                 curves[mode] = model_sensitivity(
-                    self.model, explain_group, x, targets,  # type: ignore[arg-type]
-                    mode=mode, granularity=p.sensitivity_granularity, init=p.sensitivity_init,
-                    reset_bn=p.sensitivity_reset_bn, target_mode=p.sensitivity_target, seed=p.sensitivity_seed,
-                    measures=p.sensitivity_measures, reference=reference,
+                    self.model,
+                    explain_group,
+                    x,
+                    targets,  # type: ignore[arg-type]
+                    mode=mode,
+                    granularity=p.sensitivity_granularity,
+                    init=p.sensitivity_init,
+                    reset_bn=p.sensitivity_reset_bn,
+                    target_mode=p.sensitivity_target,
+                    seed=p.sensitivity_seed,
+                    measures=p.sensitivity_measures,
+                    reference=reference,
                 )
             for position, i in enumerate(indices):
                 out[i] = {

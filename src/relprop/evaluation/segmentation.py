@@ -27,7 +27,9 @@ class Threshold:
     def parse(cls, text: str) -> "Threshold":
         kind, _, value = text.partition(":")
         if kind not in THRESHOLDS:
-            raise ValueError(f"unknown threshold '{text}'; choose from mean, zero, value:T, top_fraction:Q, gt_area, otsu.")
+            raise ValueError(
+                f"unknown threshold '{text}'; choose from mean, zero, value:T, top_fraction:Q, gt_area, otsu."
+            )
         needs_value = kind in ("value", "top_fraction")
         if needs_value != bool(value):
             raise ValueError(f"threshold '{kind}' {'needs' if needs_value else 'takes no'} a value (e.g. value:0.5).")

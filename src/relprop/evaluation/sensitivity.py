@@ -104,8 +104,13 @@ def randomise_unit(model: nn.Module, paths: Sequence[str], index: int, *, init: 
 
 
 def randomised_models(
-    model: nn.Module, mode: Mode = "cascading", *, granularity: str = "block", init: str = "reset_parameters",
-    reset_bn: str = "affine_only", seed: int = 0,
+    model: nn.Module,
+    mode: Mode = "cascading",
+    *,
+    granularity: str = "block",
+    init: str = "reset_parameters",
+    reset_bn: str = "affine_only",
+    seed: int = 0,
 ) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(unit name, randomised copy)`` for steps 1…K; the copy is reused and changed between steps."""
     if mode not in ("cascading", "independent"):
@@ -148,9 +153,16 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     """SSIM of the min-max-normalised maps: Gaussian window σ = 1.5, K1 0.01, K2 0.03, population covariance."""
     from skimage.metrics import structural_similarity
 
-    return float(structural_similarity(
-        _minmax(a), _minmax(b), data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-    ))
+    return float(
+        structural_similarity(
+            _minmax(a),
+            _minmax(b),
+            data_range=data_range,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+    )
 
 
 def hog_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -168,7 +180,10 @@ def hog_similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def similarity(
-    reference: np.ndarray, other: np.ndarray, measure: str, clip_percentile: float | None = None,
+    reference: np.ndarray,
+    other: np.ndarray,
+    measure: str,
+    clip_percentile: float | None = None,
     ssim_data_range: float = 1.0,
 ) -> float:
     """One similarity measure of §4.4 between two (H, W) maps."""
@@ -218,7 +233,8 @@ def summarise(values: np.ndarray, measures: Sequence[str]) -> dict:
             column = values[:, :, m]
             mean, std = np.nanmean(column, axis=1), np.nanstd(column, axis=1)
             out[name] = {
-                "mean": [_finite(v) for v in mean], "std": [_finite(v) for v in std],
+                "mean": [_finite(v) for v in mean],
+                "std": [_finite(v) for v in std],
                 "average_randomised": _finite(np.nanmean(mean[1:])) if len(mean) > 1 else None,
                 "undefined": int(np.isnan(column).sum()),
             }
@@ -230,10 +246,20 @@ def _finite(value: float) -> float | None:
 
 
 def model_sensitivity(
-    model: nn.Module, explain: Explain, x: Tensor, targets: Tensor, *, mode: Mode = "cascading",
-    granularity: str = "block", init: str = "reset_parameters", reset_bn: str = "affine_only",
-    target_mode: str = "fixed", seed: int = 0, measures: Sequence[str] = MEASURES,
-    clip_percentile: float | None = None, reference: Tensor | None = None,
+    model: nn.Module,
+    explain: Explain,
+    x: Tensor,
+    targets: Tensor,
+    *,
+    mode: Mode = "cascading",
+    granularity: str = "block",
+    init: str = "reset_parameters",
+    reset_bn: str = "affine_only",
+    target_mode: str = "fixed",
+    seed: int = 0,
+    measures: Sequence[str] = MEASURES,
+    clip_percentile: float | None = None,
+    reference: Tensor | None = None,
 ) -> SensitivityCurves:
     """Similarity of each unit's map at every randomisation step to its map for the trained model.
 
@@ -253,8 +279,10 @@ def model_sensitivity(
                 step_targets = randomised(x).argmax(dim=1)
         rows.append(explain(randomised, x, step_targets).detach().cpu().double().numpy())
         step_names.append(name)
-    values = np.array([
-        [[similarity(base[i], row[i], m, clip_percentile) for m in measures] for i in range(len(base))]
-        for row in rows
-    ])
+    values = np.array(
+        [
+            [[similarity(base[i], row[i], m, clip_percentile) for m in measures] for i in range(len(base))]
+            for row in rows
+        ]
+    )
     return SensitivityCurves(mode, step_names, tuple(measures), values)

@@ -85,7 +85,10 @@ def load_records(out: Path, own: str | None = None) -> dict[int, dict]:
         lines = data.split(b"\n")
         complete, tail = lines[:-1], lines[-1]
         if tail:
-            print(f"relprop: dropping an incomplete last record in {path}; that image is evaluated again.", file=sys.stderr)
+            print(
+                f"relprop: dropping an incomplete last record in {path}; that image is evaluated again.",
+                file=sys.stderr,
+            )
             if path.name == own:
                 with path.open("r+b") as f:
                     f.truncate(len(data) - len(tail))
@@ -96,16 +99,35 @@ def load_records(out: Path, own: str | None = None) -> dict[int, dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise RelpropError(f"{path} line {number} is damaged ({exc}); use --force to start again.") from exc
-            records[int(record["index"])] = record
+            if records.setdefault(int(record["index"]), record) is not record:
+                print(
+                    f"relprop: {path} line {number} repeats image {record['index']}; the first record is kept.",
+                    file=sys.stderr,
+                )
     return records
 
 
 class RecordWriter:
-    """Appends records to one JSONL file, each flushed to disk before the next image starts."""
+    """Appends records to one JSONL file, each batch flushed to disk before the next one starts.
+
+    The file is locked (``flock``, where the platform has it) while open: a second run writing to
+    the same folder at the same time is refused instead of duplicating work.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file = path.open("a", encoding="utf-8")
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform
+            return
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise RelpropError(
+                f"{path} is being written by another relprop evaluate; wait for it or use another --out."
+            ) from None
 
     def write(self, records: Iterable[dict]) -> None:
         for record in records:
