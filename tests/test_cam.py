@@ -130,6 +130,32 @@ def test_layer_choice(resnet):
     assert GradCAM(torchvision.models.densenet121()).layer == "features"
     with pytest.raises(ValueError, match="layer4"):
         GradCAM(resnet, layer="layer5")
+    with pytest.raises(TypeError, match="str"):
+        GradCAMPlusPlus(resnet, layer=4)
+
+
+class SharedRelu(nn.Module):
+    """One ReLU module applied twice (like EfficientNet's ``_swish``), or two separate ones."""
+
+    def __init__(self, shared: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 5, 3)
+        self.relu = nn.ReLU()
+        self.relu2 = self.relu if shared else nn.ReLU()
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu2(self.conv2(self.relu(self.conv1(x)))).flatten(1))
+
+
+@pytest.mark.parametrize("cls", [GradCAM, GradCAMPlusPlus])
+def test_a_shared_module_contributes_its_last_call(cls):
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    shared = cls(SharedRelu(shared=True).eval(), layer="relu").attribute(x, target=[0, 2])
+    separate = cls(SharedRelu(shared=False).eval(), layer="relu2").attribute(x, target=[0, 2])
+    torch.testing.assert_close(shared, separate, rtol=0, atol=0)
+    assert shared.abs().max() > 0
 
 
 @pytest.mark.parametrize("cls", [GradCAM, GradCAMPlusPlus])

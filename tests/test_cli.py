@@ -44,30 +44,30 @@ def _run(args: list[str], capsys) -> tuple[int, str, str]:  # type: ignore[no-un
 
 
 def test_explain_jpeg_png_with_alpha_and_grayscale(images, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(MODEL, weights=None).eval()
+    weights = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), weights)
     out = tmp_path / "out"
     inputs = _files(tmp_path / "in")
     code, stdout, _ = _run(
-        ["explain", *map(str, images), "--model", MODEL, "--method", "gradcam,gradient", "--target", "tabby",
-         "--out", str(out), "--save-npy"], capsys,
+        ["explain", *map(str, images), "--model", MODEL, "--weights", str(weights), "--method", "gradcam,gradient",
+         "--target", "tabby", "--out", str(out), "--save-npy"], capsys,
     )
     assert code == 0
     stems = ["photo", "cut_out", "gray"]
     expected = {f"{s}_{m}.{e}" for s in stems for m in ("gradcam", "gradient") for e in ("png", "npy")}
     assert _files(out) == expected | {"grid.png"}
-    assert _files(tmp_path / "in") == inputs and set(os.listdir(tmp_path)) == {"in", "out"}
-    assert f"wrote {len(expected) + 1} files" in stdout and "class 281 (tabby)" in stdout
-    with Image.open(out / "gray_gradient.png") as picture:
-        assert picture.size == (224, 224)
-    # the saved map is the method's output on the preprocessed image (grayscale replicated to RGB)
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(MODEL, weights=None).eval()
-    x = Preprocess()(load_image(images[2])).unsqueeze(0)
-    gradient = relprop.get_method("gradient")(model).attribute(x, target=281)[0].numpy()
-    assert np.load(out / "gray_gradient.npy").shape == (3, 224, 224)
-    with Image.open(images[2]) as gray:
-        assert gray.mode == "L"
-    assert np.abs(np.load(out / "gray_gradient.npy")).max() > 0
-    assert gradient.shape == (3, 224, 224)
+    assert _files(tmp_path / "in") == inputs and set(os.listdir(tmp_path)) == {"in", "out", "weights.pt"}
+    assert f"wrote {len(expected) + 1} files" in stdout and stdout.count("class 281 (tabby)") == 3
+    methods = {name: relprop.get_method(name)(model) for name in ("gradcam", "gradient")}
+    for stem, image in zip(stems, images):
+        with Image.open(out / f"{stem}_gradient.png") as picture:
+            assert picture.size == (224, 224)
+        x = Preprocess()(load_image(image)).unsqueeze(0)
+        for name, method in methods.items():
+            expected_map = method.attribute(x, target=281)[0].numpy()
+            np.testing.assert_allclose(np.load(out / f"{stem}_{name}.npy"), expected_map, rtol=1e-5, atol=1e-7)
 
 
 def test_explain_as_a_subprocess_with_rsp(images, tmp_path):
@@ -96,44 +96,48 @@ def test_force(images, tmp_path, capsys):
     assert (out / "mine.txt").read_text() == "keep me"
 
 
-def _bad_inputs(tmp_path: Path, images: list[Path]) -> dict[str, tuple[list[str], str]]:
-    corrupt = tmp_path / "corrupt.jpg"
-    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
-    pickled = tmp_path / "model.pt"
-    torch.save(torchvision.models.get_model(MODEL, weights=None), pickled)
-    other = tmp_path / "other.pt"
-    torch.save(torchvision.models.squeezenet1_0().state_dict(), other)
-    image = str(images[0])
-    return {
-        "unknown model": (["--model", "resnet9000"], "unknown model 'resnet9000'; choose one of: alexnet"),
-        "unknown method": (["--method", "rsp,magic"], "unknown method 'magic'; choose one of: ae,"),
-        "missing image": (["--image", str(tmp_path / "nope.jpg")], "image not found"),
-        "corrupt image": (["--image", str(corrupt)], "cannot read image"),
-        "not a state dict": (["--weights", str(pickled)], "is not a state dict"),
-        "other architecture": (["--weights", str(other)], "does not fit SqueezeNet"),
-        "unknown class name": (["--target", "tabbby"], "Did you mean: tabby"),
-        "class index out of range": (["--target", "1000"], "out of range"),
-    } | {"default": ([], image)}
+BAD_INPUTS = {
+    # case: (option overrides, message); "IMAGE" replaces the image argument
+    "unknown model": ({"--model": "resnet9000"}, "unknown model 'resnet9000'; choose one of: alexnet"),
+    "unknown method": ({"--method": "rsp,magic"}, "unknown method 'magic'; choose one of: ae,"),
+    "missing image": ({"IMAGE": "nope.jpg"}, "image not found"),
+    "corrupt image": ({"IMAGE": "corrupt.jpg"}, "cannot read image"),
+    "not a state dict": ({"--weights": "model.pt"}, "is not a state dict"),
+    "other architecture": ({"--weights": "other.pt"}, "does not fit SqueezeNet"),
+    "unknown class name": ({"--target": "tabbby"}, "Did you mean: tabby"),
+    "class index out of range": ({"--target": "1000"}, "out of range"),
+}
 
 
-@pytest.mark.parametrize("case", [
-    "unknown model", "unknown method", "missing image", "corrupt image", "not a state dict", "other architecture",
-    "unknown class name", "class index out of range",
-])
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_gives_a_one_line_error(case, images, tmp_path, capsys):
-    cases = _bad_inputs(tmp_path, images)
-    extra, message = cases[case]
-    image = extra[1] if extra[:1] == ["--image"] else str(images[0])
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    torch.save(torchvision.models.get_model(MODEL, weights=None), tmp_path / "model.pt")  # a pickled model
+    torch.save(torchvision.models.squeezenet1_0().state_dict(), tmp_path / "other.pt")
+    overrides, message = BAD_INPUTS[case]
     options = {"--model": MODEL, "--method": "gradient", "--out": str(tmp_path / "out")}
-    if extra[:1] != ["--image"]:
-        options[extra[0]] = extra[1]
-    args = ["explain", image] + [item for pair in options.items() for item in pair]
-    code, stdout, err = _run(args, capsys)
+    options.update({k: str(tmp_path / v) if k in ("IMAGE", "--weights") else v for k, v in overrides.items()})
+    image = options.pop("IMAGE", str(images[0]))
+    code, _, err = _run(["explain", image, *[item for pair in options.items() for item in pair]], capsys)
     assert code != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("relprop: error: "), err
     assert message in lines[0]
     assert not (tmp_path / "out").exists(), "nothing is written when the input is bad"
+
+
+def test_unreadable_images_among_good_ones_are_reported_and_skipped(images, tmp_path, capsys):
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image")
+    missing = tmp_path / "missing.jpg"
+    args = ["explain", str(images[0]), str(garbage), str(missing), str(images[2]), "--model", MODEL,
+            "--method", "gradient", "--out", str(tmp_path / "out")]
+    code, stdout, err = _run(args, capsys)
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("relprop: error: ")]
+    assert len(errors) == 2 and str(garbage) in errors[0] and str(missing) in errors[1]
+    assert _files(tmp_path / "out") == {"photo_gradient.png", "gray_gradient.png", "grid.png"}
+    assert "2 unreadable image(s) skipped" in stdout
 
 
 def test_default_weights_without_network(images, tmp_path):

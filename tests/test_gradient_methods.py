@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torchvision
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
-from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
 import relprop
 from relprop.methods.gradient import GradientXInput, GuidedBackprop, SmoothGrad
@@ -107,18 +107,6 @@ def test_guided_backprop_warns_about_functional_relu():
 
 # ----------------------------------------------------------------------- Captum's own output
 
-def _captum_smoothgrad(model, x, targets, n_samples, noise_level, seed):  # type: ignore[no-untyped-def]
-    maps = []
-    for i, t in enumerate(targets):
-        sample = x[i : i + 1].clone().requires_grad_(True)
-        torch.manual_seed(seed)
-        stdev = noise_level * (sample.max() - sample.min()).item()
-        maps.append(NoiseTunnel(Saliency(model)).attribute(
-            sample, nt_type="smoothgrad", nt_samples=n_samples, stdevs=stdev, target=t, abs=False
-        ))
-    return torch.cat(maps)
-
-
 CAPTUM_CASES = {
     "gradient": ({}, lambda m, x, t: Saliency(m).attribute(x, target=t, abs=False)),
     "gradient_x_input": ({}, lambda m, x, t: InputXGradient(m).attribute(x, target=t)),
@@ -128,14 +116,11 @@ CAPTUM_CASES = {
             x, baselines=0.0, target=t, n_steps=12, method="gausslegendre", internal_batch_size=4 * len(x)
         ),
     ),
-    "smoothgrad": (
-        {"n_samples": 6, "noise_level": 0.2, "seed": 7},
-        lambda m, x, t: _captum_smoothgrad(m, x, t.tolist(), 6, 0.2, 7),
-    ),
     "guided_backprop": ({}, lambda m, x, t: CaptumGuidedBackprop(m).attribute(x, target=t)),
 }
 
 
+@pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU")  # Captum's own, from the direct call
 @pytest.mark.parametrize("name", sorted(CAPTUM_CASES))
 def test_equals_captum(name, tiny, x64):
     kwargs, captum_call = CAPTUM_CASES[name]
@@ -146,13 +131,26 @@ def test_equals_captum(name, tiny, x64):
     torch.testing.assert_close(got, expected.detach(), rtol=0, atol=1e-12)
 
 
-def test_smoothgrad_is_deterministic_and_leaves_the_random_state(tiny, x64):
+def test_smoothgrad_equals_the_average_gradient_over_its_documented_noise(tiny, x64):
+    """mean_k ∂y_t/∂x at x_i + σ_i·ε_k, σ_i = noise_level·(max x_i − min x_i), ε = randn from a CPU
+    generator seeded with ``seed``, the same for every sample; 5 samples in passes of 2."""
+    targets = [2, 0, 1]
+    expected = []
+    for i, t in enumerate(targets):
+        eps = torch.randn((5, 3, 6, 6), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        noisy = x64[i] + 0.2 * (x64[i].max() - x64[i].min()) * eps
+        expected.append(_autograd_input_gradient(tiny, noisy, [t] * 5).mean(dim=0, keepdim=True))
+    method = SmoothGrad(tiny, n_samples=5, noise_level=0.2, seed=7, samples_per_pass=2)
     state = torch.get_rng_state()
-    method = SmoothGrad(tiny, n_samples=4)
-    first = method.attribute(x64)
-    assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(method.attribute(x64), first)
-    assert not torch.equal(SmoothGrad(tiny, n_samples=4, seed=1).attribute(x64), first)
+    got = method.attribute(x64, target=targets)
+    assert torch.equal(torch.get_rng_state(), state), "the caller's random state is untouched"
+    torch.testing.assert_close(got, torch.cat(expected), rtol=0, atol=1e-12)
+    absolute = SmoothGrad(tiny, n_samples=5, noise_level=0.2, seed=7, absolute=True).attribute(x64[:1], target=2)
+    eps = torch.randn((5, 3, 6, 6), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    noisy = x64[0] + 0.2 * (x64[0].max() - x64[0].min()) * eps
+    torch.testing.assert_close(absolute, _autograd_input_gradient(tiny, noisy, [2] * 5).abs().mean(0, keepdim=True),
+                               rtol=0, atol=1e-12)
+    assert not torch.equal(SmoothGrad(tiny, n_samples=5, noise_level=0.2, seed=8).attribute(x64, target=targets), got)
 
 
 # ----------------------------------------------------------------------- contract on ResNet-18
@@ -181,22 +179,20 @@ def resnet() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_batch_invariance_and_targets(name, resnet, images):
     method = relprop.get_method(name)(resnet, **FAST[name])
-    targets = [4, 1, 7]
+    targets = [4, 7]
     batch = method.attribute(images, target=targets)
     assert batch.shape == images.shape and torch.isfinite(batch).all()
-    scale = batch.abs().max()
     for i, t in enumerate(targets):
         alone = method.attribute(images[i : i + 1], target=torch.tensor([t]))
-        assert ((batch[i : i + 1] - alone).abs().max() / scale).item() <= 1e-5
+        assert ((batch[i : i + 1] - alone).abs().max() / batch.abs().max()).item() <= 1e-5
     top = resnet(images).argmax(dim=1)
     torch.testing.assert_close(method.attribute(images), method.attribute(images, target=top), rtol=0, atol=0)
-    assert not torch.allclose(method.attribute(images, target=0), method.attribute(images, target=9))
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
@@ -206,7 +202,7 @@ def test_model_and_input_unchanged(name, resnet, images):
     before = snapshot(model)
     x = images.clone()
     with pytest.warns(UserWarning, match="training mode"):
-        relprop.get_method(name)(model, **FAST[name]).attribute(x, target=[0, 1, 2])
+        relprop.get_method(name)(model, **FAST[name]).attribute(x, target=[0, 1])
     assert_unchanged(before, model)
     assert all(p.grad is None for p in model.parameters()), "parameter gradients were accumulated"
     assert torch.equal(x, images) and not x.requires_grad
@@ -256,5 +252,7 @@ def test_clear_errors(tiny, x64):
         relprop.get_method("gradient")(tiny).attribute(x64.float())
     with pytest.raises(relprop.InputError, match="out of range"):
         relprop.get_method("gradient")(tiny).attribute(x64, target=4)
+    with pytest.raises(relprop.InputError, match="x has 2 channels but the model's first convolution"):
+        relprop.get_method("integrated_gradients")(tiny).attribute(x64[:, :2])
     with pytest.raises(TypeError, match="nn.Module"):
         relprop.get_method("smoothgrad")(lambda x: x)

@@ -26,7 +26,7 @@ DEMO_METHODS = (
     ("AE (r=2)", "ae", {"ratio": 2.0}),
     ("LRP ε+z⁺+zB", "lrp_composite", {}),
     ("Grad-CAM", "gradcam", {}),
-    ("Integrated Gradients", "integrated_gradients", {"n_steps": 16}),
+    ("Integrated Gradients", "integrated_gradients", {"n_steps": 16, "steps_per_pass": 4}),
     ("Gradient", "gradient", {}),
 )
 

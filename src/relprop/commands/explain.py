@@ -12,9 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from ..errors import RelpropError
+from ..preprocess import load_image
 from ..registry import get_method, list_methods
+from ..targets import resolve_targets
+from ..viz import save_grid, save_heatmap, to_map
+from ..zoo import EFFICIENTNET_LITE0, load_model
+from .demo import imagenet_categories
 
 GRID_ROWS = 8  # images per grid picture
 
@@ -28,85 +34,99 @@ def explain_images(
     out: Path,
     save_npy: bool = False,
     force: bool = False,
-) -> list[Path]:
+) -> tuple[list[Path], list[Path]]:
     """Write ``<image>_<method>.png`` (and ``.npy`` with ``save_npy``) per image and method, and the
-    grid(s) ``grid.png`` into ``out``; returns the files written."""
-    from tqdm import tqdm
+    grid(s) ``grid.png`` into ``out``; returns the files written and the images that could not be read.
 
-    from ..preprocess import load_image
-    from ..targets import resolve_targets
-    from ..viz import save_grid, save_heatmap, to_map
-    from ..zoo import EFFICIENTNET_LITE0, load_model
-    from .demo import imagenet_categories
-
+    Every argument is checked (methods, images, ``out``, target, model and weights) before anything
+    is written. An image that is missing or cannot be decoded is reported by its path and skipped;
+    the others are explained. When no image can be read, nothing is written.
+    """
     for name in methods:
         get_method(name)  # unknown names fail before any work, listing the valid ones
-    for path in images:
-        _check_image(path)
+    unreadable = _unreadable_images(images)
+    if len(unreadable) == len(images):
+        raise RelpropError(next(iter(unreadable.values())) if len(images) == 1 else
+                           f"none of the {len(images)} images can be read ({next(iter(unreadable.values()))}).")
     _check_out(out, force)
-    model, preprocess = load_model(model_name, weights)
-    if weights is None and model_name != EFFICIENTNET_LITE0:
-        print(f"relprop: warning: no --weights given; {model_name} has random weights.", file=sys.stderr)
     categories = imagenet_categories()
     wanted = _target_index(target, categories)
+    model, preprocess = load_model(model_name, weights)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         explainers = {name: get_method(name)(model) for name in methods}
+    if weights is None and model_name != EFFICIENTNET_LITE0:
+        print(f"relprop: warning: no --weights given; {model_name} has random weights.", file=sys.stderr)
     _print_warnings(caught)
+    for message in unreadable.values():
+        print(f"relprop: error: {message}; skipped.", file=sys.stderr)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RelpropError(f"cannot create --out {out}: {_first_line(exc)}") from exc
     written: list[Path] = []
-    crops: list[np.ndarray] = []
-    titles: list[str] = []
-    maps: dict[str, list[np.ndarray]] = {name: [] for name in methods}
-    stems = _unique_stems(images)
-    for path, stem in tqdm(list(zip(images, stems)), desc="explaining", unit="image", disable=len(images) < 2):
-        image = _load(path, load_image)
+    failed = list(unreadable)
+    rows: list[tuple[np.ndarray, str, dict[str, np.ndarray]]] = []
+    readable = [p for p in images if p not in unreadable]
+    for path, stem in tqdm(list(zip(readable, _unique_stems(readable))), desc="explaining", unit="image",
+                           disable=len(readable) < 2):
+        try:
+            image = load_image(path)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            tqdm.write(f"relprop: error: cannot read image {path}: {_first_line(exc)}; skipped.", file=sys.stderr)
+            failed.append(path)
+            continue
         x = preprocess(image).unsqueeze(0)
         with torch.no_grad():
             probs = model(x).softmax(dim=1)
         t = int(resolve_targets(wanted, probs)[0])
-        label = categories[t] if probs.shape[1] == len(categories) else str(t)
-        tqdm.write(f"{path.name}: class {t} ({label}), p = {probs[0, t].item():.1%}")
+        tqdm.write(f"{path.name}: class {t} ({categories[t]}), p = {probs[0, t].item():.1%}")
+        maps = {}
         for name, explainer in explainers.items():
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                attribution = explainer.attribute(x, target=t)[0]
-            _print_warnings(caught)
-            relevance = to_map(attribution)
-            maps[name].append(relevance)
-            written.append(save_heatmap(relevance, out / f"{stem}_{name}.png"))
+            attribution = _attribute(explainer, x, t)
+            title = getattr(explainer, "name", name)
+            maps[title] = to_map(attribution)
+            written.append(save_heatmap(maps[title], out / f"{stem}_{name}.png"))
             if save_npy:
                 np.save(out / f"{stem}_{name}.npy", attribution.numpy())
                 written.append(out / f"{stem}_{name}.npy")
-        crops.append(np.asarray(preprocess.crop(image)))
-        titles.append(f"{stem}: {label}")
-    pages = range(0, len(images), GRID_ROWS)
-    for page, start in enumerate(pages, start=1):
-        name = "grid.png" if len(pages) == 1 else f"grid-{page:02d}.png"
-        rows = slice(start, start + GRID_ROWS)
-        written.append(save_grid(crops[rows], {k: v[rows] for k, v in maps.items()}, out / name, titles[rows]))
+        rows.append((np.asarray(preprocess.crop(image)), f"{stem}: {categories[t]}", maps))
+    return written + _save_grids(rows, out), failed
+
+
+def _attribute(explainer, x: torch.Tensor, target: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The (C, H, W) attribution of the single image ``x``, its warnings printed as one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attribution = explainer.attribute(x, target=target)[0]
+    _print_warnings(caught)
+    return attribution
+
+
+def _save_grids(rows: list[tuple[np.ndarray, str, dict[str, np.ndarray]]], out: Path) -> list[Path]:
+    """``grid.png`` (or ``grid-01.png``, ... for more than GRID_ROWS images): image, then one column per method."""
+    pages = [rows[start : start + GRID_ROWS] for start in range(0, len(rows), GRID_ROWS)]
+    written = []
+    for number, page in enumerate(pages, start=1):
+        name = "grid.png" if len(pages) == 1 else f"grid-{number:02d}.png"
+        columns = {method: [maps[method] for _, _, maps in page] for method in page[0][2]}
+        written.append(save_grid([crop for crop, _, _ in page], columns, out / name, [title for _, title, _ in page]))
     return written
 
 
-def _check_image(path: Path) -> None:
-    """Fail early, with the file's name, on a missing or unreadable image."""
-    if not path.is_file():
-        raise RelpropError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise RelpropError(f"cannot read image {path}: {_first_line(exc)}") from exc
-
-
-def _load(path: Path, load_image) -> Image.Image:  # type: ignore[no-untyped-def]
-    try:
-        return load_image(path)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise RelpropError(f"cannot read image {path}: {_first_line(exc)}") from exc
+def _unreadable_images(images: list[Path]) -> dict[Path, str]:
+    """Images that are missing or whose header cannot be read, with the reason (checked before any work)."""
+    problems = {}
+    for path in images:
+        if not path.is_file():
+            problems[path] = f"image not found: {path}"
+            continue
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            problems[path] = f"cannot read image {path}: {_first_line(exc)}"
+    return problems
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -117,10 +137,13 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def _target_index(target: str, categories: list[str]) -> int | None:
-    """``auto`` -> None (top-1), an integer string -> that index, else an ImageNet class name."""
+    """``auto`` -> None (top-1), an integer string -> that index, else an ImageNet class name
+    (every model ``relprop explain`` loads has the 1000 ImageNet classes)."""
     if target == "auto":
         return None
     if re.fullmatch(r"[+-]?\d+", target):
+        if not 0 <= int(target) < len(categories):
+            raise RelpropError(f"--target {target} is out of range: the models have {len(categories)} classes.")
         return int(target)
     by_name = {name.lower(): i for i, name in enumerate(categories)}
     if target.lower() in by_name:
@@ -144,8 +167,6 @@ def _unique_stems(images: list[Path]) -> list[str]:
 
 
 def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
-    from tqdm import tqdm
-
     for message in dict.fromkeys(str(w.message) for w in caught):
         tqdm.write(f"relprop: warning: {message}", file=sys.stderr)
 
@@ -163,12 +184,13 @@ def _method_list(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    written = explain_images(
+    written, failed = explain_images(
         args.images, args.model, args.weights, _method_list(args.method), args.target, args.out,
         save_npy=args.save_npy, force=args.force,
     )
-    print(f"wrote {len(written)} files to {args.out}")
-    return 0
+    skipped = f"; {len(failed)} unreadable image(s) skipped" if failed else ""
+    print(f"wrote {len(written)} files to {args.out}{skipped}")
+    return 1 if failed else 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -177,7 +199,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="explain image files with a torchvision model or efficientnet_lite0",
         description="Explain image files (any size; RGB, grayscale or with alpha) with a classification model. "
         "Writes one heatmap PNG per image and method (red positive, blue negative, one pixel per model input "
-        "pixel) and a grid of all of them into --out.",
+        "pixel) and a grid of all of them into --out. An image that cannot be read is reported and skipped "
+        "(exit status 1).",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     parser.add_argument("--model", required=True, help="a torchvision classification model name (e.g. resnet50) or efficientnet_lite0")

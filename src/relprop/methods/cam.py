@@ -32,11 +32,15 @@ class ClassActivationMap(AutogradMethod):
             layer is sometimes a function call rather than a module (DenseNet's final ``F.relu``);
             CAM needs a module, so the module producing the call's input is taken instead, walking
             back through single-input operations (DenseNet: ``"features"``, the activations
-            before that ReLU). The chosen path is stored in ``self.layer``.
+            before that ReLU). The chosen path is stored in ``self.layer``. A module called several
+            times in one forward pass (EfficientNet's shared ``_swish``) contributes its last call,
+            as in Captum.
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None) -> None:
         super().__init__(model)
+        if layer is not None and not isinstance(layer, str):
+            raise TypeError(f"layer must be a module path (a str such as 'layer4'); got {type(layer).__name__}.")
         self.layer = layer if layer is not None and _is_module_path(model, layer) else _module_layer(model, layer)
         self.layer_module = model.get_submodule(self.layer)
 
@@ -126,20 +130,17 @@ class GradCAMPlusPlus(ClassActivationMap):
         return (weights * a).sum(dim=1, keepdim=True).clamp(min=0)
 
     def _activation_and_gradient(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """Output ``A`` (N, K, h, w) of the layer and ``∂y_t/∂A`` (one forward hook, removed at once)."""
+        """Output ``A`` (N, K, h, w) of the layer's last call and ``∂y_t/∂A`` (one forward hook, removed at once)."""
         outputs: list[Tensor] = []
         handle = self.layer_module.register_forward_hook(lambda module, inputs, output: outputs.append(output))
         try:
             logits = self.model(x)
         finally:
             handle.remove()
-        if len(outputs) != 1 or not isinstance(outputs[0], Tensor) or outputs[0].dim() != 4:
-            raise RelpropError(
-                f"layer '{self.layer}' must run once per forward pass and return an (N, K, h, w) tensor; "
-                "pass another layer=."
-            )
+        if not outputs or not isinstance(outputs[-1], Tensor) or outputs[-1].dim() != 4:
+            raise RelpropError(f"layer '{self.layer}' must return an (N, K, h, w) tensor; pass another layer=.")
         picked = logits.gather(1, targets[:, None]).sum()
-        (grad,) = torch.autograd.grad(picked, outputs[0], allow_unused=True)
+        (grad,) = torch.autograd.grad(picked, outputs[-1], allow_unused=True)
         if grad is None:
             raise RelpropError(f"layer '{self.layer}' does not feed the model's logits; pass another layer=.")
-        return outputs[0].detach(), grad
+        return outputs[-1].detach(), grad

@@ -51,7 +51,11 @@ class AutogradMethod:
         with evaluation_mode(self.model):
             inputs = x.detach().clone().requires_grad_(True)
             with torch.no_grad():
-                logits = self.model(inputs)
+                try:
+                    logits = self.model(inputs)
+                except RuntimeError:
+                    _raise_if_channels_differ(self.model, x)
+                    raise
             if not isinstance(logits, Tensor) or logits.dim() != 2:
                 raise InputError(f"{type(self.model).__name__} must return (N, classes) logits to be explained.")
             targets = resolve_targets(target, logits)
@@ -69,6 +73,16 @@ class AutogradMethod:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+def _raise_if_channels_differ(model: nn.Module, x: Tensor) -> None:
+    """After a failed forward pass: InputError if x's channels do not fit the model's first Conv2d."""
+    first = next(((name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and x.shape[1] != first[1].in_channels:
+        raise InputError(
+            f"x has {x.shape[1]} channels but the model's first convolution ('{first[0]}') expects "
+            f"{first[1].in_channels}."
+        )
 
 
 def _check_compatible(model: nn.Module, x: Tensor) -> None:
@@ -135,7 +149,7 @@ class IntegratedGradients(AutogradMethod):
         baseline: Baseline = 0.0,
         n_steps: int = 50,
         method: str = "gausslegendre",
-        steps_per_pass: int | None = 16,
+        steps_per_pass: int | None = 8,
     ) -> None:
         super().__init__(model)
         if n_steps < 1 or (steps_per_pass is not None and steps_per_pass < 1):
@@ -158,50 +172,57 @@ class IntegratedGradients(AutogradMethod):
 
 @register("smoothgrad")
 class SmoothGrad(AutogradMethod):
-    """SmoothGrad (Smilkov et al. 2017): the gradient averaged over noisy copies of the input,
-    computed with Captum's ``NoiseTunnel(Saliency)``.
+    """SmoothGrad (Smilkov et al. 2017): the gradient (Captum's ``Saliency``) averaged over
+    ``n_samples`` noisy copies ``x_i + ε``, ``ε ~ N(0, σ_i²)``, ``σ_i = noise_level × (max x_i − min x_i)``.
 
-    The noise of sample i has standard deviation ``noise_level × (max x_i − min x_i)`` and is drawn
-    from the random generator seeded with ``seed`` (forked, so the caller's random state is left
-    as it was): every sample gets the same noise sequence wherever it sits in a batch, so sample i
-    of a batch gets exactly the map it gets alone, and repeated calls give the same map.
-    The averaged gradients are signed unless ``absolute=True``.
+    The noise is drawn on the CPU from a generator seeded with ``seed``, in x's dtype, then moved
+    to x's device: every sample gets the same noise sequence wherever it sits in a batch (sample i
+    of a batch gets exactly the map it gets alone), repeated calls give the same map on any device,
+    and the caller's random state is not touched. (Captum's ``NoiseTunnel`` draws from the global
+    generator, for the whole batch at once and in the default dtype, which would break these
+    guarantees, so only the averaging is written here.) The averaged gradients are signed unless
+    ``absolute=True`` (then ``|∂y_t/∂x|`` is averaged). ``samples_per_pass`` noisy copies go
+    through the model at once.
     """
 
     name = "SmoothGrad"
 
     def __init__(
-        self, model: nn.Module, n_samples: int = 25, noise_level: float = 0.15, seed: int = 0, absolute: bool = False
+        self,
+        model: nn.Module,
+        n_samples: int = 25,
+        noise_level: float = 0.15,
+        seed: int = 0,
+        absolute: bool = False,
+        samples_per_pass: int = 16,
     ) -> None:
         super().__init__(model)
-        if n_samples < 1 or noise_level < 0:
-            raise ValueError("n_samples must be positive and noise_level non-negative.")
+        if n_samples < 1 or samples_per_pass < 1 or noise_level < 0:
+            raise ValueError("n_samples and samples_per_pass must be positive, noise_level non-negative.")
         self.n_samples = n_samples
         self.noise_level = noise_level
         self.seed = seed
         self.absolute = absolute
+        self.samples_per_pass = samples_per_pass
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
-        from captum.attr import NoiseTunnel, Saliency
+        from captum.attr import Saliency
 
-        tunnel = NoiseTunnel(Saliency(self.model))
+        saliency = Saliency(self.model)
         maps = []
-        for sample, target in zip(x.split(1), targets.tolist()):
-            stdev = self.noise_level * (sample.max() - sample.min()).item()
-            with _forked_rng(x.device):
-                torch.manual_seed(self.seed)
-                maps.append(tunnel.attribute(
-                    sample, nt_type="smoothgrad", nt_samples=self.n_samples, stdevs=stdev, target=target,
-                    abs=self.absolute,
-                ))
+        for sample, target in zip(x.detach().split(1), targets.tolist()):
+            total = torch.zeros_like(sample)
+            for noisy in (sample + self._noise(sample)).split(self.samples_per_pass):
+                gradients = saliency.attribute(noisy.requires_grad_(True), target=target, abs=self.absolute)
+                total += gradients.sum(dim=0, keepdim=True)
+            maps.append(total / self.n_samples)
         return torch.cat(maps)
 
-
-def _forked_rng(device: torch.device):  # type: ignore[no-untyped-def]
-    """Context in which seeding and drawing leave the global random state of ``device`` untouched."""
-    if device.type == "cpu":
-        return torch.random.fork_rng(devices=[])
-    return torch.random.fork_rng(devices=[device], device_type=device.type)
+    def _noise(self, sample: Tensor) -> Tensor:
+        """The noise (n_samples, C, H, W) added to one sample (1, C, H, W)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        unit = torch.randn((self.n_samples, *sample.shape[1:]), generator=generator, dtype=sample.dtype)
+        return unit.to(sample.device) * (self.noise_level * (sample.max() - sample.min()))
 
 
 @register("guided_backprop")
@@ -221,9 +242,10 @@ class GuidedBackprop(AutogradMethod):
         super().__init__(model)
         unhooked = _unhooked_relus(model)
         if unhooked:
+            listed = ", ".join(unhooked[:4]) + (f" and {len(unhooked) - 4} more" if len(unhooked) > 4 else "")
             warnings.warn(
-                f"Guided Backprop overrides nn.ReLU modules only; the ReLU-type activations at "
-                f"{', '.join(unhooked)} keep their plain gradient.",
+                f"Guided Backprop overrides nn.ReLU modules only; the ReLU-type activations at {listed} "
+                "keep their plain gradient.",
                 UserWarning,
                 stacklevel=2,
             )
@@ -242,7 +264,7 @@ def _unhooked_relus(model: nn.Module) -> list[str]:
         graph = ModelGraph(model)
     except RelpropError:
         return []
-    return [
+    return list(dict.fromkeys(
         op.path for op in graph.ops
         if op.kind == POINTWISE and "relu" in op.type_name.lower() and not isinstance(op.module, nn.ReLU)
-    ]
+    ))
