@@ -51,10 +51,7 @@ def record_forward(
     function ``t -> op(t)`` (other arguments fixed) is returned.
     """
     ops = graph.ops
-    last_use = {op.name: graph.index[op.name] for op in ops}
-    for op in ops:
-        for inp in op.node.all_input_nodes:
-            last_use[inp.name] = max(last_use[inp.name], graph.index[op.name])
+    last_use = graph.last_use
     env: dict[str, Any] = {}
     shapes: dict[str, torch.Size] = {}
     replays: dict[str, Callable[[Tensor], Tensor]] = {}

@@ -94,6 +94,11 @@ class ModelGraph:
         self.input_name = inputs[0].name
         self.output_name = next(op.name for op in self.ops if op.kind == OUTPUT)
         self._called_modules = {str(op.node.target) for op in self.ops if op.node.op == "call_module"}
+        # Position of the last op reading each op's output (its own position if nobody reads it).
+        self.last_use: dict[str, int] = dict(self.index)
+        for op in self.ops:
+            for inp in op.node.all_input_nodes:
+                self.last_use[inp.name] = max(self.last_use[inp.name], self.index[op.name])
 
     def refuse_bypassed_hooks(self) -> None:
         """Forward hooks on a module that is traced through (the model itself, torchvision blocks)

@@ -48,8 +48,8 @@ def add_rule(a: Tensor, b: Tensor, relevance: Tensor, split: str) -> tuple[Tenso
     """
     if split == "positive":
         pa, pb = a.clamp(min=0) + 1e-9, b.clamp(min=0) + 1e-9
-        ra = pa * safe_divide(relevance, pa + pb)
-        return ra, pb * safe_divide(relevance, pa + pb)
+        share = safe_divide(relevance, pa + pb)
+        return pa * share, pb * share
     ma, mb = a.abs(), b.abs()
     total = ma + mb
     share_a = torch.where(total == 0, torch.full_like(total, 0.5), safe_divide(ma, total))
