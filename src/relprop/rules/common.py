@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` where ``den != 0``, else 0 (broadcasting like ``num / den``)."""
-    zero = den == 0
-    return torch.where(zero, torch.zeros((), dtype=num.dtype, device=num.device), num / den.masked_fill(zero, 1))
+    return (num / den).masked_fill_(den == 0, 0)
 
 
 def sample_sum(t: Tensor) -> Tensor:

@@ -43,6 +43,14 @@ class ConvGeometry:
         hits = conv2d_input(shape, ones, per_group, self.stride, self.padding, self.dilation, g)
         return hits.repeat_interleave(input_shape[1] // g, dim=1) > 0.5
 
+    def unfold(self, x: Tensor, kernel_size: tuple[int, int]) -> Tensor:
+        """Receptive fields as columns, groups ignored: (N, C, H, W) -> (N, C·kh·kw, L), L = h·w."""
+        return F.unfold(x, kernel_size, self.dilation, self.padding, self.stride)
+
+    def fold(self, columns: Tensor, input_shape: torch.Size, kernel_size: tuple[int, int]) -> Tensor:
+        """Adjoint of :meth:`unfold` (overlapping fields summed): (N, C·kh·kw, L) -> ``input_shape``."""
+        return F.fold(columns, input_shape[2:], kernel_size, self.dilation, self.padding, self.stride)
+
     # Per-sample kernels: sample n is convolved with its own kernel kernels[n].  The batch is folded
     # into the channel dimension and the convolution run with groups * N groups.
 

@@ -25,17 +25,12 @@ def rsp_conv(
     receptive field) or, as in the authors' code, the non-zero entries of the difference.
     """
     x = a.clamp(min=0)
-    # P and N side by side as 2·O output channels, grouped so that each of the layer's groups
-    # keeps its own channels: (N, g, {P, N}, O/g, h, w).  One per-sample kernel of 2·O outputs
-    # then serves both parts, and the adjoint with the N shares negated yields C⁺ − C⁻ at once.
-    n, o = relevance.shape[:2]
-    g = geometry.groups
-    grouped = relevance.reshape(n, g, 1, o // g, *relevance.shape[2:])
-    both = torch.cat((grouped.clamp(min=0), (-grouped).clamp(min=0)), dim=2).reshape(n, 2 * o, *relevance.shape[2:])
-    kernels = geometry.wgrad_per_sample(x, both, (2 * o, *kernel_shape[1:]))
-    shares = safe_divide(both, geometry.conv_per_sample(x, kernels)).reshape(grouped.shape[:2] + (2,) + grouped.shape[3:])
-    shares[:, :, 1].neg_()
-    c = x * geometry.conv_t_per_sample(shares.reshape(both.shape), kernels, x.shape)
+    both = _split_by_sign(relevance, geometry.groups)
+    o, l, d = relevance.shape[1], relevance[0, 0].numel(), kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
+    if geometry.groups == 1 and _gram_is_cheaper(o, l, d):
+        c = _contrast_by_gram(x, both, geometry, kernel_shape[2:])
+    else:
+        c = _contrast_by_virtual_kernels(x, both, geometry, kernel_shape)
     if not sectional:
         return c
     if structural_support:
@@ -44,3 +39,51 @@ def rsp_conv(
         support = c != 0
     return shift(2 * c, sample_sum(relevance), support)
 
+
+def _split_by_sign(relevance: Tensor, groups: int) -> Tensor:
+    """``P`` and ``N`` side by side as 2·O channels, ordered (g, {P, N}, O/g) so that each of the
+    layer's groups keeps its own channels: (N, O, h, w) -> (N, 2·O, h, w)."""
+    n, o = relevance.shape[:2]
+    grouped = relevance.reshape(n, groups, 1, o // groups, *relevance.shape[2:])
+    return torch.cat((grouped.clamp(min=0), (-grouped).clamp(min=0)), dim=2).reshape(n, 2 * o, *relevance.shape[2:])
+
+
+def _negate_negative_part(shares: Tensor, groups: int) -> Tensor:
+    """Flip the sign of the ``N`` channels of a :func:`_split_by_sign` layout, in place: (N, 2·O, ...)."""
+    n, o2 = shares.shape[:2]
+    shares.view(n, groups, 2, o2 // (2 * groups), -1)[:, :, 1].neg_()
+    return shares
+
+
+def _gram_is_cheaper(o: int, l: int, d: int) -> bool:
+    """Multiply-adds of the Gram form (``2·L²·D + 4·O·L²``) against the virtual kernels (``6·O·L·D``),
+    for O output channels, L output positions and D = C·kh·kw inputs per receptive field."""
+    return 2 * l * l * d + 4 * o * l * l < 6 * o * l * d
+
+
+def _contrast_by_virtual_kernels(x: Tensor, both: Tensor, geometry: ConvGeometry, kernel_shape: tuple[int, ...]) -> Tensor:
+    """``C⁺ − C⁻`` through per-sample convolutions with the kernels ``G± = wgrad(x, P/N)``.
+
+    x: (N, C, H, W) non-negative; both: (N, 2·O, h, w) from :func:`_split_by_sign`; returns x's shape.
+    One per-sample kernel of 2·O outputs serves both parts; the adjoint with the N shares negated
+    yields the difference at once.
+    """
+    o2 = both.shape[1]
+    kernels = geometry.wgrad_per_sample(x, both, (o2, *kernel_shape[1:]))
+    shares = _negate_negative_part(safe_divide(both, geometry.conv_per_sample(x, kernels)), geometry.groups)
+    return x * geometry.conv_t_per_sample(shares, kernels, x.shape)
+
+
+def _contrast_by_gram(x: Tensor, both: Tensor, geometry: ConvGeometry, kernel_size: tuple[int, ...]) -> Tensor:
+    """``C⁺ − C⁻`` through the Gram matrix of the receptive fields (ungrouped convolutions only).
+
+    With the fields of x as columns ``X`` (D × L) and the relevance as rows ``R`` (2·O × L), the virtual
+    kernels are ``G = R·Xᵀ``, their outputs ``Z = G·X = R·(XᵀX)`` and the adjoint ``Gᵀ·S = X·(Rᵀ·S)``:
+    the same numbers without ever forming G, at a cost quadratic in L instead of linear in O·D.
+    x: (N, C, H, W) non-negative; both: (N, 2·O, h, w) from :func:`_split_by_sign`; returns x's shape.
+    """
+    n, o2 = both.shape[:2]
+    rows = both.reshape(n, o2, -1)
+    columns = geometry.unfold(x, kernel_size)
+    shares = _negate_negative_part(safe_divide(rows, rows @ (columns.transpose(1, 2) @ columns)), 1)
+    return x * geometry.fold(columns @ (rows.transpose(1, 2) @ shares), x.shape, kernel_size)
