@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .common import positive_negative, safe_divide, sample_sum, shift, unit_mass
@@ -33,23 +34,42 @@ def ae_conv(
     active = a > 0
     r = ratio if sectional else 1.0
 
-    def spread(inputs: Tensor, numerator: Tensor) -> Tensor:
-        """``inputs ⊙ convᵀ(numerator ⊘ conv(inputs, K), K)``; the three terms run one after the other
+    def spread(inputs: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
+        """``inputs ⊙ convᵀ(numerator ⊘ denominator, K)``; the three terms run one after the other
         so that only one set of temporaries is alive at a time."""
-        return inputs * geometry.conv_t(safe_divide(numerator, geometry.conv(inputs, kernel)), kernel, a.shape)
+        return inputs * geometry.conv_t(safe_divide(numerator, denominator), kernel, a.shape)
 
-    result = spread(x, r * pos_hat - neg_hat)
+    result = spread(x, r * pos_hat - neg_hat, geometry.conv(x, kernel))
     if sectional:
         if structural_support:
             support = active & geometry.reach(relevance != 0, a.shape, kernel.shape)
         else:
             support = result != 0
         result = shift(result, sample_sum(pos_hat), support)
-    result += spread(active.to(a.dtype), pos_hat)
-    result -= spread((~active).to(a.dtype), neg_hat)
+    mask = active.to(a.dtype)
+    on_active = geometry.conv(mask, kernel)
+    result += spread(mask, pos_hat, on_active)
+    on_inactive = _on_inactive(mask, on_active, kernel, geometry)
+    result -= spread(mask.neg_().add_(1), neg_hat, on_inactive)
     if keep_mass:
         result = result * safe_divide(_mass(relevance), _mass(result))
     return result
+
+
+def _on_inactive(active: Tensor, on_active: Tensor, kernel: Tensor, geometry: ConvGeometry) -> Tensor:
+    """``conv(1 − m, K)`` for the 0/1 mask ``m`` of active inputs, given ``conv(m, K)``: (N, O, h, w).
+
+    For an ungrouped, strictly positive kernel it is ``conv(1, K) − conv(m, K)``, where ``conv(1, K)``
+    is a one-channel convolution; outputs with no inactive input in their window are set to exactly 0
+    (a one-channel window count), so safe division drops the same outputs as the direct convolution.
+    Otherwise it is the direct convolution.
+    """
+    if geometry.groups > 1 or not bool((kernel > 0).all()):
+        return geometry.conv(1 - active, kernel)
+    n, c, h, w = active.shape
+    inactive_count = geometry.window_sums(c - active.sum(dim=1, keepdim=True), torch.ones_like(kernel[:1, :1]))
+    everything = geometry.window_sums(torch.ones_like(active[:1, :1]), kernel)
+    return (everything - on_active).clamp_(min=0).masked_fill_(inactive_count == 0, 0)
 
 
 def _mass(r: Tensor) -> Tensor:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 from torch import Tensor
+
+CHUNK_ELEMENTS = 1 << 23
+"""Budget, in tensor elements, for the temporaries of one chunk of a batch (32 MB in float32)."""
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -26,9 +32,23 @@ def unit_mass(t: Tensor) -> Tensor:
 
 
 def shift(c: Tensor, total: Tensor, support: Tensor) -> Tensor:
-    """Subtract ``total`` (N, 1, 1, 1) spread evenly over the ``support`` (bool, like ``c``) of each sample.
+    """Subtract ``total`` (N, 1, 1, 1) spread evenly over the ``support`` (bool, shaped like ``c``) of each sample.
 
     ``Σ_s shift(c) = Σ_s c − total`` whenever the support is not empty; zeros off the support stay zero.
     """
-    count = sample_sum(support.to(c.dtype))
-    return c - support.to(c.dtype) * safe_divide(total, count)
+    weight = support.to(c.dtype)
+    return torch.addcmul(c, weight, safe_divide(total, sample_sum(weight)), value=-1)
+
+
+def in_chunks(fn: Callable[..., Tensor], batch: tuple[Tensor, ...], per_sample: int) -> Tensor:
+    """``fn(*batch)``, computed on consecutive slices of the batch whose temporaries
+    (``per_sample`` elements per sample) fit :data:`CHUNK_ELEMENTS`, and concatenated.
+
+    Bounds the peak memory of the large per-layer temporaries; it is also faster on CPU, where
+    big layers run out of cache.  Every tensor in ``batch`` has the samples in dimension 0.
+    """
+    n = batch[0].shape[0]
+    size = max(1, CHUNK_ELEMENTS // max(per_sample, 1))
+    if size >= n:
+        return fn(*batch)
+    return torch.cat([fn(*(t[start:start + size] for t in batch)) for start in range(0, n, size)])

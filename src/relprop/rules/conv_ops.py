@@ -34,14 +34,22 @@ class ConvGeometry:
         return conv2d_input(input_shape, kernel, y, self.stride, self.padding, self.dilation, self.groups)
 
     def reach(self, active_out: Tensor, input_shape: torch.Size, kernel_shape: torch.Size) -> Tensor:
-        """Input units whose receptive field holds an active output: bool (N, O, h, w) -> bool ``input_shape``."""
+        """Input units whose receptive field holds an active output: bool (N, O, h, w) -> bool, broadcastable
+        to ``input_shape`` ((N, 1, H, W) for an ungrouped convolution)."""
         n, o = active_out.shape[:2]
         g = self.groups
         per_group = active_out.reshape(n, g, o // g, *active_out.shape[2:]).any(dim=2).to(torch.float32)
         ones = torch.ones(g, 1, *kernel_shape[2:], dtype=per_group.dtype, device=per_group.device)
         shape = (n, g, *input_shape[2:])
         hits = conv2d_input(shape, ones, per_group, self.stride, self.padding, self.dilation, g)
-        return hits.repeat_interleave(input_shape[1] // g, dim=1) > 0.5
+        if g > 1:
+            hits = hits.repeat_interleave(input_shape[1] // g, dim=1)
+        return hits > 0.5
+
+    def window_sums(self, x: Tensor, kernel: Tensor) -> Tensor:
+        """``conv(x, K)`` for an input constant along each group's channels, computed on one channel per
+        group: (N, g, H, W) x (O, C/g, kh, kw) -> (N, O, h, w)."""
+        return F.conv2d(x, kernel.sum(dim=1, keepdim=True), None, self.stride, self.padding, self.dilation, self.groups)
 
     def unfold(self, x: Tensor, kernel_size: tuple[int, int]) -> Tensor:
         """Receptive fields as columns, groups ignored: (N, C, H, W) -> (N, C·kh·kw, L), L = h·w."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import safe_divide, sample_sum, shift
+from .common import in_chunks, safe_divide, sample_sum, shift
 from .conv_ops import ConvGeometry
 
 
@@ -28,9 +28,11 @@ def rsp_conv(
     both = _split_by_sign(relevance, geometry.groups)
     o, l, d = relevance.shape[1], relevance[0, 0].numel(), kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
     if geometry.groups == 1 and _gram_is_cheaper(o, l, d):
-        c = _contrast_by_gram(x, both, geometry, kernel_shape[2:])
+        per_sample = 2 * (l * l + d * l + 2 * o * l) + x[0].numel()
+        c = in_chunks(lambda x, both: _contrast_by_gram(x, both, geometry, kernel_shape[2:]), (x, both), per_sample)
     else:
-        c = _contrast_by_virtual_kernels(x, both, geometry, kernel_shape)
+        per_sample = 4 * o * (l + d) + 2 * x[0].numel()
+        c = in_chunks(lambda x, both: _contrast_by_virtual_kernels(x, both, geometry, kernel_shape), (x, both), per_sample)
     if not sectional:
         return c
     if structural_support:
