@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import positive_negative, safe_divide, sample_sum, shift, unit_mass
+from .common import in_chunks, positive_negative, safe_divide, sample_sum, shift, unit_mass
 from .conv_ops import ConvGeometry
 
 
@@ -28,11 +28,23 @@ def ae_conv(
     grows nor shrinks with depth.
     """
     kernel = weight.abs()
+    r = ratio if sectional else 1.0
+    per_sample = 4 * (a[0].numel() + relevance[0].numel())
+    return in_chunks(
+        lambda a, relevance: _ae_conv(a, relevance, kernel, geometry, r, sectional, structural_support, keep_mass),
+        (a, relevance), per_sample,
+    )
+
+
+def _ae_conv(
+    a: Tensor, relevance: Tensor, kernel: Tensor, geometry: ConvGeometry, r: float,
+    sectional: bool, structural_support: bool, keep_mass: bool,
+) -> Tensor:
+    """:func:`ae_conv` on one chunk of the batch, with ``K = |W|`` and the effective ratio ``r``."""
     pos, neg = positive_negative(relevance)
     pos_hat, neg_hat = unit_mass(pos), unit_mass(neg)
     x = a.clamp(min=0)
     active = a > 0
-    r = ratio if sectional else 1.0
 
     def spread(inputs: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
         """``inputs ⊙ convᵀ(numerator ⊘ denominator, K)``; the three terms run one after the other
@@ -59,15 +71,18 @@ def ae_conv(
 def _on_inactive(active: Tensor, on_active: Tensor, kernel: Tensor, geometry: ConvGeometry) -> Tensor:
     """``conv(1 − m, K)`` for the 0/1 mask ``m`` of active inputs, given ``conv(m, K)``: (N, O, h, w).
 
-    For an ungrouped, strictly positive kernel it is ``conv(1, K) − conv(m, K)``, where ``conv(1, K)``
-    is a one-channel convolution; outputs with no inactive input in their window are set to exactly 0
-    (a one-channel window count), so safe division drops the same outputs as the direct convolution.
-    Otherwise it is the direct convolution.
+    Ungrouped: ``conv(1, K) − conv(m, K)``, with ``conv(1, K)`` a one-channel convolution, clamped at 0
+    and set to exactly 0 where no inactive input lies in the window (a one-channel count), so safe
+    division drops the same outputs as the direct convolution instead of dividing by a rounding
+    residue (with tiny weights that quotient overflows and the masked product becomes NaN).  Where a
+    window's inactive inputs all meet zero weights the true value is 0 and a residue may remain; the
+    share it yields reaches inputs only through those zero weights, so it contributes nothing.
+    Grouped: the direct convolution (a depthwise one costs no more than the count).
     """
-    if geometry.groups > 1 or not bool((kernel > 0).all()):
+    if geometry.groups > 1:
         return geometry.conv(1 - active, kernel)
-    n, c, h, w = active.shape
-    inactive_count = geometry.window_sums(c - active.sum(dim=1, keepdim=True), torch.ones_like(kernel[:1, :1]))
+    channels = active.shape[1]
+    inactive_count = geometry.window_sums(channels - active.sum(dim=1, keepdim=True), torch.ones_like(kernel[:1, :1]))
     everything = geometry.window_sums(torch.ones_like(active[:1, :1]), kernel)
     return (everything - on_active).clamp_(min=0).masked_fill_(inactive_count == 0, 0)
 

@@ -7,8 +7,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-CHUNK_ELEMENTS = 1 << 23
-"""Budget, in tensor elements, for the temporaries of one chunk of a batch (32 MB in float32)."""
+CHUNK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 28}
+"""Budget, in tensor elements, for the temporaries of one chunk of a batch, by device type
+(CPU: 64 MB in float32, small enough to stay in cache-friendly sizes; CUDA: 1 GB)."""
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -28,7 +29,7 @@ def positive_negative(r: Tensor) -> tuple[Tensor, Tensor]:
 
 def unit_mass(t: Tensor) -> Tensor:
     """``t / Σ_s t`` per sample; a sample whose sum is 0 stays 0 (never NaN)."""
-    return safe_divide(t, sample_sum(t))
+    return t * safe_divide(torch.ones((), dtype=t.dtype, device=t.device), sample_sum(t))
 
 
 def shift(c: Tensor, total: Tensor, support: Tensor) -> Tensor:
@@ -42,13 +43,15 @@ def shift(c: Tensor, total: Tensor, support: Tensor) -> Tensor:
 
 def in_chunks(fn: Callable[..., Tensor], batch: tuple[Tensor, ...], per_sample: int) -> Tensor:
     """``fn(*batch)``, computed on consecutive slices of the batch whose temporaries
-    (``per_sample`` elements per sample) fit :data:`CHUNK_ELEMENTS`, and concatenated.
+    (``per_sample`` elements per sample) fit the device's :data:`CHUNK_ELEMENTS`, and concatenated.
 
-    Bounds the peak memory of the large per-layer temporaries; it is also faster on CPU, where
-    big layers run out of cache.  Every tensor in ``batch`` has the samples in dimension 0.
+    ``fn`` must treat samples independently.  Chunking bounds the peak memory of a layer's large
+    temporaries, and on CPU it is also faster (per-sample work on large maps stays in cache).
+    Every tensor in ``batch`` has the samples in dimension 0.
     """
     n = batch[0].shape[0]
-    size = max(1, CHUNK_ELEMENTS // max(per_sample, 1))
+    budget = CHUNK_ELEMENTS.get(batch[0].device.type, CHUNK_ELEMENTS["cpu"])
+    size = max(1, budget // max(per_sample, 1))
     if size >= n:
         return fn(*batch)
     return torch.cat([fn(*(t[start:start + size] for t in batch)) for start in range(0, n, size)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -27,12 +29,14 @@ def rsp_conv(
     x = a.clamp(min=0)
     both = _split_by_sign(relevance, geometry.groups)
     o, l, d = relevance.shape[1], relevance[0, 0].numel(), kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
-    if geometry.groups == 1 and _gram_is_cheaper(o, l, d):
-        per_sample = 2 * (l * l + d * l + 2 * o * l) + x[0].numel()
-        c = in_chunks(lambda x, both: _contrast_by_gram(x, both, geometry, kernel_shape[2:]), (x, both), per_sample)
-    else:
+    strategy = _strategy(a.device, geometry.groups, o, l, d)
+    if strategy == "virtual kernels":
         per_sample = 4 * o * (l + d) + 2 * x[0].numel()
-        c = in_chunks(lambda x, both: _contrast_by_virtual_kernels(x, both, geometry, kernel_shape), (x, both), per_sample)
+        contrast = partial(_contrast_by_virtual_kernels, geometry=geometry, kernel_shape=kernel_shape)
+    else:
+        per_sample = 2 * (l * l if strategy == "gram" else o * d) + 2 * d * l + 4 * o * l + x[0].numel()
+        contrast = partial(_contrast_unfolded, geometry=geometry, kernel_size=kernel_shape[2:], gram=strategy == "gram")
+    c = in_chunks(contrast, (x, both), per_sample)
     if not sectional:
         return c
     if structural_support:
@@ -57,10 +61,22 @@ def _negate_negative_part(shares: Tensor, groups: int) -> Tensor:
     return shares
 
 
-def _gram_is_cheaper(o: int, l: int, d: int) -> bool:
-    """Multiply-adds of the Gram form (``2·L²·D + 4·O·L²``) against the virtual kernels (``6·O·L·D``),
-    for O output channels, L output positions and D = C·kh·kw inputs per receptive field."""
-    return 2 * l * l * d + 4 * o * l * l < 6 * o * l * d
+def _strategy(device: torch.device, groups: int, o: int, l: int, d: int) -> str:
+    """How to compute ``C⁺ − C⁻`` for O output channels, L output positions and D = C·kh·kw inputs per
+    receptive field; all three give the same numbers.
+
+    * ``"gram"`` (ungrouped only) where it needs fewer multiply-adds (``2·L²·D + 4·O·L²``) than the
+      virtual kernels (``6·O·L·D``): the deep layers, whose maps are small next to their channels;
+    * ``"unfolded"`` (ungrouped): the virtual kernels as batched matrix products; on CUDA always (GPUs
+      run convolutions with one group per sample poorly), on CPU for 1×1 kernels that widen the
+      channels (D < O), where it measured faster (benchmarks/rsp_strategies.py);
+    * ``"virtual kernels"``: per-sample (grouped) convolutions.
+    """
+    if groups == 1 and 2 * l * l * d + 4 * o * l * l < 6 * o * l * d:
+        return "gram"
+    if groups == 1 and (device.type == "cuda" or d < o):
+        return "unfolded"
+    return "virtual kernels"
 
 
 def _contrast_by_virtual_kernels(x: Tensor, both: Tensor, geometry: ConvGeometry, kernel_shape: tuple[int, ...]) -> Tensor:
@@ -76,16 +92,23 @@ def _contrast_by_virtual_kernels(x: Tensor, both: Tensor, geometry: ConvGeometry
     return x * geometry.conv_t_per_sample(shares, kernels, x.shape)
 
 
-def _contrast_by_gram(x: Tensor, both: Tensor, geometry: ConvGeometry, kernel_size: tuple[int, ...]) -> Tensor:
-    """``C⁺ − C⁻`` through the Gram matrix of the receptive fields (ungrouped convolutions only).
+def _contrast_unfolded(x: Tensor, both: Tensor, geometry: ConvGeometry, kernel_size: tuple[int, ...], gram: bool) -> Tensor:
+    """``C⁺ − C⁻`` with the receptive fields of x as columns ``X`` (D × L), ungrouped convolutions only.
 
-    With the fields of x as columns ``X`` (D × L) and the relevance as rows ``R`` (2·O × L), the virtual
-    kernels are ``G = R·Xᵀ``, their outputs ``Z = G·X = R·(XᵀX)`` and the adjoint ``Gᵀ·S = X·(Rᵀ·S)``:
-    the same numbers without ever forming G, at a cost quadratic in L instead of linear in O·D.
-    x: (N, C, H, W) non-negative; both: (N, 2·O, h, w) from :func:`_split_by_sign`; returns x's shape.
+    With the relevance as rows ``R`` (2·O × L) the virtual kernels are ``G = R·Xᵀ``, their outputs
+    ``Z = G·X`` and the adjoint ``Gᵀ·S``.  With ``gram`` the same numbers come from the Gram matrix of the
+    fields, ``Z = R·(XᵀX)`` and ``Gᵀ·S = X·(Rᵀ·S)``, without ever forming G: quadratic in L instead of
+    linear in O·D.  x: (N, C, H, W) non-negative; both: (N, 2·O, h, w) from :func:`_split_by_sign`;
+    returns x's shape.
     """
     n, o2 = both.shape[:2]
     rows = both.reshape(n, o2, -1)
     columns = geometry.unfold(x, kernel_size)
-    shares = _negate_negative_part(safe_divide(rows, rows @ (columns.transpose(1, 2) @ columns)), 1)
-    return x * geometry.fold(columns @ (rows.transpose(1, 2) @ shares), x.shape, kernel_size)
+    if gram:
+        shares = _negate_negative_part(safe_divide(rows, rows @ (columns.transpose(1, 2) @ columns)), 1)
+        back = columns @ (rows.transpose(1, 2) @ shares)
+    else:
+        kernels = rows @ columns.transpose(1, 2)
+        shares = _negate_negative_part(safe_divide(rows, kernels @ columns), 1)
+        back = kernels.transpose(1, 2) @ shares
+    return x * geometry.fold(back, x.shape, kernel_size)
