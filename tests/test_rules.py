@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from relprop.rules.ae import ae_conv
-from relprop.rules.common import safe_divide, shift, unit_mass
+from relprop.rules.common import safe_divide, shift
 from relprop.rules.conv_ops import ConvGeometry, z_rule
 from relprop.rules.rsp import rsp_conv
 from relprop.rules.structural import (
@@ -78,11 +78,6 @@ def test_safe_divide_zero_denominator_gives_zero_and_broadcasts():
     den = torch.tensor([[2.0], [0.0]], dtype=D)  # row 1: 0 denominator (including 0/0 would be NaN)
     close(safe_divide(num, den), [[0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])
     close(safe_divide(torch.tensor([3.0, 0.0], dtype=D), torch.tensor([-4.0, 0.0], dtype=D)), [-0.75, 0.0])
-
-
-def test_unit_mass_per_sample_and_zero_sample_stays_zero():
-    t = torch.tensor([[1.0, 3.0], [0.0, 0.0], [2.0, 2.0]], dtype=D)
-    close(unit_mass(t), [[0.25, 0.75], [0.0, 0.0], [0.5, 0.5]])
 
 
 def test_shift_spreads_total_over_support_only():

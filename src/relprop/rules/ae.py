@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import in_chunks, positive_negative, safe_divide, sample_sum, shift, unit_mass
+from .common import in_chunks, safe_divide, sample_sum, shift
 from .conv_ops import ConvGeometry
 
 
@@ -40,32 +40,44 @@ def _ae_conv(
     a: Tensor, relevance: Tensor, kernel: Tensor, geometry: ConvGeometry, r: float,
     sectional: bool, structural_support: bool, keep_mass: bool,
 ) -> Tensor:
-    """:func:`ae_conv` on one chunk of the batch, with ``K = |W|`` and the effective ratio ``r``."""
-    pos, neg = positive_negative(relevance)
-    pos_hat, neg_hat = unit_mass(pos), unit_mass(neg)
+    """:func:`ae_conv` on one chunk of the batch, with ``K = |W|`` and the effective ratio ``r``.
+
+    ``C'`` and ``A`` live on the active inputs only and ``B`` on the inactive ones, so the result is
+    assembled with one ``where`` instead of three masked sums.
+    """
+    pos = relevance.clamp(min=0)
+    neg = pos - relevance  # max(−R, 0), exactly
+    pos_sum, neg_sum = sample_sum(pos), sample_sum(neg)
+    pos_hat, neg_hat = pos.mul_(_reciprocal(pos_sum)), neg.mul_(_reciprocal(neg_sum))
     x = a.clamp(min=0)
     active = a > 0
+    mask = active.to(a.dtype)
+    on_active = geometry.conv(mask, kernel)
 
-    def spread(inputs: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
-        """``inputs ⊙ convᵀ(numerator ⊘ denominator, K)``; the three terms run one after the other
-        so that only one set of temporaries is alive at a time."""
-        return inputs * geometry.conv_t(safe_divide(numerator, denominator), kernel, a.shape)
+    def adjoint(numerator: Tensor, denominator: Tensor) -> Tensor:
+        """``convᵀ(numerator ⊘ denominator, K)``: (N, O, h, w) -> a's shape."""
+        return geometry.conv_t(safe_divide(numerator, denominator), kernel, a.shape)
 
-    result = spread(x, r * pos_hat - neg_hat, geometry.conv(x, kernel))
+    result = x * adjoint((pos_hat * r).sub_(neg_hat), geometry.conv(x, kernel))
     if sectional:
         if structural_support:
             support = active & geometry.reach(relevance != 0, a.shape, kernel.shape)
         else:
             support = result != 0
-        result = shift(result, sample_sum(pos_hat), support)
-    mask = active.to(a.dtype)
-    on_active = geometry.conv(mask, kernel)
-    result += spread(mask, pos_hat, on_active)
+        result = shift(result, pos_sum * _reciprocal(pos_sum), support)
+    result += adjoint(pos_hat, on_active)
     on_inactive = _on_inactive(mask, on_active, kernel, geometry)
-    result -= spread(mask.neg_().add_(1), neg_hat, on_inactive)
+    result = torch.where(active, result, adjoint(neg_hat, on_inactive).neg_())
     if keep_mass:
-        result = result * safe_divide(_mass(relevance), _mass(result))
+        mass_in = (pos_sum + neg_sum) / 2
+        mass_out = torch.linalg.vector_norm(result, ord=1, dim=tuple(range(1, result.dim())), keepdim=True) / 2
+        result = result.mul_(safe_divide(mass_in, mass_out))
     return result
+
+
+def _reciprocal(t: Tensor) -> Tensor:
+    """``1 / t`` where ``t ≠ 0``, else 0."""
+    return safe_divide(torch.ones((), dtype=t.dtype, device=t.device), t)
 
 
 def _on_inactive(active: Tensor, on_active: Tensor, kernel: Tensor, geometry: ConvGeometry) -> Tensor:
@@ -85,8 +97,3 @@ def _on_inactive(active: Tensor, on_active: Tensor, kernel: Tensor, geometry: Co
     inactive_count = geometry.window_sums(channels - active.sum(dim=1, keepdim=True), torch.ones_like(kernel[:1, :1]))
     everything = geometry.window_sums(torch.ones_like(active[:1, :1]), kernel)
     return (everything - on_active).clamp_(min=0).masked_fill_(inactive_count == 0, 0)
-
-
-def _mass(r: Tensor) -> Tensor:
-    """``(Σ_s r⁺ + Σ_s r⁻) / 2`` per sample, (N, 1, 1, 1)."""
-    return sample_sum(r.abs()) / 2

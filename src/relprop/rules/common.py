@@ -22,16 +22,6 @@ def sample_sum(t: Tensor) -> Tensor:
     return t.sum(dim=tuple(range(1, t.dim())), keepdim=True)
 
 
-def positive_negative(r: Tensor) -> tuple[Tensor, Tensor]:
-    """``(max(r, 0), max(-r, 0))``: both non-negative, ``r = P - N``."""
-    return r.clamp(min=0), (-r).clamp(min=0)
-
-
-def unit_mass(t: Tensor) -> Tensor:
-    """``t / Σ_s t`` per sample; a sample whose sum is 0 stays 0 (never NaN)."""
-    return t * safe_divide(torch.ones((), dtype=t.dtype, device=t.device), sample_sum(t))
-
-
 def shift(c: Tensor, total: Tensor, support: Tensor) -> Tensor:
     """Subtract ``total`` (N, 1, 1, 1) spread evenly over the ``support`` (bool, shaped like ``c``) of each sample.
 
