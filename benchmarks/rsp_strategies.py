@@ -85,7 +85,7 @@ def main() -> None:
         for name, fn in candidates.items():
             row[name] = timed(fn, args.repeats, sync) * 1e3
             totals[name] += row[name] * count
-        picked = _strategy(device, groups, o, l, d)
+        picked = _strategy(device, groups, o, l, d, geometry.is_pointwise((kh, kw)))
         totals["picked"] += row[picked] * count
         totals["best"] += min(row.values()) * count
         cells = " | ".join(f"{row[n]:.1f}" if n in row else "-" for n in ("virtual kernels", "unfolded", "gram"))

@@ -81,12 +81,16 @@ def test_rsp_contrast_strategies_equal_the_definition(spec):
 def test_strategy_choice_follows_the_cost_model():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     # VGG-16 conv5 (14×14 map, 512 channels): 2·L²·D + 4·O·L² ≈ 0.43 G < 6·O·L·D ≈ 2.8 G.
-    assert _strategy(cpu, 1, 512, 196, 4608) == "gram"
+    assert _strategy(cpu, 1, 512, 196, 4608, False) == "gram"
+    assert _strategy(cuda, 1, 512, 196, 4608, False) == "gram"
+    # VGG-16 conv4 (28×28, 512): the Gram form is 1.6× cheaper, not the 2× CUDA asks of a 3×3 kernel.
+    assert _strategy(cpu, 1, 512, 784, 4608, False) == "gram"
+    assert _strategy(cuda, 1, 512, 784, 4608, False) == "virtual kernels"
     # VGG-16 conv1_2 (224×224, 64 channels): the Gram form would be ~400× dearer.
-    assert _strategy(cpu, 1, 64, 224 * 224, 576) == "virtual kernels"
-    assert _strategy(cuda, 1, 64, 224 * 224, 576) == "unfolded"
-    assert _strategy(cpu, 1, 256, 3136, 64) == "unfolded"  # a widening 1×1 conv
-    assert _strategy(cuda, 32, 64, 3136, 18) == "virtual kernels"  # grouped: never unfolded
+    assert _strategy(cpu, 1, 64, 224 * 224, 576, False) == "virtual kernels"
+    assert _strategy(cuda, 1, 64, 224 * 224, 576, False) == "virtual kernels"
+    assert _strategy(cpu, 1, 256, 3136, 64, True) == "unfolded"  # a 1×1 conv at 56×56
+    assert _strategy(cpu, 32, 64, 3136, 18, False) == "virtual kernels"  # grouped: never unfolded
 
 
 def _ae_by_definition(a, relevance, weight, geometry, ratio):

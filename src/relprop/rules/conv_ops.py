@@ -53,13 +53,13 @@ class ConvGeometry:
 
     def unfold(self, x: Tensor, kernel_size: tuple[int, int]) -> Tensor:
         """Receptive fields as columns, groups ignored: (N, C, H, W) -> (N, C·kh·kw, L), L = h·w."""
-        if self._pointwise(kernel_size):
+        if self.is_pointwise(kernel_size):
             return x[:, :, :: self.stride[0], :: self.stride[1]].reshape(*x.shape[:2], -1)
         return F.unfold(x, kernel_size, self.dilation, self.padding, self.stride)
 
     def fold(self, columns: Tensor, input_shape: torch.Size, kernel_size: tuple[int, int]) -> Tensor:
         """Adjoint of :meth:`unfold` (overlapping fields summed): (N, C·kh·kw, L) -> ``input_shape``."""
-        if self._pointwise(kernel_size):
+        if self.is_pointwise(kernel_size):
             if self.stride == (1, 1):
                 return columns.reshape(input_shape)
             out = columns.new_zeros(input_shape)
@@ -68,7 +68,7 @@ class ConvGeometry:
             return out
         return F.fold(columns, input_shape[2:], kernel_size, self.dilation, self.padding, self.stride)
 
-    def _pointwise(self, kernel_size: tuple[int, int]) -> bool:
+    def is_pointwise(self, kernel_size: tuple[int, int]) -> bool:
         """A 1×1 kernel without padding: unfolding is a (strided) view, no copy of the fields."""
         return tuple(kernel_size) == (1, 1) and self.padding == (0, 0)
 

@@ -29,7 +29,7 @@ def rsp_conv(
     x = a.clamp(min=0)
     both = _split_by_sign(relevance, geometry.groups)
     o, l, d = relevance.shape[1], relevance[0, 0].numel(), kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
-    strategy = _strategy(a.device, geometry.groups, o, l, d)
+    strategy = _strategy(a.device, geometry.groups, o, l, d, geometry.is_pointwise(kernel_shape[2:]))
     if strategy == "virtual kernels":
         per_sample = 4 * o * (l + d) + 2 * x[0].numel()
         contrast = partial(_contrast_by_virtual_kernels, geometry=geometry, kernel_shape=kernel_shape)
@@ -43,15 +43,18 @@ def rsp_conv(
         support = (a > 0) & geometry.reach(relevance != 0, a.shape, kernel_shape)
     else:
         support = c != 0
-    return shift(2 * c, sample_sum(relevance), support)
+    return shift(c.mul_(2), sample_sum(relevance), support)
 
 
 def _split_by_sign(relevance: Tensor, groups: int) -> Tensor:
     """``P`` and ``N`` side by side as 2·O channels, ordered (g, {P, N}, O/g) so that each of the
     layer's groups keeps its own channels: (N, O, h, w) -> (N, 2·O, h, w)."""
     n, o = relevance.shape[:2]
-    grouped = relevance.reshape(n, groups, 1, o // groups, *relevance.shape[2:])
-    return torch.cat((grouped.clamp(min=0), (-grouped).clamp(min=0)), dim=2).reshape(n, 2 * o, *relevance.shape[2:])
+    grouped = relevance.reshape(n, groups, o // groups, *relevance.shape[2:])
+    both = relevance.new_empty(n, groups, 2, o // groups, *relevance.shape[2:])
+    positive = torch.clamp(grouped, min=0, out=both[:, :, 0])
+    torch.sub(positive, grouped, out=both[:, :, 1])  # max(−R, 0), exactly
+    return both.reshape(n, 2 * o, *relevance.shape[2:])
 
 
 def _negate_negative_part(shares: Tensor, groups: int) -> Tensor:
@@ -61,21 +64,24 @@ def _negate_negative_part(shares: Tensor, groups: int) -> Tensor:
     return shares
 
 
-def _strategy(device: torch.device, groups: int, o: int, l: int, d: int) -> str:
+def _strategy(device: torch.device, groups: int, o: int, l: int, d: int, pointwise: bool) -> str:
     """How to compute ``C⁺ − C⁻`` for O output channels, L output positions and D = C·kh·kw inputs per
-    receptive field; all three give the same numbers.
+    receptive field; all three give the same numbers (benchmarks/rsp_strategies.py times them).
 
     * ``"gram"`` (ungrouped only) where it needs fewer multiply-adds (``2·L²·D + 4·O·L²``) than the
-      virtual kernels (``6·O·L·D``): the deep layers, whose maps are small next to their channels;
-    * ``"unfolded"`` (ungrouped): the virtual kernels as batched matrix products; on CUDA always (GPUs
-      run convolutions with one group per sample poorly), on CPU for 1×1 kernels that widen the
-      channels (D < O), where it measured faster (benchmarks/rsp_strategies.py);
+      virtual kernels (``6·O·L·D``): the deep layers, whose maps are small next to their channels.  On
+      CUDA a kernel larger than 1×1 needs half the cost, since cuDNN runs the per-sample convolutions
+      in TF32 on tensor cores while the matrix products stay in float32;
+    * ``"unfolded"`` (ungrouped 1×1 kernels without padding, whose fields are a view of the input):
+      the virtual kernels as batched matrix products;
     * ``"virtual kernels"``: per-sample (grouped) convolutions.
     """
-    if groups == 1 and 2 * l * l * d + 4 * o * l * l < 6 * o * l * d:
-        return "gram"
-    if groups == 1 and (device.type == "cuda" or d < o):
-        return "unfolded"
+    if groups == 1:
+        margin = 2 if device.type == "cuda" and not pointwise else 1
+        if margin * (2 * l * l * d + 4 * o * l * l) < 6 * o * l * d:
+            return "gram"
+        if pointwise:
+            return "unfolded"
     return "virtual kernels"
 
 
