@@ -69,10 +69,10 @@ def test_rsp_contrast_strategies_equal_the_definition(spec):
     a, relevance, geometry, kernel_shape = _case(spec)
     expected = _rsp_contrast_by_definition(a, relevance, geometry, kernel_shape)
     x, both = a.clamp(min=0), _split_by_sign(relevance, 1)
-    computed = {
-        "virtual kernels": _contrast_by_virtual_kernels(x, both, geometry, kernel_shape),
-        "unfolded": _contrast_unfolded(x, both, geometry, kernel_shape[2:], gram=False),
-        "gram": _contrast_unfolded(x, both, geometry, kernel_shape[2:], gram=True),
+    computed = {  # each strategy overwrites its copy of ``both``
+        "virtual kernels": _contrast_by_virtual_kernels(x, both.clone(), geometry, kernel_shape),
+        "unfolded": _contrast_unfolded(x, both.clone(), geometry, kernel_shape[2:], gram=False),
+        "gram": _contrast_unfolded(x, both.clone(), geometry, kernel_shape[2:], gram=True),
     }
     for name, value in computed.items():
         torch.testing.assert_close(value, expected, rtol=0, atol=1e-12, msg=name)

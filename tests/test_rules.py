@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from relprop.rules.ae import ae_conv
-from relprop.rules.common import safe_divide, shift
+from relprop.rules.common import safe_divide, shift_
 from relprop.rules.conv_ops import ConvGeometry, z_rule
 from relprop.rules.rsp import rsp_conv
 from relprop.rules.structural import (
@@ -84,7 +84,7 @@ def test_shift_spreads_total_over_support_only():
     c = torch.tensor([[1.0, 0.0, 3.0, -2.0], [1.0, 0.0, 3.0, -2.0], [0.0, 0.0, 0.0, 0.0]], dtype=D)
     total = torch.tensor([[3.0], [3.0], [5.0]], dtype=D)
     support = torch.tensor([[1, 0, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
-    out = shift(c, total, support)
+    out = shift_(c.clone(), total, support)
     # sample 0: 3 supported units, −1 each; sample 1: 2 units, −1.5 each (the 0 at index 1 too);
     # sample 2: empty support -> unchanged (and no NaN from 5/0)
     close(out, [[0.0, 0.0, 2.0, -3.0], [-0.5, -1.5, 3.0, -2.0], [0.0, 0.0, 0.0, 0.0]])

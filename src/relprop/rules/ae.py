@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import in_chunks, safe_divide, sample_sum, shift
+from .common import in_chunks, safe_divide, safe_divide_, sample_sum, shift_
 from .conv_ops import ConvGeometry
 
 
@@ -49,29 +49,28 @@ def _ae_conv(
     neg = pos - relevance  # max(−R, 0), exactly
     pos_sum, neg_sum = sample_sum(pos), sample_sum(neg)
     pos_hat, neg_hat = pos.mul_(_reciprocal(pos_sum)), neg.mul_(_reciprocal(neg_sum))
-    x = a.clamp(min=0)
     active = a > 0
-    mask = active.to(a.dtype)
-    on_active = geometry.conv(mask, kernel)
 
     def adjoint(numerator: Tensor, denominator: Tensor) -> Tensor:
-        """``convᵀ(numerator ⊘ denominator, K)``: (N, O, h, w) -> a's shape."""
-        return geometry.conv_t(safe_divide(numerator, denominator), kernel, a.shape)
+        """``convᵀ(numerator ⊘ denominator, K)``, overwriting ``numerator``: (N, O, h, w) -> a's shape."""
+        return geometry.conv_t(safe_divide_(numerator, denominator), kernel, a.shape)
 
-    result = x * adjoint((pos_hat * r).sub_(neg_hat), geometry.conv(x, kernel))
+    x = a.clamp(min=0)
+    result = x.mul_(adjoint((pos_hat * r).sub_(neg_hat), geometry.conv(x, kernel)))  # C = x ⊙ convᵀ(...)
     if sectional:
         if structural_support:
             support = active & geometry.reach(relevance != 0, a.shape, kernel.shape)
         else:
             support = result != 0
-        result = shift(result, pos_sum * _reciprocal(pos_sum), support)
+        shift_(result, pos_sum * _reciprocal(pos_sum), support)
+    on_active = geometry.conv(active.to(a.dtype), kernel)
+    on_inactive = _on_inactive(active, on_active, kernel, geometry)
     result += adjoint(pos_hat, on_active)
-    on_inactive = _on_inactive(mask, on_active, kernel, geometry)
-    result = torch.where(active, result, adjoint(neg_hat, on_inactive).neg_())
+    result.masked_fill_(~active, 0).sub_(adjoint(neg_hat, on_inactive).masked_fill_(active, 0))
     if keep_mass:
         mass_in = (pos_sum + neg_sum) / 2
         mass_out = torch.linalg.vector_norm(result, ord=1, dim=tuple(range(1, result.dim())), keepdim=True) / 2
-        result = result.mul_(safe_divide(mass_in, mass_out))
+        result.mul_(safe_divide(mass_in, mass_out))
     return result
 
 
@@ -81,7 +80,8 @@ def _reciprocal(t: Tensor) -> Tensor:
 
 
 def _on_inactive(active: Tensor, on_active: Tensor, kernel: Tensor, geometry: ConvGeometry) -> Tensor:
-    """``conv(1 − m, K)`` for the 0/1 mask ``m`` of active inputs, given ``conv(m, K)``: (N, O, h, w).
+    """``conv(1 − m, K)`` for the mask ``m`` of active inputs (bool, (N, C, H, W)), given ``conv(m, K)``:
+    (N, O, h, w).
 
     Ungrouped: ``conv(1, K) − conv(m, K)``, with ``conv(1, K)`` a one-channel convolution, clamped at 0
     and set to exactly 0 where no inactive input lies in the window (a one-channel count), so safe
@@ -92,8 +92,8 @@ def _on_inactive(active: Tensor, on_active: Tensor, kernel: Tensor, geometry: Co
     Grouped: the direct convolution (a depthwise one costs no more than the count).
     """
     if geometry.groups > 1:
-        return geometry.conv(1 - active, kernel)
-    channels = active.shape[1]
-    inactive_count = geometry.window_sums(channels - active.sum(dim=1, keepdim=True), torch.ones_like(kernel[:1, :1]))
-    everything = geometry.window_sums(torch.ones_like(active[:1, :1]), kernel)
+        return geometry.conv((~active).to(kernel.dtype), kernel)
+    inactive = (active.shape[1] - active.sum(dim=1, keepdim=True)).to(kernel.dtype)
+    inactive_count = geometry.window_sums(inactive, torch.ones_like(kernel[:1, :1]))
+    everything = geometry.window_sums(torch.ones_like(inactive[:1]), kernel)
     return (everything - on_active).clamp_(min=0).masked_fill_(inactive_count == 0, 0)

@@ -17,18 +17,24 @@ def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     return (num / den).masked_fill_(den == 0, 0)
 
 
+def safe_divide_(num: Tensor, den: Tensor) -> Tensor:
+    """:func:`safe_divide` written into ``num``, a temporary the caller gives up (``den`` broadcasts to it)."""
+    return num.div_(den).masked_fill_(den == 0, 0)
+
+
 def sample_sum(t: Tensor) -> Tensor:
     """Sum over every dimension but the first, kept for broadcasting: (N, ...) -> (N, 1, ..., 1)."""
     return t.sum(dim=tuple(range(1, t.dim())), keepdim=True)
 
 
-def shift(c: Tensor, total: Tensor, support: Tensor) -> Tensor:
-    """Subtract ``total`` (N, 1, 1, 1) spread evenly over the ``support`` (bool, shaped like ``c``) of each sample.
+def shift_(c: Tensor, total: Tensor, support: Tensor) -> Tensor:
+    """Subtract ``total`` (N, 1, 1, 1) spread evenly over the ``support`` (bool, shaped like ``c``) of each
+    sample, in place; returns ``c``.
 
-    ``Σ_s shift(c) = Σ_s c − total`` whenever the support is not empty; zeros off the support stay zero.
+    ``Σ_s shift_(c) = Σ_s c − total`` whenever the support is not empty; zeros off the support stay zero.
     """
     weight = support.to(c.dtype)
-    return torch.addcmul(c, weight, safe_divide(total, sample_sum(weight)), value=-1)
+    return c.addcmul_(weight, safe_divide(total, sample_sum(weight)), value=-1)
 
 
 def in_chunks(fn: Callable[..., Tensor], batch: tuple[Tensor, ...], per_sample: int) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .common import safe_divide, sample_sum, shift
+from .common import safe_divide, sample_sum, shift_
 from .lrp import LinearMap, generic_rule
 
 
@@ -56,5 +56,5 @@ def rap_hidden(a: Tensor, relevance: Tensor, weight: Tensor, layer: LinearMap) -
         [(a_pos, w_inh)], None, q * r_pos + (1 + q) * r_neg, layer, 0.0
     )
     connected = layer.adjoint((relevance != 0).to(a.dtype), (weight != 0).to(a.dtype)) > 0
-    return shift(c, sample_sum(c) - sample_sum(relevance), connected & (a > 0))
+    return shift_(c, sample_sum(c) - sample_sum(relevance), connected & (a > 0))
 

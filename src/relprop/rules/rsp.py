@@ -7,7 +7,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from .common import in_chunks, safe_divide, sample_sum, shift
+from .common import in_chunks, safe_divide, safe_divide_, sample_sum, shift_
 from .conv_ops import ConvGeometry
 
 
@@ -43,7 +43,7 @@ def rsp_conv(
         support = (a > 0) & geometry.reach(relevance != 0, a.shape, kernel_shape)
     else:
         support = c != 0
-    return shift(c.mul_(2), sample_sum(relevance), support)
+    return shift_(c.mul_(2), sample_sum(relevance), support)
 
 
 def _split_by_sign(relevance: Tensor, groups: int) -> Tensor:
@@ -88,14 +88,14 @@ def _strategy(device: torch.device, groups: int, o: int, l: int, d: int, pointwi
 def _contrast_by_virtual_kernels(x: Tensor, both: Tensor, geometry: ConvGeometry, kernel_shape: tuple[int, ...]) -> Tensor:
     """``C⁺ − C⁻`` through per-sample convolutions with the kernels ``G± = wgrad(x, P/N)``.
 
-    x: (N, C, H, W) non-negative; both: (N, 2·O, h, w) from :func:`_split_by_sign`; returns x's shape.
-    One per-sample kernel of 2·O outputs serves both parts; the adjoint with the N shares negated
+    x: (N, C, H, W) non-negative; both: (N, 2·O, h, w) from :func:`_split_by_sign`, overwritten;
+    returns x's shape.  One per-sample kernel of 2·O outputs serves both parts; the adjoint with the N shares negated
     yields the difference at once.
     """
     o2 = both.shape[1]
     kernels = geometry.wgrad_per_sample(x, both, (o2, *kernel_shape[1:]))
-    shares = _negate_negative_part(safe_divide(both, geometry.conv_per_sample(x, kernels)), geometry.groups)
-    return x * geometry.conv_t_per_sample(shares, kernels, x.shape)
+    shares = _negate_negative_part(safe_divide_(both, geometry.conv_per_sample(x, kernels)), geometry.groups)
+    return geometry.conv_t_per_sample(shares, kernels, x.shape).mul_(x)
 
 
 def _contrast_unfolded(x: Tensor, both: Tensor, geometry: ConvGeometry, kernel_size: tuple[int, ...], gram: bool) -> Tensor:
@@ -104,17 +104,17 @@ def _contrast_unfolded(x: Tensor, both: Tensor, geometry: ConvGeometry, kernel_s
     With the relevance as rows ``R`` (2·O × L) the virtual kernels are ``G = R·Xᵀ``, their outputs
     ``Z = G·X`` and the adjoint ``Gᵀ·S``.  With ``gram`` the same numbers come from the Gram matrix of the
     fields, ``Z = R·(XᵀX)`` and ``Gᵀ·S = X·(Rᵀ·S)``, without ever forming G: quadratic in L instead of
-    linear in O·D.  x: (N, C, H, W) non-negative; both: (N, 2·O, h, w) from :func:`_split_by_sign`;
-    returns x's shape.
+    linear in O·D.  x: (N, C, H, W) non-negative; both: (N, 2·O, h, w) from :func:`_split_by_sign`,
+    overwritten; returns x's shape.
     """
     n, o2 = both.shape[:2]
     rows = both.reshape(n, o2, -1)
     columns = geometry.unfold(x, kernel_size)
     if gram:
-        shares = _negate_negative_part(safe_divide(rows, rows @ (columns.transpose(1, 2) @ columns)), 1)
+        shares = _negate_negative_part(safe_divide(rows, rows @ (columns.transpose(1, 2) @ columns)), 1)  # rows used below
         back = columns @ (rows.transpose(1, 2) @ shares)
     else:
         kernels = rows @ columns.transpose(1, 2)
-        shares = _negate_negative_part(safe_divide(rows, kernels @ columns), 1)
+        shares = _negate_negative_part(safe_divide_(rows, kernels @ columns), 1)
         back = kernels.transpose(1, 2) @ shares
-    return x * geometry.fold(back, x.shape, kernel_size)
+    return geometry.fold(back, x.shape, kernel_size).mul_(x)
