@@ -31,8 +31,8 @@ def conv_shapes(model: nn.Module, size: int) -> Counter:
     def record(module: nn.Conv2d, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
         c, h, w = inputs[0].shape[1:]
         if c != 3 and isinstance(module.padding, tuple):
-            shapes[(c, h, w, module.out_channels, *module.kernel_size, module.stride, module.padding,
-                    module.dilation, module.groups)] += 1
+            shapes[(c, h, w, module.out_channels, *module.kernel_size, tuple(module.stride), tuple(module.padding),
+                    tuple(module.dilation), module.groups)] += 1
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:

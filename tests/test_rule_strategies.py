@@ -166,3 +166,23 @@ def test_ae_conv_tiny_weights_give_the_same_shares_in_float32(scale):
     weight, relevance = torch.randn(8, 16, 3, 3), torch.randn(2, 8, 12, 12)
     expected = ae_conv(a, relevance, weight, geometry, 2.0)
     torch.testing.assert_close(ae_conv(a, relevance, weight * scale, geometry, 2.0), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_grouped_rsp_contrast_is_the_definition_per_group(groups):
+    """A grouped convolution is one ungrouped convolution per group: the P/N channel layout of
+    ``_split_by_sign`` must keep every group's relevance with its own input channels."""
+    torch.manual_seed(3)
+    c, o = 8, 12
+    geometry = ConvGeometry((1, 1), (1, 1), (1, 1), groups)
+    a, relevance = torch.randn(2, c, 7, 6, dtype=D), torch.randn(2, o, 7, 6, dtype=D)
+    computed = _contrast_by_virtual_kernels(a.clamp(min=0), _split_by_sign(relevance, groups), geometry, (o, c // groups, 3, 3))
+    ungrouped = ConvGeometry((1, 1), (1, 1), (1, 1), 1)
+    expected = torch.cat(
+        [
+            _rsp_contrast_by_definition(a_g, r_g, ungrouped, (o // groups, c // groups, 3, 3))
+            for a_g, r_g in zip(a.chunk(groups, dim=1), relevance.chunk(groups, dim=1))
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(computed, expected, rtol=0, atol=1e-12)
