@@ -75,17 +75,19 @@ def main() -> None:
         x = torch.rand(args.batch, c, h, w, device=device)
         relevance = geometry.conv(x, torch.randn(o, c // groups, kh, kw, device=device))
         both = _split_by_sign(relevance, groups)
-        l, d = relevance[0, 0].numel(), c // groups * kh * kw
-        candidates = {"virtual kernels": partial(_contrast_by_virtual_kernels, x, geometry=geometry, kernel_shape=(o, c // groups, kh, kw))}
+        positions, d = relevance[0, 0].numel(), c // groups * kh * kw
+        candidates = {
+            "virtual kernels": partial(_contrast_by_virtual_kernels, x, geometry=geometry, kernel_shape=(o, c // groups, kh, kw))
+        }
         if groups == 1:
             candidates["unfolded"] = partial(_contrast_unfolded, x, geometry=geometry, kernel_size=(kh, kw), gram=False)
-            if l * l <= 1 << 24:  # the Gram matrix of a large map does not fit memory (and is never picked)
+            if positions * positions <= 1 << 24:  # the Gram matrix of a large map does not fit memory (and is never picked)
                 candidates["gram"] = partial(_contrast_unfolded, x, geometry=geometry, kernel_size=(kh, kw), gram=True)
         row = {}
         for name, fn in candidates.items():  # each call overwrites its relevance, so it gets a copy (timed too)
-            row[name] = timed(lambda: fn(both=both.clone()), args.repeats, sync) * 1e3
+            row[name] = timed(lambda fn=fn, both=both: fn(both=both.clone()), args.repeats, sync) * 1e3
             totals[name] += row[name] * count
-        picked = _strategy(device, groups, o, l, d, geometry.is_pointwise((kh, kw)))
+        picked = _strategy(device, groups, o, positions, d, geometry.is_pointwise((kh, kw)))
         totals["picked"] += row[picked] * count
         totals["best"] += min(row.values()) * count
         cells = " | ".join(f"{row[n]:.1f}" if n in row else "-" for n in ("virtual kernels", "unfolded", "gram"))

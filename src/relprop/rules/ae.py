@@ -43,7 +43,7 @@ def _ae_conv(
     """:func:`ae_conv` on one chunk of the batch, with ``K = |W|`` and the effective ratio ``r``.
 
     ``C'`` and ``A`` live on the active inputs only and ``B`` on the inactive ones, so the result is
-    assembled with one ``where`` instead of three masked sums.
+    assembled in place with the two masks instead of three masked sums.
     """
     pos = relevance.clamp(min=0)
     neg = pos - relevance  # max(−R, 0), exactly

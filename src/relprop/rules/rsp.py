@@ -28,13 +28,14 @@ def rsp_conv(
     """
     x = a.clamp(min=0)
     both = _split_by_sign(relevance, geometry.groups)
-    o, l, d = relevance.shape[1], relevance[0, 0].numel(), kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
-    strategy = _strategy(a.device, geometry.groups, o, l, d, geometry.is_pointwise(kernel_shape[2:]))
+    o, positions, d = relevance.shape[1], relevance[0, 0].numel(), kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
+    strategy = _strategy(a.device, geometry.groups, o, positions, d, geometry.is_pointwise(kernel_shape[2:]))
     if strategy == "virtual kernels":
-        per_sample = 4 * o * (l + d) + 2 * x[0].numel()
+        per_sample = 4 * o * (positions + d) + 2 * x[0].numel()
         contrast = partial(_contrast_by_virtual_kernels, geometry=geometry, kernel_shape=kernel_shape)
     else:
-        per_sample = 2 * (l * l if strategy == "gram" else o * d) + 2 * d * l + 4 * o * l + x[0].numel()
+        fields = positions * positions if strategy == "gram" else o * d
+        per_sample = 2 * fields + 2 * d * positions + 4 * o * positions + x[0].numel()
         contrast = partial(_contrast_unfolded, geometry=geometry, kernel_size=kernel_shape[2:], gram=strategy == "gram")
     c = in_chunks(contrast, (x, both), per_sample)
     if not sectional:
@@ -64,8 +65,8 @@ def _negate_negative_part(shares: Tensor, groups: int) -> Tensor:
     return shares
 
 
-def _strategy(device: torch.device, groups: int, o: int, l: int, d: int, pointwise: bool) -> str:
-    """How to compute ``C⁺ − C⁻`` for O output channels, L output positions and D = C·kh·kw inputs per
+def _strategy(device: torch.device, groups: int, o: int, positions: int, d: int, pointwise: bool) -> str:
+    """How to compute ``C⁺ − C⁻`` for O output channels, L = ``positions`` and D = C·kh·kw inputs per
     receptive field; all three give the same numbers (benchmarks/rsp_strategies.py times them).
 
     * ``"gram"`` (ungrouped only) where it needs fewer multiply-adds (``2·L²·D + 4·O·L²``) than the
@@ -77,8 +78,9 @@ def _strategy(device: torch.device, groups: int, o: int, l: int, d: int, pointwi
     * ``"virtual kernels"``: per-sample (grouped) convolutions.
     """
     if groups == 1:
+        gram_cost, kernel_cost = positions * positions * (2 * d + 4 * o), 6 * o * positions * d
         margin = 2 if device.type == "cuda" and not pointwise else 1
-        if margin * (2 * l * l * d + 4 * o * l * l) < 6 * o * l * d:
+        if margin * gram_cost < kernel_cost:
             return "gram"
         if pointwise:
             return "unfolded"
@@ -89,8 +91,8 @@ def _contrast_by_virtual_kernels(x: Tensor, both: Tensor, geometry: ConvGeometry
     """``C⁺ − C⁻`` through per-sample convolutions with the kernels ``G± = wgrad(x, P/N)``.
 
     x: (N, C, H, W) non-negative; both: (N, 2·O, h, w) from :func:`_split_by_sign`, overwritten;
-    returns x's shape.  One per-sample kernel of 2·O outputs serves both parts; the adjoint with the N shares negated
-    yields the difference at once.
+    returns x's shape.  One per-sample kernel of 2·O outputs serves both parts; the adjoint with the
+    N shares negated yields the difference at once.
     """
     o2 = both.shape[1]
     kernels = geometry.wgrad_per_sample(x, both, (o2, *kernel_shape[1:]))
