@@ -141,7 +141,7 @@ def test_unsupported_layer_is_named_before_any_work():
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), Gate(), nn.Conv2d(4, 4, 3), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-    with pytest.raises(relprop.UnsupportedLayerError, match=r"'1\.sigmoid'"):
+    with pytest.raises(relprop.UnsupportedLayerError, match=r"torch\.sigmoid \(in Gate\) at '1'"):
         relprop.AE(model)
 
 
@@ -178,7 +178,7 @@ def test_model_untouched_after_exception_mid_call(make, net, x, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("relprop.methods.propagation.zbox_conv", broken)
+    monkeypatch.setattr("relprop.engine.standard.zbox_conv", broken)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(RuntimeError, match="boom"):

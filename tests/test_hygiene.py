@@ -61,7 +61,7 @@ class Tripwires:
             def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
                 raise Boom("boom in the relevance walk")
 
-            self._monkeypatch.setattr("relprop.methods.propagation.maxpool_rule", broken)
+            self._monkeypatch.setattr("relprop.engine.standard.maxpool_rule", broken)
 
     def disarm(self) -> None:
         self.armed = set()

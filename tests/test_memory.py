@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 
 import relprop
-import relprop.methods.propagation as propagation
+import relprop.engine.walk as engine_walk
+from relprop.methods.propagation import PropagationMethod
 from reliability import METHOD_NAMES, construct, single_thread, small_cnn, small_input  # noqa: F401
 
 STATUS = Path("/proc/self/status")
@@ -82,7 +83,7 @@ def watch_module_outputs(model: nn.Module) -> list[weakref.ref]:
 def watch_records(monkeypatch: pytest.MonkeyPatch) -> list[weakref.ref]:
     """Weak references to each ForwardRecord of the propagation engine and every tensor it holds."""
     refs: list[weakref.ref] = []
-    original = propagation.record_forward
+    original = engine_walk.record_forward
 
     def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
         record = original(*args, **kwargs)
@@ -90,7 +91,7 @@ def watch_records(monkeypatch: pytest.MonkeyPatch) -> list[weakref.ref]:
         refs.extend(weakref.ref(t) for t in [*record.values.values(), record.logits, record.seed])
         return record
 
-    monkeypatch.setattr(propagation, "record_forward", recording)
+    monkeypatch.setattr(engine_walk, "record_forward", recording)
     return refs
 
 
@@ -101,7 +102,7 @@ def _attribute(method, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-unty
 
 
 def _is_propagation(name: str) -> bool:
-    return isinstance(construct(name, small_cnn()), propagation.RelevancePropagation)
+    return isinstance(construct(name, small_cnn()), PropagationMethod)
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
@@ -134,7 +135,7 @@ def test_activations_are_freed_after_a_call_that_raised(name, monkeypatch, gc_of
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise Boom("boom in the relevance walk")
 
-    monkeypatch.setattr(propagation, "maxpool_rule", broken)
+    monkeypatch.setattr("relprop.engine.standard.maxpool_rule", broken)
     x = small_input(2)
     try:
         _attribute(method, x)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 import relprop
-from relprop.methods.propagation import RelevancePropagation
+from relprop.methods.propagation import PropagationMethod
 from model_state import assert_unchanged, snapshot
 from reliability import (  # noqa: F401  (single_thread: an autouse fixture)
     METHOD_FACTORIES, METHOD_NAMES, construct, single_thread, small_cnn, small_input,
@@ -206,7 +206,7 @@ def test_layer_without_a_rule_is_named_before_any_work(name):
     model = _gated_model()
     calls = _count_real_forward_calls(model)
     before = snapshot(model)
-    if issubclass(_method_class(name), RelevancePropagation):
+    if issubclass(_method_class(name), PropagationMethod):
         with pytest.raises(relprop.UnsupportedLayerError) as info:
             construct(name, model)
         assert info.value.path.startswith("gate"), info.value.path

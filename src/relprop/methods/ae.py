@@ -2,20 +2,75 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch.nn as nn
 from torch import Tensor
 
-from ..graph import Op
+from ..engine import (
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, ChannelContributionSeed, Rule,
+    Step, ZBox,
+)
+from ..engine.standard import CatSlice, DropSkipAdd, MaskZeros, ProportionalPool
+from ..registry import register
 from ..rules.ae import ae_conv
 from ..rules.common import safe_divide, sample_sum
-from ..rules.conv_ops import ConvGeometry
-from ..registry import register
-from .propagation import Bounds, Mode, RelevancePropagation
+from .propagation import Mode, PropagationMethod, Variant, select_mode
+from .rsp import NO_LINEAR_RULE, OVERFLOW, REFERENCE_FAILURE
+
+
+class AEConv(Rule):
+    """The AE rule of a hidden convolution (:func:`relprop.rules.ae.ae_conv`) with ratio ``r``.
+
+    ``authors_1x1``: kernels of height 1 drop the ratio and the re-centring, as the released code does;
+    ``structural_support``: re-centre over ``a > 0`` with relevance in the receptive field;
+    ``keep_mass``: rescale the output to the incoming mass.
+    """
+
+    keeps = "first"
+
+    def __init__(self, ratio: float, authors_1x1: bool = False, structural_support: bool = True, keep_mass: bool = True) -> None:
+        self.ratio, self.authors_1x1 = ratio, authors_1x1
+        self.structural_support, self.keep_mass = structural_support, keep_mass
+
+    def __call__(self, step: Step) -> Sequence[Tensor | None]:
+        conv = step.op.conv
+        weight = conv.weight()  # type: ignore[union-attr]
+        sectional = not (self.authors_1x1 and weight.shape[2] == 1)
+        return [ae_conv(step.input(), step.relevance, weight, conv.geometry, self.ratio, sectional=sectional,  # type: ignore[union-attr]
+                        structural_support=self.structural_support, keep_mass=self.keep_mass)]
+
+
+def _by_abs_sum(seed: Tensor) -> Tensor:
+    return safe_divide(seed, sample_sum(seed.abs()))
+
+
+def _by_abs_of_sum(seed: Tensor) -> Tensor:
+    return seed / sample_sum(seed).abs()
+
+
+def _default(ratio: float, seed_layer: str | None, bounds: Bounds) -> Variant:
+    table = STANDARD_TABLE.override({CONV: AEConv(ratio), INPUT_CONV: ZBox(bounds)}, hints={LINEAR: NO_LINEAR_RULE})
+    return ChannelContributionSeed(_by_abs_sum, seed_layer), table, OVERFLOW
+
+
+def _reference(ratio: float, seed_layer: str | None, bounds: Bounds) -> Variant:
+    _, table, _ = _default(ratio, seed_layer, bounds)
+    table = table.override({
+        CONV: AEConv(ratio, authors_1x1=True, structural_support=False, keep_mass=False),
+        INPUT_CONV: ZBox(bounds, fold_batchnorm=False),
+        BATCHNORM: MaskZeros(),
+        CAT: CatSlice(mask_zeros=True),
+        AVGPOOL: ProportionalPool(epsilon=1e-9, clamp=True),
+        ADD: DropSkipAdd(),
+    })
+    return ChannelContributionSeed(_by_abs_of_sum, seed_layer, authors_layers=True), table, REFERENCE_FAILURE
 
 
 @register("ae")
-class AttributionEquilibrium(RelevancePropagation):
-    """Attribution Equilibrium: evidence as the gap between positive and negative influence.
+class AttributionEquilibrium(PropagationMethod):
+    """Attribution Equilibrium: evidence as the gap between positive and negative influence
+    (docs/methods.md, "AE: hidden convolutions").
 
     Seed: the channel contribution map ``A ⊙ mean_hw(∂y_t/∂A)`` at ``seed_layer``.  Every hidden
     convolution shares the unit-mass positive part (times ``ratio``) and the unit-mass negative
@@ -26,20 +81,13 @@ class AttributionEquilibrium(RelevancePropagation):
     ``ratio`` (the user-defined criterion for the degree of positive attribution, 1 ≤ r ≤ 2 in the
     paper) weighs positive against negative evidence.
 
-    ``mode="default"`` (the corrected method):
-      * per-sample normalisation (batch-invariant), no NaN when a layer sees no negative (or no
-        positive) relevance;
-      * one rule for every kernel size (the authors drop ``ratio`` and the re-centring for 1×1
-        kernels), structural re-centring support;
-      * each convolution's output is rescaled to its incoming mass ``(ΣP + ΣN)/2`` (quirk Q28,
-        mass-preserving so the scale does not grow with depth), so the shares given to the
-        branches of a residual add or a concatenation survive the per-layer renormalisation;
-      * residual adds split by ``|a| / (|a| + |b|)`` (the authors drop the skip path), concatenations by
-        slicing, BatchNorm is the identity and folded into the first convolution for z^B;
-      * stride, padding, dilation and groups honoured everywhere.
-
-    ``mode="reference"`` reproduces the authors' released code applied to one image (including their
-    ResNet blocks that drop the skip path and double the residual branch).
+    ``mode="default"`` (the corrected method): per-sample normalisation, no NaN when a layer sees no
+    negative (or no positive) relevance, one rule for every kernel size, structural re-centring support,
+    each convolution's output rescaled to its incoming mass ``(ΣP + ΣN)/2`` so that the shares given to
+    the branches of a residual add or a concatenation survive the per-layer renormalisation, residual
+    adds split by ``|a| / (|a| + |b|)``, stride / padding / dilation / groups honoured everywhere.
+    ``mode="reference"`` reproduces the authors' released code applied to one image, including their
+    ResNet blocks that drop the skip path and double the residual branch.
 
     Args:
         model: a CNN classifier returning (N, classes) logits; it is never modified.
@@ -47,6 +95,7 @@ class AttributionEquilibrium(RelevancePropagation):
         seed_layer: module path whose output seeds the walk; default: found automatically.
         mode: ``"default"`` or ``"reference"``.
         input_bounds: ``(low, high)`` for the z^B rule; default: each sample's min and max.
+        allow_tf32: let CUDA run convolutions and matrix products in TF32 (default False).
     """
 
     name = "AE"
@@ -58,32 +107,19 @@ class AttributionEquilibrium(RelevancePropagation):
         seed_layer: str | None = None,
         mode: Mode = "default",
         input_bounds: Bounds = None,
+        allow_tf32: bool = False,
     ) -> None:
         ratio = float(ratio)
         if not ratio > 0 or ratio != ratio or ratio == float("inf"):
             raise ValueError(f"ratio must be a positive finite number (the paper uses 1 <= r <= 2); got {ratio}.")
-        self.ratio = ratio
-        super().__init__(model, seed_layer=seed_layer, mode=mode, input_bounds=input_bounds)
-
-    def _normalise_seed(self, seed: Tensor) -> Tensor:
-        if self.mode == "reference":
-            return seed / sample_sum(seed).abs()
-        return safe_divide(seed, sample_sum(seed.abs()))
-
-    def _hidden_conv(self, a: Tensor, relevance: Tensor, weight: Tensor, geometry: ConvGeometry, op: Op) -> Tensor:
-        reference = self.mode == "reference"
-        return ae_conv(
-            a, relevance, weight, geometry, self.ratio,
-            sectional=not (reference and weight.shape[2] == 1),
-            structural_support=not reference,
-            keep_mass=not reference,
-        )
-
-    def _drops_skip_paths(self) -> bool:
-        return self.mode == "reference"
+        self.ratio, self.mode = ratio, mode
+        variant = select_mode({"default": _default, "reference": _reference}, mode)
+        seed, table, hint = variant(ratio, seed_layer, input_bounds)
+        super().__init__(model, seed, table, failure_hint=hint, allow_tf32=allow_tf32)
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", ratio={self.ratio})"
+        return (f"{type(self).__name__}({type(self.model).__name__}, seed_layer={self.seed_layer!r}, "
+                f"mode={self.mode!r}, ratio={self.ratio})")
 
 
 AE = AttributionEquilibrium

@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import RelpropError
-from ..graph import ModelGraph
+from ..engine import ModelGraph, default_seed_layer
 from ..registry import register
-from ..seeds import default_seed_layer
 from .gradient import AutogradMethod
 
 
@@ -71,7 +70,7 @@ def _module_layer(model: nn.Module, layer: str | None) -> str:
     graph = ModelGraph(model)
     name = graph.resolve(layer) if layer is not None else default_seed_layer(graph)
     current = name
-    while (path := _producing_module(graph, current)) is None:
+    while (path := graph.producing_module(current)) is None:
         inputs = graph.by_name[current].inputs
         if len(inputs) != 1 or inputs[0] == graph.input_name:
             raise ValueError(
@@ -80,16 +79,6 @@ def _module_layer(model: nn.Module, layer: str | None) -> str:
             )
         current = inputs[0]
     return path
-
-
-def _producing_module(graph: ModelGraph, name: str) -> str | None:
-    """The outermost module whose output is op ``name``, or None when it is a bare function call."""
-    op = graph.by_name[name]
-    stack = op.node.meta.get("nn_module_stack") or {}
-    for path, _ in stack.values():
-        if path and graph.resolve(path) == name:
-            return path
-    return op.path if op.node.op == "call_module" else None
 
 
 @register("gradcam")

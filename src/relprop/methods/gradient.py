@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import InputError, RelpropError
-from ..graph import POINTWISE, ModelGraph
+from ..engine import POINTWISE, ModelGraph
 from ..model_state import evaluation_mode
 from ..registry import register
 from ..targets import Target, check_input, resolve_targets

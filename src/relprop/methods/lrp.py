@@ -21,64 +21,49 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
-import torch
-import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from ..forward import ForwardRecord
-from ..graph import BATCHNORM, Op
+from ..engine import CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, LogitSeed, Rule, Step, ZBox
 from ..registry import register
-from ..rules.conv_ops import ConvGeometry
-from ..rules.lrp import (
-    LayerRule, alpha_beta_rule, conv_map, dense_map, epsilon_rule, fold_batchnorm, gamma_rule, zplus_rule,
-)
-from .propagation import Bounds, RelevancePropagation, _ConvPlan
+from ..rules.lrp import LayerRule, alpha_beta_rule, conv_map, dense_map, epsilon_rule, gamma_rule, zplus_rule
+from .propagation import PropagationMethod
 
 
-class LogitPropagation(RelevancePropagation):
-    """Base of the methods whose walk starts at the logits (LRP family, RAP).
+class LinearLayerRule(Rule):
+    """An LRP rule ``rule(a, relevance, weight, bias, layer)`` at an ``nn.Linear`` layer."""
 
-    Convolutions are seen with a BatchNorm that only reads them folded in (see the module docstring).
-    """
+    keeps = "first"
 
-    seeds_at_logits = True
+    def __init__(self, rule: LayerRule) -> None:
+        self.rule = rule
 
-    def __init__(self, model: nn.Module, input_bounds: Bounds = None) -> None:
-        super().__init__(model, input_bounds=input_bounds)
-
-    def _one_hot(self, record: ForwardRecord, targets: Tensor) -> Tensor:
-        """(N, classes): 1 at each sample's target class, 0 elsewhere."""
-        logits = record.logits.detach()
-        return torch.zeros_like(logits).scatter_(1, targets[:, None], 1.0)
-
-    def _conv_parameters(self, op: Op, weight: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-        """Kernel (O, C/g, kh, kw) and bias (O,) or None of a convolution, BatchNorm folded in."""
-        bias = self._conv_bias(op)
-        users = self.graph.consumers[op.name]
-        if len(users) == 1 and self.graph.by_name[users[0]].kind == BATCHNORM:
-            bn = self.graph.by_name[users[0]].module
-            if bn.running_var is not None:  # type: ignore[union-attr]
-                return fold_batchnorm(weight, bias, bn)  # type: ignore[arg-type]
-        return weight, bias
-
-    def _conv_bias(self, op: Op) -> Optional[Tensor]:
-        if op.module is not None:
-            return op.module.bias  # type: ignore[return-value]
-        node = op.node
-        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-        if not isinstance(bias, fx.Node):
-            return bias
-        return functools.reduce(getattr, str(bias.target).split("."), self.model)  # type: ignore[arg-type]
-
-    def _op_of(self, conv: _ConvPlan) -> Op:
-        """The op of a planned convolution."""
-        return self.graph.by_name[next(name for name, plan in self._plan.convs.items() if plan is conv)]
+    def __call__(self, step: Step) -> Sequence[Tensor | None]:
+        module = step.op.module
+        return [self.rule(step.input(), step.relevance, module.weight, module.bias, dense_map())]  # type: ignore[union-attr]
 
 
-class LRP(LogitPropagation):
+class ConvLayerRule(Rule):
+    """An LRP rule at a convolution, seen with a BatchNorm that only reads it folded in."""
+
+    keeps = "first"
+
+    def __init__(self, rule: LayerRule) -> None:
+        self.rule = rule
+
+    def __call__(self, step: Step) -> Sequence[Tensor | None]:
+        conv = step.op.conv
+        weight, bias = conv.parameters(fold_batchnorm=True)  # type: ignore[union-attr]
+        a = step.input()
+        return [self.rule(a, step.relevance, weight, bias, conv_map(conv.geometry, a.shape))]  # type: ignore[union-attr]
+
+
+OVERFLOW = "Explain in float64 (model.double(), x.double())."
+
+
+class LRP(PropagationMethod):
     """Layer-wise relevance propagation with one rule per layer type (a composite).
 
     Seed: ``R₀ = onehot(target) · logit`` at the logits.  Every rule is a function
@@ -97,6 +82,7 @@ class LRP(LogitPropagation):
             ``input_bounds``.
         input_bounds: ``(low, high)`` for z^B (floats or per-channel tensors); default: each
             sample's minimum and maximum over all channels and pixels.
+        allow_tf32: let CUDA run convolutions and matrix products in TF32 (default False).
     """
 
     name = "LRP"
@@ -108,30 +94,15 @@ class LRP(LogitPropagation):
         conv_rule: LayerRule,
         input_rule: Optional[LayerRule] = None,
         input_bounds: Bounds = None,
+        allow_tf32: bool = False,
     ) -> None:
-        self.linear_rule = linear_rule
-        self.conv_rule = conv_rule
-        self.input_rule = input_rule
-        super().__init__(model, input_bounds=input_bounds)
-
-    def _initial_relevance(self, record: ForwardRecord, targets: Tensor) -> Tensor:
-        return self._one_hot(record, targets) * record.logits.detach()
-
-    def _linear(self, a: Tensor, relevance: Tensor, op: Op) -> Tensor:
-        module = op.module
-        return self.linear_rule(a, relevance, module.weight, module.bias, dense_map())  # type: ignore[union-attr]
-
-    def _hidden_conv(self, a: Tensor, relevance: Tensor, weight: Tensor, geometry: ConvGeometry, op: Op) -> Tensor:
-        weight, bias = self._conv_parameters(op, weight)
-        return self.conv_rule(a, relevance, weight, bias, conv_map(geometry, a.shape))
-
-    def _input_conv(
-        self, conv: _ConvPlan, a: Tensor, r: Tensor, weight: Tensor, record: ForwardRecord, x: Tensor
-    ) -> Tensor:
-        if self.input_rule is None:
-            return super()._input_conv(conv, a, r, weight, record, x)
-        weight, bias = self._conv_parameters(self._op_of(conv), weight)
-        return self.input_rule(a, r, weight, bias, conv_map(conv.geometry, a.shape))
+        self.linear_rule, self.conv_rule, self.input_rule = linear_rule, conv_rule, input_rule
+        table = STANDARD_TABLE.override({
+            LINEAR: LinearLayerRule(linear_rule),
+            CONV: ConvLayerRule(conv_rule),
+            INPUT_CONV: ZBox(input_bounds) if input_rule is None else ConvLayerRule(input_rule),
+        })
+        super().__init__(model, LogitSeed(times_logit=True), table, failure_hint=OVERFLOW, allow_tf32=allow_tf32)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"
@@ -159,10 +130,10 @@ class LRPEpsilon(LRP):
 
     name = "LRP-ε"
 
-    def __init__(self, model: nn.Module, epsilon: float = 1e-6) -> None:
+    def __init__(self, model: nn.Module, epsilon: float = 1e-6, allow_tf32: bool = False) -> None:
         self.epsilon = _check("epsilon", epsilon)
         rule = functools.partial(epsilon_rule, epsilon=self.epsilon)
-        super().__init__(model, rule, rule, rule)
+        super().__init__(model, rule, rule, rule, allow_tf32=allow_tf32)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, epsilon={self.epsilon})"
@@ -179,8 +150,8 @@ class LRPZPlus(LRP):
 
     name = "LRP-z+"
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model, zplus_rule, zplus_rule, zplus_rule)
+    def __init__(self, model: nn.Module, allow_tf32: bool = False) -> None:
+        super().__init__(model, zplus_rule, zplus_rule, zplus_rule, allow_tf32=allow_tf32)
 
 
 class LRPAlphaBeta(LRP):
@@ -196,10 +167,10 @@ class LRPAlphaBeta(LRP):
 
     name = "LRP-αβ"
 
-    def __init__(self, model: nn.Module, alpha: float = 1.0, beta: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, alpha: float = 1.0, beta: float = 0.0, allow_tf32: bool = False) -> None:
         self.alpha, self.beta = _check("alpha", alpha), _check("beta", beta)
         rule = functools.partial(alpha_beta_rule, alpha=self.alpha, beta=self.beta)
-        super().__init__(model, rule, rule, rule)
+        super().__init__(model, rule, rule, rule, allow_tf32=allow_tf32)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, alpha={self.alpha}, beta={self.beta})"
@@ -209,16 +180,16 @@ class LRPAlphaBeta(LRP):
 class LRPAlpha1Beta0(LRPAlphaBeta):
     """LRP-α1β0: only positive contributions (with the positive part of the bias) share relevance."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model, alpha=1.0, beta=0.0)
+    def __init__(self, model: nn.Module, allow_tf32: bool = False) -> None:
+        super().__init__(model, alpha=1.0, beta=0.0, allow_tf32=allow_tf32)
 
 
 @register("lrp_alpha2beta1")
 class LRPAlpha2Beta1(LRPAlphaBeta):
     """LRP-α2β1: twice the positive shares minus the negative shares."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model, alpha=2.0, beta=1.0)
+    def __init__(self, model: nn.Module, allow_tf32: bool = False) -> None:
+        super().__init__(model, alpha=2.0, beta=1.0, allow_tf32=allow_tf32)
 
 
 @register("lrp_gamma")
@@ -235,10 +206,10 @@ class LRPGamma(LRP):
 
     name = "LRP-γ"
 
-    def __init__(self, model: nn.Module, gamma: float = 0.25, epsilon: float = 1e-6) -> None:
+    def __init__(self, model: nn.Module, gamma: float = 0.25, epsilon: float = 1e-6, allow_tf32: bool = False) -> None:
         self.gamma, self.epsilon = _check("gamma", gamma), _check("epsilon", epsilon)
         rule = functools.partial(gamma_rule, gamma=self.gamma, epsilon=self.epsilon)
-        super().__init__(model, rule, rule, rule)
+        super().__init__(model, rule, rule, rule, allow_tf32=allow_tf32)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, gamma={self.gamma}, epsilon={self.epsilon})"
@@ -258,10 +229,12 @@ class LRPComposite(LRP):
 
     name = "LRP-ε+z⁺+zB"
 
-    def __init__(self, model: nn.Module, epsilon: float = 1e-6, input_bounds: Bounds = None) -> None:
+    def __init__(
+        self, model: nn.Module, epsilon: float = 1e-6, input_bounds: Bounds = None, allow_tf32: bool = False
+    ) -> None:
         self.epsilon = _check("epsilon", epsilon)
         super().__init__(
-            model, functools.partial(epsilon_rule, epsilon=self.epsilon), zplus_rule, None, input_bounds
+            model, functools.partial(epsilon_rule, epsilon=self.epsilon), zplus_rule, None, input_bounds, allow_tf32
         )
 
     def __repr__(self) -> str:

@@ -2,21 +2,84 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch.nn as nn
 from torch import Tensor
 
-from ..graph import Op
-from ..rules.common import safe_divide
-from ..rules.conv_ops import ConvGeometry
-from ..rules.rsp import rsp_conv
+from ..engine import (
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, ChannelContributionSeed, Rule,
+    Step, ZBox,
+)
+from ..engine.standard import AddSplit, CatSlice, MaskZeros, ProportionalPool
 from ..registry import register
-from .propagation import Bounds, Mode, RelevancePropagation
+from ..rules.common import safe_divide
+from ..rules.rsp import rsp_conv
+from .propagation import Mode, PropagationMethod, Variant, select_mode
+
+NO_LINEAR_RULE = (
+    "RSP and AE start at a convolutional seed layer and have no rule for a Linear layer between the seed "
+    "and the input; choose a seed_layer below it."
+)
+OVERFLOW = "Its magnitude grows with depth: explain in float64 (model.double(), x.double()) or pick a later seed_layer."
+REFERENCE_FAILURE = (
+    "Reference mode divides by zero where the authors' code does (an empty positive or negative part, or a "
+    "seed summing to 0); use mode='default'."
+)
+
+
+class RSPConv(Rule):
+    """The RSP rule of a hidden convolution (:func:`relprop.rules.rsp.rsp_conv`).
+
+    ``authors_1x1``: kernels of height 1 skip the doubling and re-centring, as the released code does;
+    ``structural_support``: re-centre over ``a > 0`` with relevance in the receptive field (else over
+    the non-zero entries, as the released code does).
+    """
+
+    keeps = "first"
+
+    def __init__(self, authors_1x1: bool = False, structural_support: bool = True) -> None:
+        self.authors_1x1, self.structural_support = authors_1x1, structural_support
+
+    def __call__(self, step: Step) -> Sequence[Tensor | None]:
+        conv = step.op.conv
+        shape = tuple(conv.weight().shape)  # type: ignore[union-attr]
+        sectional = not (self.authors_1x1 and shape[2] == 1)
+        return [rsp_conv(step.input(), step.relevance, conv.geometry, shape, sectional=sectional,  # type: ignore[union-attr]
+                         structural_support=self.structural_support)]
+
+
+def _by_max_abs(seed: Tensor) -> Tensor:
+    return safe_divide(seed, seed.reshape(seed.shape[0], -1).abs().max(dim=1).values.view(-1, 1, 1, 1))
+
+
+def _by_max_plus_tiny(seed: Tensor) -> Tensor:
+    return seed / (seed.reshape(seed.shape[0], -1).max(dim=1).values.view(-1, 1, 1, 1) + 1e-9)
+
+
+def _default(seed_layer: str | None, bounds: Bounds) -> Variant:
+    table = STANDARD_TABLE.override({CONV: RSPConv(), INPUT_CONV: ZBox(bounds)}, hints={LINEAR: NO_LINEAR_RULE})
+    return ChannelContributionSeed(_by_max_abs, seed_layer), table, OVERFLOW
+
+
+def _reference(seed_layer: str | None, bounds: Bounds) -> Variant:
+    _, table, _ = _default(seed_layer, bounds)
+    table = table.override({
+        CONV: RSPConv(authors_1x1=True, structural_support=False),
+        INPUT_CONV: ZBox(bounds, fold_batchnorm=False),
+        BATCHNORM: MaskZeros(),
+        CAT: CatSlice(mask_zeros=True),
+        AVGPOOL: ProportionalPool(epsilon=1e-9, clamp=False),
+        ADD: AddSplit("positive"),
+    })
+    return ChannelContributionSeed(_by_max_plus_tiny, seed_layer, authors_layers=True), table, REFERENCE_FAILURE
+
 
 
 @register("rsp")
-class RSP(RelevancePropagation):
+class RSP(PropagationMethod):
     """Relative Sectional Propagation: bi-polar relevance, target evidence (positive) against hostile
-    evidence (negative).
+    evidence (negative).  The rules are described in docs/methods.md ("RSP: hidden convolutions").
 
     Seed: the channel contribution map ``A ⊙ mean_hw(∂y_t/∂A)`` at ``seed_layer``.  Every hidden
     convolution redistributes the positive and the negative part of the relevance with per-sample
@@ -24,19 +87,12 @@ class RSP(RelevancePropagation):
     doubles the signed difference and re-centres it so that ``Σ R`` is conserved layer by layer.
     The convolution reading the image uses the z^B rule.
 
-    ``mode="default"`` (the corrected method):
-      * every normalisation is per sample (a batch gives each image the map it gets alone);
-      * the seed is divided by ``max |S|`` per sample;
-      * one rule for every kernel size (the authors skip doubling and re-centring for 1×1 kernels);
-      * the re-centring support is structural (``a > 0`` with relevance in the receptive field), so
-        the result does not jump with float rounding;
-      * residual adds split by ``|a| / (|a| + |b|)``, concatenations by plain slicing, BatchNorm is
-        the identity and is folded into the first convolution for z^B;
-      * stride, padding, dilation and groups are honoured everywhere (depthwise convs work).
-
-    ``mode="reference"`` reproduces the authors' released code applied to one image: seed divided by
-    ``max S + 1e-9``, the 1×1 branch, the non-zero re-centring support, ``a⁺ + 1e-9`` residual split
-    (the UCAG wiring for ResNet), zero-masked BatchNorm and concatenation, the authors' seed layers.
+    ``mode="default"`` (the corrected method): every normalisation per sample, the seed divided by
+    ``max |S|``, one rule for every kernel size, a structural re-centring support, residual adds split
+    by ``|a| / (|a| + |b|)``, plain slicing at concatenations, BatchNorm as identity (folded into the
+    first convolution for z^B), stride / padding / dilation / groups honoured everywhere.
+    ``mode="reference"`` reproduces the authors' released code applied to one image (docs/methods.md,
+    "Default mode and reference mode"): it is the default rule table with those entries overridden.
 
     Args:
         model: a CNN classifier returning (N, classes) logits; it is never modified.
@@ -45,28 +101,19 @@ class RSP(RelevancePropagation):
         mode: ``"default"`` or ``"reference"``.
         input_bounds: ``(low, high)`` for the z^B rule (floats, or per-channel tensors);
             default: each sample's minimum and maximum over all channels and pixels.
+        allow_tf32: let CUDA run convolutions and matrix products in TF32 (faster, about 1 % of max|R|
+            off); default False: full float32, whatever the global torch settings.
     """
 
     name = "RSP"
 
     def __init__(
-        self, model: nn.Module, seed_layer: str | None = None, mode: Mode = "default", input_bounds: Bounds = None
+        self, model: nn.Module, seed_layer: str | None = None, mode: Mode = "default", input_bounds: Bounds = None,
+        allow_tf32: bool = False,
     ) -> None:
-        super().__init__(model, seed_layer=seed_layer, mode=mode, input_bounds=input_bounds)
+        self.mode = mode
+        seed, table, hint = select_mode({"default": _default, "reference": _reference}, mode)(seed_layer, input_bounds)
+        super().__init__(model, seed, table, failure_hint=hint, allow_tf32=allow_tf32)
 
-    def _normalise_seed(self, seed: Tensor) -> Tensor:
-        flat = seed.reshape(seed.shape[0], -1)
-        if self.mode == "reference":
-            return seed / (flat.max(dim=1).values.view(-1, 1, 1, 1) + 1e-9)
-        return safe_divide(seed, flat.abs().max(dim=1).values.view(-1, 1, 1, 1))
-
-    def _hidden_conv(self, a: Tensor, relevance: Tensor, weight: Tensor, geometry: ConvGeometry, op: Op) -> Tensor:
-        reference = self.mode == "reference"
-        return rsp_conv(
-            a, relevance, geometry, tuple(weight.shape),
-            sectional=not (reference and weight.shape[2] == 1),
-            structural_support=not reference,
-        )
-
-    def _clamps_pool_input(self) -> bool:
-        return False
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, seed_layer={self.seed_layer!r}, mode={self.mode!r})"

@@ -1,0 +1,19 @@
+"""The relevance engine: trace → canonicalise → plan → one recording forward pass → one reverse walk.
+
+A method is a :class:`Seed` (where relevance starts) plus a :class:`RuleTable` (op kind or module
+type → :class:`Rule`); see docs/methods.md, section "The pipeline".
+"""
+
+from .graph import (
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LAYOUT, LINEAR, MAXPOOL, PAD, POINTWISE, STRUCTURAL, ModelGraph, Op,
+)
+from .seeds import ChannelContributionSeed, LogitSeed, LogitSplitSeed, Seed, default_seed_layer
+from .standard import STANDARD_TABLE, Bounds, ZBox
+from .table import Needs, Rule, RuleTable, Step
+from .walk import Engine
+
+__all__ = [
+    "ADD", "AVGPOOL", "BATCHNORM", "CAT", "CONV", "INPUT_CONV", "LAYOUT", "LINEAR", "MAXPOOL", "PAD", "POINTWISE", "STRUCTURAL",
+    "Bounds", "ChannelContributionSeed", "Engine", "LogitSeed", "LogitSplitSeed", "ModelGraph", "Needs", "Op", "Rule",
+    "RuleTable", "STANDARD_TABLE", "Seed", "Step", "ZBox", "default_seed_layer",
+]

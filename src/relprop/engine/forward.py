@@ -1,0 +1,79 @@
+"""One recording forward pass over a traced model.
+
+The graph is executed op by op with the model's own modules, so the activations are the model's
+own.  In-place operations never touch a tensor that is still needed: in-place functions run as
+their pure twins, and an in-place module receives a copy unless its input is a fresh temporary
+nobody reads again.  Only the activations the relevance walk asks for are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import RelpropError
+from .graph import ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT, INPUT_CONV, LINEAR, MAXPOOL, OUTPUT, ModelGraph
+
+# Ops whose output is a new tensor, safe to overwrite in place once nobody reads it.
+_FRESH_KINDS = {CONV, INPUT_CONV, LINEAR, BATCHNORM, ADD, CAT, MAXPOOL, AVGPOOL}
+
+
+@dataclass
+class ForwardRecord:
+    """What one forward pass leaves for the relevance walk."""
+
+    values: dict[str, Tensor]
+    shapes: dict[str, torch.Size]
+    replays: dict[str, Callable[[Tensor], Tensor]]
+    logits: Tensor
+    seed: Tensor = field(repr=False)
+
+
+def record_forward(graph: ModelGraph, x: Tensor, seed: str, keep: set[str], replay: set[str]) -> ForwardRecord:
+    """Run the model on ``x`` (N, C, H, W); keep the outputs of ``keep``.
+
+    The seed op's output is made a leaf that requires grad, and everything downstream of it runs
+    with autograd on, so that ``∂ logits / ∂ seed`` can be taken.  ``replay`` names ops for which a
+    function ``t -> op(t)`` (other arguments fixed) is returned.
+    """
+    last_use = graph.last_use
+    env: dict[str, Any] = {}
+    shapes: dict[str, torch.Size] = {}
+    replays: dict[str, Callable[[Tensor], Tensor]] = {}
+    seed_value: Tensor | None = None
+    logits: Any = None
+    for i, op in enumerate(graph.ops):
+        if op.kind == OUTPUT:
+            logits = graph.output_value(env)
+            break
+        with torch.set_grad_enabled(seed_value is not None):
+            if op.kind == INPUT:
+                value = x
+            else:
+                if op.name in replay:
+                    replays[op.name] = graph.replayer(op, env)
+                fresh = not any(
+                    last_use[r] > i or r in keep or r == seed or graph.by_name[r].kind not in _FRESH_KINDS
+                    for r in op.reads
+                )
+                value = graph.execute(op, env, inplace_ok=fresh)
+        if op.name == seed:
+            value = value.detach().requires_grad_(True)
+            seed_value = value
+        env[op.name] = value
+        if isinstance(value, Tensor):
+            shapes[op.name] = value.shape
+        for r in op.reads:
+            if last_use[r] == i and r not in keep:
+                env.pop(r, None)
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise RelpropError(
+            f"{type(graph.model).__name__} must return a (N, classes) tensor of logits; it returned "
+            f"{type(logits).__name__}{tuple(logits.shape) if isinstance(logits, Tensor) else ''}."
+        )
+    assert seed_value is not None
+    values = {name: env[name] for name in keep if name in env}
+    return ForwardRecord(values, shapes, replays, logits, seed_value)

@@ -1,0 +1,134 @@
+"""Where relevance starts: the seed layer and the initial relevance (docs/methods.md, section "Seeds")."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import UnsupportedLayerError
+from ..rules.rap import rap_logit_split
+from .forward import ForwardRecord
+from .graph import ADD, BATCHNORM, CAT, CONV, INPUT_CONV, LAYOUT, LINEAR, POINTWISE, ModelGraph, Op
+
+# The authors' seed layers where they differ from the automatic choice.
+_AUTHORS_SEED_LAYERS = {"DenseNet": "features", "AlexNet": "features"}
+
+
+def default_seed_layer(graph: ModelGraph) -> str:
+    """Output of the last convolutional block: the last conv, followed forward through BatchNorm,
+    activations, residual adds and concatenations, stopping before pooling or flattening.
+
+    VGG-16 gives ``features.29`` (before the last max-pool), ResNet the output of ``layer4``,
+    DenseNet the ReLU after ``features.norm5``, Inception-v3 ``Mixed_7c``.
+    """
+    feeds_output = graph.ancestors(graph.output_name)
+    convs = [op for op in graph.ops if op.kind in (CONV, INPUT_CONV) and op.name in feeds_output]
+    if not convs:
+        raise ValueError(f"{type(graph.model).__name__} has no Conv2d layer: no seed layer can be chosen.")
+    current = convs[-1].name
+    while True:
+        users = [u for u in graph.consumers[current] if u in feeds_output]
+        if len(users) != 1 or graph.by_name[users[0]].kind not in (BATCHNORM, POINTWISE, ADD, CAT):
+            return current
+        current = users[0]
+
+
+def channel_contribution(activation: Tensor, grad: Tensor) -> Tensor:
+    """``S = A ⊙ mean_{h,w}(∂y_t/∂A)``: no ReLU, no channel sum. (N, C, h, w) -> (N, C, h, w)."""
+    return activation * grad.mean(dim=(2, 3), keepdim=True)
+
+
+def one_hot(logits: Tensor, targets: Tensor) -> Tensor:
+    """(N, classes): 1 at each sample's target class, 0 elsewhere."""
+    return torch.zeros_like(logits).scatter_(1, targets[:, None], 1.0)
+
+
+class Seed:
+    """Chooses the op where the walk starts and computes the relevance of its output."""
+
+    def layer(self, graph: ModelGraph) -> str:
+        raise NotImplementedError
+
+    def check_path(self, graph: ModelGraph, path: Sequence[Op], display: str) -> None:
+        """Refuse a seed whose walk cannot work (nothing to refuse by default)."""
+
+    def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
+        raise NotImplementedError
+
+
+class ChannelContributionSeed(Seed):
+    """The channel contribution map ``A ⊙ mean_hw(∂y_t/∂A)`` at a convolutional layer, normalised per sample.
+
+    ``layer_name``: a module path or None (automatic: :func:`default_seed_layer`, or with
+    ``authors_layers`` the layer the authors' scripts use for the architecture).
+    """
+
+    def __init__(
+        self, normalise: Callable[[Tensor], Tensor], layer_name: str | None = None, authors_layers: bool = False
+    ) -> None:
+        self.normalise, self.layer_name, self.authors_layers = normalise, layer_name, authors_layers
+
+    def layer(self, graph: ModelGraph) -> str:
+        if self.layer_name is not None:
+            return graph.resolve(self.layer_name)
+        authors = _AUTHORS_SEED_LAYERS.get(type(graph.model).__name__) if self.authors_layers else None
+        return graph.resolve(authors) if authors else default_seed_layer(graph)
+
+    def check_path(self, graph: ModelGraph, path: Sequence[Op], display: str) -> None:
+        flattening = [op for op in path if op.kind == LAYOUT]
+        if flattening:
+            raise ValueError(
+                f"seed_layer '{display}' comes after '{flattening[0].path}' ({flattening[0].type_name}), "
+                "so its output is no (N, C, h, w) feature map; choose a convolutional block."
+            )
+
+    def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
+        with torch.enable_grad():
+            picked = record.logits.gather(1, targets[:, None]).sum()
+            (grad,) = torch.autograd.grad(picked, record.seed, allow_unused=True)
+        if grad is None:
+            raise ValueError(f"seed layer '{display}' does not feed the model's logits.")
+        if record.seed.dim() != 4:
+            raise ValueError(
+                f"seed layer '{display}' outputs shape {tuple(record.seed.shape)}; a (N, C, h, w) feature map is needed."
+            )
+        return self.normalise(channel_contribution(record.seed.detach(), grad))
+
+
+class LogitSeed(Seed):
+    """At the logits: the one-hot of the target, times the target logit when ``times_logit`` (LRP)."""
+
+    def __init__(self, times_logit: bool = True) -> None:
+        self.times_logit = times_logit
+
+    def layer(self, graph: ModelGraph) -> str:
+        return graph.by_name[graph.output_name].inputs[0]
+
+    def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
+        logits = record.logits.detach()
+        hot = one_hot(logits, targets)
+        return hot * logits if self.times_logit else hot
+
+
+class LogitSplitSeed(Seed):
+    """RAP: the walk starts below the Linear layer producing the logits, with the target logit split into
+    its input contributions and balanced (:func:`relprop.rules.rap.rap_logit_split`)."""
+
+    def _logit_layer(self, graph: ModelGraph) -> Op:
+        op = graph.by_name[graph.by_name[graph.output_name].inputs[0]]
+        if op.kind != LINEAR:
+            raise UnsupportedLayerError(
+                op.path, op.type_name, "RAP",
+                "RAP splits the target logit at the Linear layer that produces the logits; this model's "
+                "logits come from another operation.",
+            )
+        return op
+
+    def layer(self, graph: ModelGraph) -> str:
+        return self._logit_layer(graph).inputs[0]
+
+    def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
+        weight = self._logit_layer(graph).module.weight  # type: ignore[union-attr]
+        return rap_logit_split(record.seed.detach(), one_hot(record.logits.detach(), targets), weight)

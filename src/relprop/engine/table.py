@@ -1,0 +1,126 @@
+"""Rules as data: what a rule declares, what it sees, and the table that maps op kinds to rules.
+
+A method is a seed plus a :class:`RuleTable`.  The table maps an op kind (``CONV``, ``MAXPOOL``, …,
+see :mod:`relprop.engine.graph`) or a module type to a :class:`Rule`; module types are looked up
+first, along the module's class hierarchy.  Supporting a new layer type is one rule and one entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence, Union
+
+from torch import Tensor
+
+from ..errors import UnsupportedLayerError
+from .forward import ForwardRecord
+from .graph import (
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LAYOUT, LINEAR, MAXPOOL, PAD, POINTWISE, STRUCTURAL, ModelGraph, Op,
+)
+
+Key = Union[str, type]
+
+_DESCRIPTIONS = {
+    CONV: "Conv2d (any stride, padding, dilation, groups)", INPUT_CONV: "", LINEAR: "Linear",
+    BATCHNORM: "BatchNorm2d", POINTWISE: "ReLU-family activations, Dropout, Identity", MAXPOOL: "max pooling",
+    AVGPOOL: "average / adaptive-average pooling", PAD: "zero padding", LAYOUT: "flatten / view / reshape",
+    ADD: "residual addition", CAT: "torch.cat", STRUCTURAL: "",
+}
+"""How messages name the op kinds; empty: not worth listing (covered by another entry, or no relevance)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a rule sees when the walk reaches its op: the op, the relevance of its output and the forward
+    pass's record (activations the rule asked for, shapes, replays), and the model input ``x``."""
+
+    op: Op
+    relevance: Tensor
+    record: ForwardRecord
+    x: Tensor
+
+    def input(self, i: int = 0) -> Tensor:
+        """The recorded activation of the op's ``i``-th input (the rule must keep it, see :attr:`Rule.keeps`)."""
+        return self.record.values[self.op.inputs[i]]
+
+    def input_shape(self, i: int = 0) -> tuple[int, ...]:
+        """Shape of the op's ``i``-th input."""
+        return tuple(self.record.shapes[self.op.inputs[i]])
+
+    def replay(self, name: str | None = None) -> Callable[[Tensor], Tensor]:
+        """``t -> op(t)`` for this op (or the op ``name``), other arguments as in the forward pass."""
+        return self.record.replays[name or self.op.name]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the forward pass must leave for a rule: activations to keep and ops to replay."""
+
+    values: tuple[str, ...] = ()
+    replays: tuple[str, ...] = ()
+
+
+class Rule:
+    """Maps the relevance of an op's output to the relevance of its inputs.
+
+    Subclasses set :attr:`keeps` / :attr:`replays` (or override :meth:`needs`) and implement
+    :meth:`__call__`, returning one tensor (or None: nothing) per entry of ``op.inputs``.
+    """
+
+    keeps: str = "none"
+    """Input activations the rule reads: ``"none"``, ``"first"`` or ``"all"``."""
+    replays: bool = False
+    """Whether the rule calls :meth:`Step.replay` for its own op."""
+
+    def needs(self, op: Op) -> Needs:
+        values = {"none": (), "first": op.inputs[:1], "all": op.inputs}[self.keeps]
+        return Needs(tuple(values), (op.name,) if self.replays else ())
+
+    def prepare(self, op: Op, graph: ModelGraph) -> dict[str, float]:
+        """Called once when a method is built; returns gains ``{op name: factor}`` applied to the relevance
+        arriving at other ops (none by default)."""
+        return {}
+
+    def __call__(self, step: Step) -> Sequence[Tensor | None]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+class RuleTable:
+    """An immutable mapping from op kind or module type to :class:`Rule`.
+
+    ``hints`` adds advice to the error raised for an op kind that has no rule (e.g. why a method has no
+    rule for Linear layers).
+    """
+
+    def __init__(self, entries: Mapping[Key, Rule], hints: Mapping[str, str] | None = None) -> None:
+        self._entries = dict(entries)
+        self._hints = dict(hints or {})
+
+    def override(self, entries: Mapping[Key, Rule], hints: Mapping[str, str] | None = None) -> "RuleTable":
+        """A copy with ``entries`` replacing or adding rules (how reference mode and new layer types are made)."""
+        return RuleTable({**self._entries, **entries}, {**self._hints, **(hints or {})})
+
+    def rule_for(self, op: Op, method: str) -> Rule:
+        """The rule for ``op``; :class:`UnsupportedLayerError` naming the op's module path and type if none."""
+        if op.unsupported:
+            raise UnsupportedLayerError(op.path, op.type_name, method, op.unsupported)
+        if op.module is not None:
+            for cls in type(op.module).__mro__:
+                if cls in self._entries:
+                    return self._entries[cls]
+        if op.kind in self._entries:
+            return self._entries[op.kind]
+        hint = self._hints.get(op.kind, f"Supported on the explained path: {self.supported()}.")
+        raise UnsupportedLayerError(op.path, op.type_name, method, hint)
+
+    def supported(self) -> str:
+        """The op kinds and module types that have a rule, for messages."""
+        names = [k.__name__ if isinstance(k, type) else _DESCRIPTIONS.get(k, k) for k in self._entries]
+        return ", ".join(name for name in names if name)
+
+    def __getitem__(self, key: Key) -> Rule:
+        return self._entries[key]
+

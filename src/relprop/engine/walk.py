@@ -1,0 +1,129 @@
+"""The engine: plan once per model, then explain batches with one forward pass and one backward walk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import InputError, RelpropError
+from ..model_state import evaluation_mode
+from ..targets import Target, check_input, resolve_targets
+from .forward import ForwardRecord, record_forward
+from .graph import INPUT, INPUT_CONV, ModelGraph, Op
+from .precision import float32_precision
+from .seeds import Seed
+from .table import Needs, Rule, RuleTable, Step
+
+
+@dataclass
+class _Plan:
+    order: list[Op]  # the ops between the image and the seed, in forward order
+    rules: dict[str, Rule]
+    needs: dict[str, Needs]
+    keep: set[str]
+    replay: set[str]
+    uses: dict[str, int]  # how many rules read each kept activation
+    gains: dict[str, float]
+
+
+class Engine:
+    """Explains a model with one method: a :class:`Seed` plus a :class:`RuleTable`.
+
+    Construction traces the model and checks that every op between the image and the seed layer has
+    a rule (raising :class:`~relprop.UnsupportedLayerError` before any computation).
+    ``failure_hint`` completes the error raised when relevance stops being finite.
+    """
+
+    def __init__(
+        self, model: nn.Module, seed: Seed, table: RuleTable, method: str, *,
+        failure_hint: str = "", allow_tf32: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        self.model, self.seed, self.table, self.method = model, seed, table, method
+        self.failure_hint, self.allow_tf32 = failure_hint, allow_tf32
+        self.graph = ModelGraph(model)
+        self.seed_op = seed.layer(self.graph)
+        if self.seed_op == self.graph.input_name:
+            raise ValueError("seed_layer must be a layer after the input.")
+        self.seed_layer = self.graph.display_name(self.seed_op)
+        self._plan = self._make_plan()
+
+    def _make_plan(self) -> _Plan:
+        g = self.graph
+        path = g.ancestors(self.seed_op) & g.descendants(g.input_name)
+        order = [op for op in g.ops if op.name in path]
+        rules = {op.name: self.table.rule_for(op, self.method) for op in order if op.kind != INPUT}
+        self.seed.check_path(g, order, self.seed_layer)
+        keep: set[str] = set()
+        replay: set[str] = set()
+        uses: dict[str, int] = {}
+        gains: dict[str, float] = {}
+        needs_of = {name: rule.needs(g.by_name[name]) for name, rule in rules.items()}
+        for name, rule in rules.items():
+            needs = needs_of[name]
+            keep.update(needs.values)
+            replay.update(needs.replays)
+            for value in needs.values:
+                uses[value] = uses.get(value, 0) + 1
+            for target, gain in rule.prepare(g.by_name[name], g).items():
+                gains[target] = gains.get(target, 1.0) * gain
+        return _Plan(order, rules, needs_of, keep, replay, uses, gains)
+
+    def attribute(self, x: Tensor, target: Target = None) -> Tensor:
+        """Relevance of every input element for the target class: (N, C, H, W) -> x's shape, dtype, device."""
+        x = check_input(x)
+        self._check_compatible(x)
+        self.graph.refuse_bypassed_hooks()
+        with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32):
+            record = record_forward(self.graph, x, self.seed_op, self._plan.keep, self._plan.replay)
+            targets = resolve_targets(target, record.logits.detach())
+            seed = self.seed.relevance(record, targets, self.graph, self.seed_layer)
+            record.logits = record.logits.detach()
+            result = self._walk(seed, record, x)
+        if not torch.isfinite(result).all():
+            raise RelpropError(f"{self.method} relevance is not finite on this input. {self.failure_hint}".strip())
+        return result
+
+    def _check_compatible(self, x: Tensor) -> None:
+        params = list(self.model.parameters())
+        if params and (params[0].dtype != x.dtype or params[0].device != x.device):
+            raise InputError(
+                f"x is {x.dtype} on {x.device} but the model's parameters are {params[0].dtype} on "
+                f"{params[0].device}; call model.to(x.device, x.dtype) or convert x."
+            )
+        for op in self._plan.order:
+            if op.kind == INPUT_CONV and op.conv is not None:
+                weight = op.conv.weight()
+                expected = weight.shape[1] * op.conv.geometry.groups
+                if x.shape[1] != expected:
+                    raise InputError(
+                        f"x has {x.shape[1]} channels but the model's first convolution ('{op.path}') expects {expected}."
+                    )
+
+    def _walk(self, seed: Tensor, record: ForwardRecord, x: Tensor) -> Tensor:
+        plan = self._plan
+        relevance: dict[str, Tensor] = {self.seed_op: seed}
+        pending = dict(plan.uses)
+        result: Tensor | None = None
+        for op in reversed(plan.order):
+            r = relevance.pop(op.name, None)
+            if r is None:
+                continue
+            if op.name in plan.gains:
+                r = r * plan.gains[op.name]
+            if op.kind == INPUT:
+                result = r
+                continue
+            rule = plan.rules[op.name]
+            for inp, contribution in zip(op.inputs, rule(Step(op, r, record, x))):
+                if contribution is not None:
+                    relevance[inp] = relevance[inp] + contribution if inp in relevance else contribution
+            for value in plan.needs[op.name].values:
+                pending[value] -= 1
+                if pending[value] == 0 and value != self.graph.input_name:
+                    record.values.pop(value, None)
+        return torch.zeros_like(x) if result is None else result
