@@ -77,7 +77,7 @@ class ChannelContributionSeed(Seed):
         return graph.resolve(authors) if authors else default_seed_layer(graph)
 
     def check_path(self, graph: ModelGraph, path: Sequence[Op], display: str) -> None:
-        flattening = [op for op in path if op.kind == LAYOUT]
+        flattening = [op for op in path if op.kind == LAYOUT and "flatten" in op.type_name.lower()]
         if flattening:
             raise ValueError(
                 f"seed_layer '{display}' comes after '{flattening[0].path}' ({flattening[0].type_name}), "

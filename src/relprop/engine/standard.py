@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import torch
+import torch.nn as nn
 from torch import Tensor
 
 from ..rules.structural import (
@@ -169,6 +170,8 @@ class ZBox(Rule):
 
 
 STANDARD_TABLE = RuleTable({
+    nn.PReLU: PassThrough(),
+    nn.Hardtanh: PassThrough(),
     POINTWISE: PassThrough(),
     BATCHNORM: PassThrough(),
     STRUCTURAL: NoRelevance(),

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..errors import InputError, RelpropError
+from ..errors import InputError, RelpropError, UnsupportedLayerError
 from ..model_state import evaluation_mode
 from ..targets import Target, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
@@ -56,7 +56,7 @@ class Engine:
         g = self.graph
         path = g.ancestors(self.seed_op) & g.descendants(g.input_name)
         order = [op for op in g.ops if op.name in path]
-        rules = {op.name: self.table.rule_for(op, self.method) for op in order if op.kind != INPUT}
+        rules = self._rules_for([op for op in order if op.kind != INPUT])
         self.seed.check_path(g, order, self.seed_layer)
         keep: set[str] = set()
         replay: set[str] = set()
@@ -72,6 +72,20 @@ class Engine:
             for target, gain in rule.prepare(g.by_name[name], g).items():
                 gains[target] = gains.get(target, 1.0) * gain
         return _Plan(order, rules, needs_of, keep, replay, uses, gains)
+
+    def _rules_for(self, ops: list[Op]) -> dict[str, Rule]:
+        """The rule of every op; if some have none, the error names the first unsupported *module* (what
+        the user wrote, e.g. a GRU) rather than the tensor ops around it."""
+        rules: dict[str, Rule] = {}
+        refused: list[tuple[Op, UnsupportedLayerError]] = []
+        for op in ops:
+            try:
+                rules[op.name] = self.table.rule_for(op, self.method)
+            except UnsupportedLayerError as error:
+                refused.append((op, error))
+        if refused:
+            raise next((e for op, e in refused if op.module is not None), refused[0][1])
+        return rules
 
     def attribute(self, x: Tensor, target: Target = None) -> Tensor:
         """Relevance of every input element for the target class: (N, C, H, W) -> x's shape, dtype, device."""

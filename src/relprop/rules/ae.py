@@ -1,4 +1,4 @@
-"""Attribution Equilibrium: the hidden-convolution rule (algorithms.md §5.1-5.2, Q5, Q28)."""
+"""Attribution Equilibrium: the hidden-convolution rule (docs/methods.md, "AE: hidden convolutions")."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def ae_conv(
     proportions; with ``sectional`` it is re-centred by ``Σ_s P̂`` (the authors' 1×1 branch uses
     ``r = 1`` and no shift).  ``A`` spreads ``P̂`` over the active inputs (``a > 0``) and ``B`` spreads
     ``−N̂`` over the inactive ones, both in proportion to ``|w|``.  The result sums to ``r − 2``
-    (sectional) or 0 per sample before ``keep_mass``.  With ``keep_mass`` (quirk Q28) it is
+    (sectional) or 0 per sample before ``keep_mass``.  With ``keep_mass`` it is
     rescaled so that its mass ``(Σ_s R⁺ + Σ_s R⁻) / 2`` equals the incoming mass: shares split
     upstream (residual adds, concatenations) survive the renormalisation, and the scale neither
     grows nor shrinks with depth.
@@ -64,7 +64,9 @@ def _ae_conv(
             support = result != 0
         shift_(result, pos_sum * _reciprocal(pos_sum), support)
     on_active = geometry.conv(active.to(a.dtype), kernel)
-    on_inactive = _on_inactive(active, on_active, kernel, geometry)
+    # conv(1 − m, K) directly, not conv(1, K) − conv(m, K): where few inputs of a window are inactive that
+    # difference keeps few correct float32 digits, and B divides by it exactly there.
+    on_inactive = geometry.conv((~active).to(a.dtype), kernel)
     result += adjoint(pos_hat, on_active)
     result.masked_fill_(~active, 0).sub_(adjoint(neg_hat, on_inactive).masked_fill_(active, 0))
     if keep_mass:
@@ -77,23 +79,3 @@ def _ae_conv(
 def _reciprocal(t: Tensor) -> Tensor:
     """``1 / t`` where ``t ≠ 0``, else 0."""
     return safe_divide(torch.ones((), dtype=t.dtype, device=t.device), t)
-
-
-def _on_inactive(active: Tensor, on_active: Tensor, kernel: Tensor, geometry: ConvGeometry) -> Tensor:
-    """``conv(1 − m, K)`` for the mask ``m`` of active inputs (bool, (N, C, H, W)), given ``conv(m, K)``:
-    (N, O, h, w).
-
-    Ungrouped: ``conv(1, K) − conv(m, K)``, with ``conv(1, K)`` a one-channel convolution, clamped at 0
-    and set to exactly 0 where no inactive input lies in the window (a one-channel count), so safe
-    division drops the same outputs as the direct convolution instead of dividing by a rounding
-    residue (with tiny weights that quotient overflows and the masked product becomes NaN).  Where a
-    window's inactive inputs all meet zero weights the true value is 0 and a residue may remain; the
-    share it yields reaches inputs only through those zero weights, so it contributes nothing.
-    Grouped: the direct convolution (a depthwise one costs no more than the count).
-    """
-    if geometry.groups > 1:
-        return geometry.conv((~active).to(kernel.dtype), kernel)
-    inactive = (active.shape[1] - active.sum(dim=1, keepdim=True)).to(kernel.dtype)
-    inactive_count = geometry.window_sums(inactive, torch.ones_like(kernel[:1, :1]))
-    everything = geometry.window_sums(torch.ones_like(inactive[:1]), kernel)
-    return (everything - on_active).clamp_(min=0).masked_fill_(inactive_count == 0, 0)

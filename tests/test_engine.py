@@ -1,0 +1,170 @@
+"""The engine as data: rule tables, refusals that name what the user wrote, structural reads, TF32 flags."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import relprop
+from relprop.engine import CONV, STANDARD_TABLE, RuleTable
+from relprop.engine.standard import PassThrough
+
+
+class GRUInTheMiddle(nn.Module):
+    """conv → a GRU over the flattened positions → conv → mean → fc, reading ``z.shape`` on the way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.weird = nn.GRU(8, 8, batch_first=True)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv1(x)
+        n, c, h, w = z.shape
+        seq, _ = self.weird(z.flatten(2).transpose(1, 2))
+        z = self.conv2(seq.transpose(1, 2).reshape(n, c, h, w))
+        return self.fc(z.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("name", ["rsp", "ae", "lrp_composite"])
+def test_unsupported_module_is_named_by_path_and_type_before_any_forward_work(name):
+    model = GRUInTheMiddle().eval()
+    calls = []
+    model.conv1.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(relprop.UnsupportedLayerError) as caught:
+        relprop.get_method(name)(model)
+    message = str(caught.value)
+    assert "GRU at 'weird'" in message and "Supported on the explained path" in message
+    assert "\n" not in message and calls == []
+
+
+class ShapeReader(nn.Module):
+    """Two convolutions with shape and size reads (and a shape-preserving view) between them."""
+
+    def __init__(self, read_shapes: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+        self.read_shapes = read_shapes
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.relu(self.conv1(x))
+        if self.read_shapes:
+            n, c, h, w = z.shape
+            z = z.view(z.size(0), c, h, w)
+        z = torch.relu(self.conv2(z))
+        return self.fc(nn.functional.adaptive_avg_pool2d(z, 1).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["rsp", "ae", "rap", "lrp_epsilon"])
+def test_shape_and_size_reads_between_layers_are_explained_normally(name):
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    plain = relprop.get_method(name)(ShapeReader(False).double()).attribute(x, target=[0, 3])
+    reading = relprop.get_method(name)(ShapeReader(True).double()).attribute(x, target=[0, 3])
+    assert plain.abs().max() > 0
+    torch.testing.assert_close(reading, plain, rtol=0, atol=1e-12)
+
+
+def test_a_table_override_replaces_only_the_named_entries():
+    custom = PassThrough()
+    table = STANDARD_TABLE.override({CONV: custom})
+    assert table[CONV] is custom and table["maxpool"] is STANDARD_TABLE["maxpool"]
+    with pytest.raises(KeyError):
+        STANDARD_TABLE[CONV]  # the standard table itself is unchanged
+
+
+def test_module_type_entries_win_over_kinds_along_the_class_hierarchy():
+    special = PassThrough()
+    table = RuleTable({nn.Hardtanh: special, "pointwise": PassThrough()})
+    graph = relprop.engine.ModelGraph(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU6()))
+    (op,) = [op for op in graph.ops if isinstance(op.module, nn.ReLU6)]
+    assert op.kind == "pointwise" and table.rule_for(op, "test") is special  # ReLU6 subclasses Hardtanh
+
+
+@pytest.mark.parametrize("activation", [nn.PReLU(3), nn.Hardtanh(-1.0, 2.0)])
+def test_prelu_and_hardtanh_pass_relevance_unchanged(activation):
+    """Closed form: conv (1×1, identity kernel, no bias) → activation → global average pool → Linear.
+
+    With all inputs positive and inside the Hardtanh range, LRP-ε (ε = 0) gives input relevance
+    ``x_c · w_t,c / (H·W)`` per pixel for class t: the activation is the identity on these inputs and
+    passes relevance unchanged."""
+    conv = nn.Conv2d(3, 3, 1, bias=False)
+    fc = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        fc.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.25]]))
+    model = nn.Sequential(conv, activation, nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc).double().eval()
+    x = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 2, 2).contiguous()
+    r = relprop.LRPEpsilon(model, epsilon=0.0).attribute(x, target=0)
+    expected = (x * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64).view(1, 3, 1, 1)) / 4
+    torch.testing.assert_close(r, expected, rtol=0, atol=1e-12)
+
+
+def _precision_flags() -> tuple:
+    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
+        return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+def _tf32_on() -> None:
+    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
+        torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "tf32"
+    else:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+
+
+@pytest.fixture
+def user_enabled_tf32():
+    saved = _precision_flags()
+    _tf32_on()
+    on = _precision_flags()
+    yield on
+    if isinstance(saved[0], str):
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
+    else:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _spy_on_rules(monkeypatch, fail: bool = False) -> list:
+    """Record the precision flags each time the z^B rule runs (optionally raising there)."""
+    import relprop.engine.standard as standard
+
+    seen, original = [], standard.zbox_conv
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(_precision_flags())
+        if fail:
+            raise RuntimeError("boom")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(standard, "zbox_conv", spy)
+    return seen
+
+
+FULL = ("ieee", "ieee") if isinstance(_precision_flags()[0], str) else (False, False)
+
+
+@pytest.mark.parametrize("name", ["rsp", "ae", "rap", "lrp_composite"])
+def test_rules_run_without_tf32_and_the_users_flags_come_back(name, monkeypatch, user_enabled_tf32):
+    seen = _spy_on_rules(monkeypatch)
+    relprop.get_method(name)(ShapeReader(False)).attribute(torch.randn(1, 3, 8, 8))
+    assert seen == [FULL]
+    assert _precision_flags() == user_enabled_tf32
+
+
+def test_flags_come_back_when_a_rule_raises(monkeypatch, user_enabled_tf32):
+    seen = _spy_on_rules(monkeypatch, fail=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        relprop.RSP(ShapeReader(False)).attribute(torch.randn(1, 3, 8, 8))
+    assert seen == [FULL] and _precision_flags() == user_enabled_tf32
+
+
+def test_allow_tf32_leaves_the_flags_alone(monkeypatch, user_enabled_tf32):
+    seen = _spy_on_rules(monkeypatch)
+    relprop.AE(ShapeReader(False), allow_tf32=True).attribute(torch.randn(1, 3, 8, 8))
+    assert seen == [user_enabled_tf32]
