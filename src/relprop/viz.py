@@ -65,9 +65,10 @@ def overlay(relevance: _np.ndarray, image: _np.ndarray, alpha: float = 0.7) -> _
     return (1 - weight) * gray + weight * signed_colors(r)
 
 
-def prediction_title(label: str, probability: float) -> str:
-    """The caption of a photo: ``prediction: tabby (p = 43.1%)`` (no line break inside the brackets)."""
-    return f"prediction: {label} (p\u00a0=\u00a0{probability:.1%})"
+def prediction_title(label: str, probability: float, kind: str = "prediction") -> str:
+    """The caption of a photo: ``prediction: tabby (p = 43.1%)`` (no line break inside the brackets);
+    ``kind`` replaces the word ``prediction`` (e.g. ``explained`` for a class that is not the top-1)."""
+    return f"{kind}: {label} (p\u00a0=\u00a0{probability:.1%})"
 
 
 def show_heatmap(ax, relevance: _np.ndarray, image: "_np.ndarray | None" = None, alpha: float = 0.7) -> None:  # type: ignore[no-untyped-def]
