@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -232,12 +233,14 @@ def test_every_help_has_a_description_and_shows_the_defaults(command, capsys):
     paragraphs = text.split("\n\n")
     assert not paragraphs[1].startswith(("options:", "positional arguments:")), f"{command} has no description"
     sub = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
-    options = [a for a in sub._actions if a.option_strings and a.default not in (None, False, [], "==SUPPRESS==")]
+    unset = (None, False, [], argparse.SUPPRESS)
+    options = [a for a in sub._actions if a.option_strings and not any(a.default is u for u in unset)]
     assert options, "the command has options with defaults"
     for action in options:
         assert "default" in (action.help or "").lower(), f"{action.option_strings[0]} does not show its default"
-    if command == "sanity":  # an option that had no help at all
+    if command == "sanity":  # options that had no help at all, one of them with a default of 0
         assert "--granularity {block,layer} default: block" in " ".join(text.split())
+        assert "--seed SEED default: 0" in " ".join(text.split())
 
 
 def _sanity_args(tmp_path: Path, *extra: str) -> list[str]:

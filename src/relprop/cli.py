@@ -33,9 +33,8 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
     """Add "(default: …)" to the help of every option that has a default its help does not mention
     (flags, whose default is off, and options without a default are left as they are)."""
     for action in parser._actions:
-        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
-            continue
-        if "default" not in (action.help or "").lower():
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.option_strings and not unset and "default" not in (action.help or "").lower():
             action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
 
 
