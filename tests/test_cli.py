@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_explain_jpeg_png_with_alpha_and_grayscale(images, tmp_path, capsys):
     methods = {name: relprop.get_method(name)(model) for name in ("gradcam", "gradient")}
     for stem, image in zip(stems, images):
         with Image.open(out / f"{stem}_gradient.png") as picture:
-            assert picture.size == (224, 224)
+            assert picture.width > 1.5 * picture.height  # the image, its map and a colour bar side by side
         x = Preprocess()(load_image(image)).unsqueeze(0)
         for name, method in methods.items():
             expected_map = method.attribute(x, target=281)[0].numpy()
@@ -163,7 +164,48 @@ def test_help(capsys):
     assert "integrated_gradients" in text
 
 
-def test_demo_writes_its_grid(tmp_path, capsys):
+def _recording(monkeypatch, module, name: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Replace ``module.name`` (a viz save function) by a wrapper that records its arguments and calls it."""
+    import inspect
+
+    real, calls = getattr(module, name), []
+
+    def record(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(inspect.signature(real).bind(*args, **kwargs).arguments)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, record)
+    return calls
+
+
+def test_explain_captions_each_image_with_its_prediction_and_overlays_on_request(images, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """Issue 15 §3: "prediction: class (p = …)" above each photo (and the explained class when it is
+    not the top-1), in the per-method PNGs and the grid; ``--overlay`` draws the maps over the photo."""
+    import relprop.commands.explain as explain_command
+    from relprop.commands.demo import imagenet_categories
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(MODEL, weights=None).eval()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    calls = _recording(monkeypatch, explain_command, "save_grid")
+    code, _, _ = _run(["explain", str(images[0]), "--model", MODEL, "--weights", str(tmp_path / "weights.pt"),
+                       "--method", "gradient", "--target", "7", "--overlay", "--out", str(tmp_path / "out")], capsys)
+    assert code == 0 and len(calls) == 2  # photo_gradient.png and grid.png
+    with torch.no_grad():
+        probs = model(Preprocess()(load_image(images[0])).unsqueeze(0)).softmax(dim=1)[0]
+    top, names = int(probs.argmax()), imagenet_categories()
+    assert top != 7, "pick another --target: the test needs one that is not the top-1"
+    expected = ["photo.jpg", f"prediction: {names[top]} (p = {probs[top]:.1%})", f"explained: {names[7]} (p = {probs[7]:.1%})"]
+    for call in calls:
+        assert call["overlay_images"] is True
+        assert [line.replace("\u00a0", " ") for line in call["row_titles"][0].splitlines()] == expected
+
+
+def test_demo_writes_its_grid(tmp_path, monkeypatch, capsys):
+    import relprop.viz
+
+    calls = _recording(monkeypatch, relprop.viz, "save_grid")
     code, stdout, _ = _run(["demo", "--out", str(tmp_path / "demo")], capsys)
     assert code == 0
     grid = tmp_path / "demo" / "demo_grid.png"
@@ -171,3 +213,81 @@ def test_demo_writes_its_grid(tmp_path, capsys):
     with Image.open(grid) as picture:
         width, height = picture.size
     assert width > 2 * height  # 3 rows, 1 + at least 5 columns
+    top1 = [line.split(": ", 1)[1].split(",")[0].rsplit(" ", 1) for line in stdout.splitlines() if ".jpg: " in line]
+    captions = [title.replace("\u00a0", " ") for title in calls[0]["row_titles"]]
+    assert captions == [f"prediction: {name} (p = {p})" for name, p in top1]
+
+
+COMMANDS = ("demo", "explain", "bench", "evaluate", "sanity")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_help_has_a_description_and_shows_the_defaults(command, capsys):
+    """Issue 15: several --help texts lacked defaults; demo --help and bench --help had no description."""
+    from relprop.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    paragraphs = text.split("\n\n")
+    assert not paragraphs[1].startswith(("options:", "positional arguments:")), f"{command} has no description"
+    sub = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    unset = (None, False, [], argparse.SUPPRESS)
+    options = [a for a in sub._actions if a.option_strings and not any(a.default is u for u in unset)]
+    assert options, "the command has options with defaults"
+    for action in options:
+        assert "default" in (action.help or "").lower(), f"{action.option_strings[0]} does not show its default"
+    if command == "sanity":  # options that had no help at all, one of them with a default of 0
+        assert "--granularity {block,layer} default: block" in " ".join(text.split())
+        assert "--seed SEED default: 0" in " ".join(text.split())
+
+
+def _sanity_args(tmp_path: Path, *extra: str) -> list[str]:
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(image)
+    return ["sanity", "--model", "resnet18", "--weights", str(tmp_path / "resnet18.pth"), "--method", "gradient",
+            "--images", str(image), "--size", "32", "--measures", "spearman", "--out", str(tmp_path / "out"), *extra]
+
+
+def test_sanity_accepts_modes_both_and_shows_its_progress(tmp_path, capsys):
+    """Issue 15: ``--modes both`` (as the help says) was rejected, and sanity printed nothing for minutes."""
+    import json
+
+    code, _, err = _run(_sanity_args(tmp_path, "--modes", "both"), capsys)
+    assert code == 0, err
+    curves = json.loads((tmp_path / "out" / "sanity_gradient.json").read_text())["curves"]
+    assert list(curves) == ["cascading", "independent"]
+    lines = err.strip().splitlines()
+    steps = 2 * 11  # per mode: the trained model, then ResNet-18's 10 blocks
+    assert [line for line in lines if ": step " in line] == lines[1:], err
+    assert lines[1].startswith(f"relprop sanity: step 1/{steps}: cascading: maps of the trained model (")
+    assert lines[2].startswith(f"relprop sanity: step 2/{steps}: cascading: maps after randomising down to fc (")
+    assert lines[-1].startswith(f"relprop sanity: step {steps}/{steps}: independent: maps with only conv1 randomised (")
+    assert all(line.endswith(" elapsed)") for line in lines)
+    code, _, err = _run(_sanity_args(tmp_path, "--modes", "independent", "--no-progress"), capsys)
+    assert code == 0 and err == ""
+
+
+def test_sanity_rejects_an_unknown_mode_before_loading_anything(tmp_path, capsys):
+    code, _, err = _run(["sanity", "--model", "resnet9000", "--method", "rsp", "--modes", "cascading,bogus",
+                         "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "choose cascading, independent or both" in err and not (tmp_path / "out").exists()
+
+
+def test_bench_shows_its_progress_on_stderr(tmp_path, capsys):
+    """Issue 15: bench printed nothing on stderr while it ran; each step is now announced there."""
+    args = ["bench", "--models", MODEL, "--batch-sizes", "1", "--methods", "forward,gradient", "--repeats", "1",
+            "--no-memory", "--out", str(tmp_path / "bench")]
+    code, stdout, err = _run(args, capsys)
+    assert code == 0
+    assert stdout.count(f"| {MODEL} | 1 |") == 2  # the table rows stay on stdout
+    lines = err.strip().splitlines()
+    assert lines[0].startswith(f"relprop bench: building {MODEL} (")
+    assert lines[1].startswith(f"relprop bench: step 1/2: {MODEL}, batch 1, gradient: 1 warm-up + 1 timed call(s) (")
+    assert lines[2].startswith(f"relprop bench: step 2/2: {MODEL}, batch 1, forward: ")
+    assert len(lines) == 3 and all(line.endswith(" elapsed)") for line in lines)
+    code, _, err = _run(args + ["--no-progress"], capsys)
+    assert code == 0 and err == ""

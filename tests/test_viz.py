@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import relprop
+from relprop import viz
 from relprop.viz import overlay, save_grid, save_heatmap, signed_colors, to_map
 
 
@@ -68,8 +73,66 @@ def test_save_grid(tmp_path, suffix):
     if suffix == ".png":
         with Image.open(path) as picture:
             width, height = picture.size
-        assert width / height == pytest.approx(4 / 2, rel=0.05)  # 1 + 3 columns, 2 rows
+        assert 1.5 < width / height < 2.5  # 1 + 3 columns and a colour bar, 2 rows and a legend
     else:
         assert "Grad-CAM" in path.read_text()
     with pytest.raises(ValueError, match="one map per image"):
         save_grid(images, {"RSP": [np.eye(8)]}, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="one per image"):
+        save_grid(images, maps, tmp_path / "bad.png", row_titles=["only one"])
+
+
+def _texts(fig) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every text of a figure: axis titles, tick labels, legend entries."""
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text)]
+
+
+def test_grid_has_a_colour_bar_a_sign_legend_and_prediction_titles():
+    """Issue 15 §3: a colour bar of the symmetric scale, a legend red = for / blue = against, and
+    "prediction: class (p = …)" above each photo, long titles wrapped rather than cut."""
+    images = [np.zeros((8, 8, 3), dtype=np.uint8)] * 2
+    maps = {"RSP": [np.eye(8), -np.eye(8)], "a method with a rather long name indeed": [np.eye(8), np.eye(8)]}
+    long_label = "German short-haired pointer, with many words after it"
+    titles = [viz.prediction_title("tabby", 0.431), "photo.jpg\n" + viz.prediction_title(long_label, 0.05)]
+    fig = viz.grid_figure(images, maps, row_titles=titles)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1
+    assert bars[0].get_ylim() == (-1.0, 1.0)
+    assert [t.get_text() for t in bars[0].get_yticklabels()] == ["−max|R|\nagainst", "0", "+max|R|\nfor"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["red: evidence for the class", "blue: evidence against it"]
+    photo_titles = [ax.get_title() for ax in fig.axes[:: 1 + len(maps)]]
+    assert photo_titles[0].replace("\u00a0", " ") == "prediction: tabby (p = 43.1%)"
+    assert photo_titles[1].startswith("photo.jpg\nprediction: German")
+    assert all(len(line) <= 34 for title in photo_titles for line in title.splitlines())
+    assert photo_titles[1].replace("\n", " ").replace("\u00a0", " ").endswith(f"{long_label} (p = 5.0%)")
+    fig.canvas.draw()  # the constrained layout keeps every title inside the figure
+    box = fig.bbox
+    for ax in fig.axes:
+        if ax.get_title():
+            extent = ax.title.get_window_extent()
+            assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and extent.y1 <= box.y1, ax.get_title()
+
+
+def test_viz_is_an_attribute_of_the_package_and_import_relprop_stays_light():
+    """Issue 15: ``import relprop; relprop.viz.save_grid`` as the README shows, in a fresh interpreter;
+    ``import relprop`` itself does not import matplotlib."""
+    code = (
+        "import sys, relprop; light = 'matplotlib' not in sys.modules; "
+        "print(light, callable(relprop.viz.save_grid), callable(relprop.viz.signed_colors))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'vizz'"):
+        relprop.vizz  # noqa: B018
+
+
+def test_viz_namespace_holds_only_its_documented_functions():
+    """Issue 15: ``dir(relprop.viz)`` showed np, torch, Path and Mapping."""
+    public = {name for name in dir(viz) if not name.startswith("_")}
+    assert public == set(viz.__all__)
+    assert all(callable(getattr(viz, name)) and getattr(viz, name).__doc__ for name in viz.__all__)
+    assert not {"np", "torch", "Path", "Mapping", "Sequence", "annotations"} & public

@@ -25,3 +25,12 @@ __all__ = [
     "get_method", "list_methods",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """``relprop.viz`` on first use, so that ``import relprop`` does not load the plotting module."""
+    if name == "viz":
+        import importlib
+
+        return importlib.import_module(".viz", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

