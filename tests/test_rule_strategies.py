@@ -94,7 +94,8 @@ def test_strategy_choice_follows_the_cost_model():
 
 
 def _ae_by_definition(a, relevance, weight, geometry, ratio):
-    """algorithms.md §5.1 with direct convolutions, per-sample unit masses and the structural support."""
+    """The AE rule written out with direct convolutions, per-sample unit masses and the structural support
+    (activity weights ``clamp(a / (0.01 · max a), 0, 1)`` per sample instead of ``1[a > 0]``)."""
     k = weight.abs()
     args = (geometry.stride, geometry.padding, geometry.dilation)
 
@@ -107,10 +108,10 @@ def _ae_by_definition(a, relevance, weight, geometry, ratio):
     for a1, r1 in zip(a.split(1), relevance.split(1)):
         p, n = r1.clamp(min=0), (-r1).clamp(min=0)
         p, n = p / p.sum(), n / n.sum()
-        x, m = a1.clamp(min=0), (a1 > 0).to(D)
+        x, m = a1.clamp(min=0), (a1 / (0.01 * a1.max())).clamp(0, 1)
         c = z(x, ratio * p - n)
         reach = conv2d_input(x.shape, torch.ones_like(k), (r1 != 0).to(D), *args) > 0.5
-        support = (a1 > 0) & reach
+        support = m * reach
         c = c - support * p.sum() / support.sum()
         result = c + z(m, p) - z(1 - m, n)
         mass = r1.abs().sum() / 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import in_chunks, safe_divide, safe_divide_, sample_sum, shift_
+from .common import activity, in_chunks, safe_divide, safe_divide_, sample_sum, shift_
 from .conv_ops import ConvGeometry
 
 
@@ -20,8 +20,8 @@ def ae_conv(
     ``P̂``, ``N̂`` are the positive and negative parts of the relevance, each scaled to unit mass per
     sample.  ``C = Z(a⁺, K, r·P̂) − Z(a⁺, K, N̂)`` shares both through the same ``|w|·a⁺``
     proportions; with ``sectional`` it is re-centred by ``Σ_s P̂`` (the authors' 1×1 branch uses
-    ``r = 1`` and no shift).  ``A`` spreads ``P̂`` over the active inputs (``a > 0``) and ``B`` spreads
-    ``−N̂`` over the inactive ones, both in proportion to ``|w|``.  The result sums to ``r − 2``
+    ``r = 1`` and no shift).  ``A`` spreads ``P̂`` over the active inputs (weights ``m``, the activity of ``a``) and
+    ``B`` spreads ``−N̂`` over the inactive ones (weights ``1 − m``), both in proportion to ``|w|``.  The result sums to ``r − 2``
     (sectional) or 0 per sample before ``keep_mass``.  With ``keep_mass`` it is
     rescaled so that its mass ``(Σ_s R⁺ + Σ_s R⁻) / 2`` equals the incoming mass: shares split
     upstream (residual adds, concatenations) survive the renormalisation, and the scale neither
@@ -42,14 +42,14 @@ def _ae_conv(
 ) -> Tensor:
     """:func:`ae_conv` on one chunk of the batch, with ``K = |W|`` and the effective ratio ``r``.
 
-    ``C'`` and ``A`` live on the active inputs only and ``B`` on the inactive ones, so the result is
-    assembled in place with the two masks instead of three masked sums.
+    ``m`` is the activity of the inputs: :func:`~relprop.rules.common.activity` with the structural
+    support, the indicator ``1[a > 0]`` otherwise (the authors' code).
     """
     pos = relevance.clamp(min=0)
     neg = pos - relevance  # max(−R, 0), exactly
     pos_sum, neg_sum = sample_sum(pos), sample_sum(neg)
     pos_hat, neg_hat = pos.mul_(_reciprocal(pos_sum)), neg.mul_(_reciprocal(neg_sum))
-    active = a > 0
+    m = activity(a) if structural_support else (a > 0).to(a.dtype)
 
     def adjoint(numerator: Tensor, denominator: Tensor) -> Tensor:
         """``convᵀ(numerator ⊘ denominator, K)``, overwriting ``numerator``: (N, O, h, w) -> a's shape."""
@@ -59,16 +59,16 @@ def _ae_conv(
     result = x.mul_(adjoint((pos_hat * r).sub_(neg_hat), geometry.conv(x, kernel)))  # C = x ⊙ convᵀ(...)
     if sectional:
         if structural_support:
-            support = active & geometry.reach(relevance != 0, a.shape, kernel.shape)
+            support = m * geometry.reach(relevance != 0, a.shape, kernel.shape)
         else:
             support = result != 0
         shift_(result, pos_sum * _reciprocal(pos_sum), support)
-    on_active = geometry.conv(active.to(a.dtype), kernel)
+    inactive = 1 - m
     # conv(1 − m, K) directly, not conv(1, K) − conv(m, K): where few inputs of a window are inactive that
     # difference keeps few correct float32 digits, and B divides by it exactly there.
-    on_inactive = geometry.conv((~active).to(a.dtype), kernel)
-    result += adjoint(pos_hat, on_active)
-    result.masked_fill_(~active, 0).sub_(adjoint(neg_hat, on_inactive).masked_fill_(active, 0))
+    on_active, on_inactive = geometry.conv(m, kernel), geometry.conv(inactive, kernel)
+    result.addcmul_(m, adjoint(pos_hat, on_active))
+    result.addcmul_(inactive, adjoint(neg_hat, on_inactive), value=-1)
     if keep_mass:
         mass_in = (pos_sum + neg_sum) / 2
         mass_out = sample_sum(result.abs()) / 2  # a pairwise sum: linalg.vector_norm loses float32 digits

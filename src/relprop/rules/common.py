@@ -27,13 +27,30 @@ def sample_sum(t: Tensor) -> Tensor:
     return t.sum(dim=tuple(range(1, t.dim())), keepdim=True)
 
 
+ACTIVITY_RAMP = 1e-2
+"""Below this fraction of a sample's largest activation a unit counts as partly active (see :func:`activity`)."""
+
+
+def activity(a: Tensor, ramp: float = ACTIVITY_RAMP) -> Tensor:
+    """How active each unit is, as a continuous weight in [0, 1]: ``clamp(a / (ramp · max_s a), 0, 1)``.
+
+    1 for every unit above ``ramp`` of its sample's largest activation, 0 for ``a ≤ 0``, linear in
+    between.  Rules use it instead of the indicator ``1[a > 0]`` for their supports and masks: a unit
+    whose activation is within rounding of 0 would otherwise flip between active and inactive with the
+    float precision or the batch (a jump of a whole share of relevance), while a weight that is
+    continuous in ``a`` moves only by the rounding.  (N, ...) -> same shape and dtype.
+    """
+    top = a.reshape(a.shape[0], -1).amax(dim=1).clamp(min=0).view(-1, *[1] * (a.dim() - 1))
+    return safe_divide(a, top * ramp).clamp_(0, 1)
+
+
 def shift_(c: Tensor, total: Tensor, support: Tensor) -> Tensor:
-    """Subtract ``total`` (N, 1, 1, 1) spread evenly over the ``support`` (bool, shaped like ``c``) of each
-    sample, in place; returns ``c``.
+    """Subtract ``total`` (N, 1, 1, 1) from each sample of ``c``, spread over its ``support`` in proportion
+    to the support's weights (bool or in [0, 1], broadcastable to ``c``), in place; returns ``c``.
 
     ``Σ_s shift_(c) = Σ_s c − total`` whenever the support is not empty; zeros off the support stay zero.
     """
-    weight = support.to(c.dtype)
+    weight = support.to(c.dtype).expand_as(c)
     return c.addcmul_(weight, safe_divide(total, sample_sum(weight)), value=-1)
 
 

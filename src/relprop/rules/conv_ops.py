@@ -1,7 +1,7 @@
 """Convolutions, their adjoints and per-sample variants for the rules.
 
 A :class:`ConvGeometry` holds a layer's stride, padding, dilation and groups; every helper honours
-all four (the authors' code ignores groups and dilation, quirk Q18).
+all four (the authors' released code ignores groups and dilation).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Relative Attributing Propagation rules (Nam et al., AAAI 2020; algorithms.md §6).
+"""Relative Attributing Propagation rules (Nam et al., AAAI 2020; docs/methods.md, "RAP").
 
 Notation: ``a⁺ = max(a, 0)``, ``W⁺ = max(W, 0)`` (activating weights), ``W⁻ = max(−W, 0)``
 (inhibiting weights, as magnitudes), ``Z(x, K, S) = x ⊙ linᵀ(S ⊘ lin(x, K), K)`` the z-rule.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .common import safe_divide, sample_sum, shift_
+from .common import activity, safe_divide, sample_sum, shift_
 from .lrp import LinearMap, generic_rule
 
 
@@ -42,8 +42,9 @@ def rap_hidden(a: Tensor, relevance: Tensor, weight: Tensor, layer: LinearMap) -
 
     i.e. positive relevance goes fully through the activators and a ``q`` share of it also through
     the inhibitors; negative relevance goes through the inhibitors, plus its ``q`` share.  The
-    support is structural: inputs with ``a > 0`` connected by a non-zero weight to an output with
-    ``R ≠ 0`` (it does not move with float rounding), so ``Σ R_in = Σ R`` whenever it is not empty.
+    support is structural: inputs connected by a non-zero weight to an output with
+    ``R ≠ 0``, weighted by their :func:`~relprop.rules.common.activity` (it does not move with float
+    rounding), so ``Σ R_in = Σ R`` whenever it is not empty.
 
     a: layer input; relevance: output-shaped; weight: the layer's kernel; layer: the linear map.
     """
@@ -56,5 +57,5 @@ def rap_hidden(a: Tensor, relevance: Tensor, weight: Tensor, layer: LinearMap) -
         [(a_pos, w_inh)], None, q * r_pos + (1 + q) * r_neg, layer, 0.0
     )
     connected = layer.adjoint((relevance != 0).to(a.dtype), (weight != 0).to(a.dtype)) > 0
-    return shift_(c, sample_sum(c) - sample_sum(relevance), connected & (a > 0))
+    return shift_(c, sample_sum(c) - sample_sum(relevance), activity(a) * connected)
 

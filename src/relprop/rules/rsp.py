@@ -1,4 +1,4 @@
-"""Relative Sectional Propagation: the hidden-convolution rule (algorithms.md §4.1-4.2)."""
+"""Relative Sectional Propagation: the hidden-convolution rule (docs/methods.md, "RSP: hidden convolutions")."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from .common import in_chunks, safe_divide, safe_divide_, sample_sum, shift_
+from .common import activity, in_chunks, safe_divide, safe_divide_, sample_sum, shift_
 from .conv_ops import ConvGeometry
 
 
@@ -23,8 +23,9 @@ def rsp_conv(
     a per-sample *virtual kernel* ``G± = wgrad(a⁺, R±)`` by the z-rule ``a⁺ ⊙ convᵀ(R± ⊘ conv(a⁺, G±), G±)``.
     With ``sectional`` the signed difference is doubled and ``Σ_s R`` subtracted evenly over the
     support (so ``Σ_s R_in = Σ_s R``); without it (the authors' 1×1 branch) the plain difference is
-    returned.  The support is either structural (``a > 0`` and an output with ``R ≠ 0`` in the
-    receptive field) or, as in the authors' code, the non-zero entries of the difference.
+    returned.  The support is either structural (the :func:`~relprop.rules.common.activity` of ``a``,
+    on inputs with an output with ``R ≠ 0`` in the receptive field) or, as in the authors' code, the
+    non-zero entries of the difference.
     """
     x = a.clamp(min=0)
     both = _split_by_sign(relevance, geometry.groups)
@@ -41,7 +42,7 @@ def rsp_conv(
     if not sectional:
         return c
     if structural_support:
-        support = (a > 0) & geometry.reach(relevance != 0, a.shape, kernel_shape)
+        support = activity(a) * geometry.reach(relevance != 0, a.shape, kernel_shape)
     else:
         support = c != 0
     return shift_(c.mul_(2), sample_sum(relevance), support)
