@@ -20,6 +20,7 @@ from relprop.rules.common import safe_divide, shift_
 from relprop.rules.conv_ops import ConvGeometry, z_rule
 from relprop.rules.rsp import rsp_conv
 from relprop.rules.structural import (
+    PoolWindows,
     add_rule,
     cat_rule,
     maxpool_rule,
@@ -476,6 +477,53 @@ def test_maxpool_rule_zero_window_goes_to_first_element():
     out = maxpool_rule(lambda t: F.max_pool2d(t, 2), a, r)
     # window 0 is all zero -> its first element; window 1: tie of the two 2s -> the first in row-major order
     close(out, [[3, 0, 0, 5], [0, 0, 0, 0]])
+
+
+def windows(kernel: int, stride: int, padding: int = 0, dilation: int = 1) -> PoolWindows:
+    return PoolWindows((kernel, kernel), (stride, stride), (padding, padding), (dilation, dilation))
+
+
+def test_maxpool_rule_with_windows_splits_ties_evenly():
+    a = img([0, 0, -1, 2],
+            [0, 0, 2, 0])
+    r = img([3, 5])
+    out = maxpool_rule(lambda t: F.max_pool2d(t, 2), a, r, windows(2, 2))
+    # window 0 is all zero: four tied maxima, 3/4 each; window 1: two tied 2s, 5/2 each
+    close(out, [[0.75, 0.75, 0, 2.5], [0.75, 0.75, 2.5, 0]])
+
+
+def test_maxpool_rule_with_windows_splits_overlapping_ties():
+    a = img([1, 5, 2],
+            [3, 5, 0],
+            [4, 4, 1])
+    # 2×2 windows, stride 1, max 5 everywhere: (0,0) and (0,1) tie (0,1)/(1,1) -> half each;
+    # (1,0) and (1,1) hold only the 5 at (1,1)
+    r = img([1, 2], [4, 8])
+    out = maxpool_rule(lambda t: F.max_pool2d(t, 2, stride=1), a, r, windows(2, 1))
+    close(out, [[0, 0.5 + 1, 0], [0, 0.5 + 1 + 4 + 8, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    "kernel_size, stride, padding, dilation, ceil_mode",
+    [(2, 2, 0, 1, False), (3, 2, 1, 1, False), (3, 2, 1, 1, True), (2, 3, 1, 1, True), (2, 1, 0, 2, False)],
+)
+def test_maxpool_rule_with_windows_equals_a_loop_over_the_windows(kernel_size, stride, padding, dilation, ceil_mode):
+    # integer-valued inputs with many ties (zeros, repeated values); relevance signed
+    a = torch.randint(-1, 3, (2, 3, 7, 8), generator=torch.Generator().manual_seed(0)).to(D).clamp(min=0)
+    pool = lambda t: F.max_pool2d(t, kernel_size, stride, padding, dilation, ceil_mode)  # noqa: E731
+    r = torch.randn(pool(a).shape, generator=torch.Generator().manual_seed(1), dtype=D)
+    expected = torch.zeros_like(a)
+    for i, j in itertools.product(range(r.shape[2]), range(r.shape[3])):
+        rows = [i * stride - padding + dilation * u for u in range(kernel_size)]
+        cols = [j * stride - padding + dilation * v for v in range(kernel_size)]
+        inside = [(y, x) for y in rows for x in cols if 0 <= y < a.shape[2] and 0 <= x < a.shape[3]]
+        values = torch.stack([a[:, :, y, x] for y, x in inside])  # (window, N, C)
+        tied = values == values.max(dim=0).values
+        for (y, x), t in zip(inside, tied):
+            expected[:, :, y, x] += t * r[:, :, i, j] / tied.sum(dim=0)
+    out = maxpool_rule(pool, a, r, windows(kernel_size, stride, padding, dilation))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(sums(out), sums(r), rtol=0, atol=1e-12)
 
 
 def test_proportional_pool_rule_avg_with_zero_window():

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..errors import RelpropError
 from ..rules.conv_ops import ConvGeometry
+from ..rules.structural import PoolWindows
 from ..rules import lrp as lrp_rules
 
 # Kinds of operation a rule table maps to rules.
@@ -95,9 +96,11 @@ class Op:
     ``inputs`` are the ops whose activations feed this op, in argument order (repeats kept):
     relevance flows back to exactly these.  ``reads`` are all ops it reads, structural ones
     included.  ``module`` is the leaf module of a module call.  Canonical attributes: ``conv``
-    (convolutions), ``dim`` (concatenation), ``image_chain`` (for an input convolution: the ops
-    between the image and it, in forward order), ``unsupported`` (why no rule can apply, e.g. a
-    non-zero padding mode).
+    (convolutions), ``pool`` (max pooling windows), ``dim`` (concatenation), ``image_chain`` (for an
+    input convolution: the ops between the image and it, in forward order), ``pads_before`` (for a
+    convolution: the zero-padding ops feeding it directly, in forward order, and ``unpadded``, the op
+    they pad), ``unsupported`` (why no
+    rule can apply, e.g. a non-zero padding mode).
     """
 
     name: str
@@ -108,7 +111,10 @@ class Op:
     reads: tuple[str, ...]
     module: nn.Module | None = None
     conv: ConvSpec | None = None
+    pool: PoolWindows | None = None
     dim: int = 0
+    pads_before: tuple[str, ...] = ()
+    unpadded: str = ""
     image_chain: tuple[str, ...] = ()
     unsupported: str = ""
     _node: fx.Node | None = field(default=None, repr=False)
@@ -160,6 +166,12 @@ class ModelGraph:
             if len(users) == 1 and self.by_name[users[0]].kind == BATCHNORM:
                 bn = self.by_name[users[0]].module
                 op.conv = ConvSpec(op.conv.geometry, op.conv.weight, op.conv.bias, bn)  # type: ignore[arg-type]
+            pads: list[str] = []
+            current = self.by_name[op.inputs[0]]
+            while current.kind == PAD:
+                pads.insert(0, current.name)
+                current = self.by_name[current.inputs[0]]
+            op.pads_before, op.unpadded = tuple(pads), current.name if pads else ""
             chain: list[str] = []
             current = self.by_name[op.inputs[0]]
             while current.kind in (PAD, LAYOUT, POINTWISE) and current.inputs:
@@ -401,7 +413,10 @@ def _classify(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
     if target in _POINTWISE_FUNCTIONS:
         return make(POINTWISE, written)
     if target in _MAXPOOL_FUNCTIONS:
-        return make(MAXPOOL, written)
+        bound = dict(zip(["input", "kernel_size", "stride", "padding", "dilation"], node.args))
+        bound.update(node.kwargs)
+        pool = _pool_windows(bound["kernel_size"], bound.get("stride"), bound.get("padding", 0), bound.get("dilation", 1))
+        return make(MAXPOOL, written, pool=pool)
     if target in _AVGPOOL_FUNCTIONS:
         return make(AVGPOOL, written)
     if target is F.pad:
@@ -429,7 +444,8 @@ def _classify_module(module: nn.Module, make: Callable[..., Op]) -> Op:
     if isinstance(module, _POINTWISE_MODULES):
         return make(POINTWISE, type_name, module=module)
     if isinstance(module, nn.MaxPool2d):
-        return make(MAXPOOL, type_name, module=module)
+        pool = _pool_windows(module.kernel_size, module.stride, module.padding, module.dilation)
+        return make(MAXPOOL, type_name, module=module, pool=pool)
     if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
         return make(AVGPOOL, type_name, module=module)
     if isinstance(module, nn.ZeroPad2d) or (isinstance(module, nn.ConstantPad2d) and module.value == 0):
@@ -447,6 +463,12 @@ def _pad_value(node: fx.Node) -> float:
 
 def _pair(v: Any) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def _pool_windows(kernel_size: Any, stride: Any, padding: Any, dilation: Any) -> PoolWindows:
+    """Windows of a 2-d max pooling as pairs (a missing or empty stride means the kernel size)."""
+    stride = stride if stride not in (None, [], ()) else kernel_size
+    return PoolWindows(_pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation))
 
 
 def _conv_canonical(

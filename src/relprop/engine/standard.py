@@ -55,12 +55,17 @@ class LayoutAdjoint(Rule):
 
 
 class MaxPoolRoute(Rule):
-    """Max pooling: a window's relevance goes to its arg-max."""
+    """Max pooling: a window's relevance goes to its maximum, split evenly over tied maxima
+    (``split_ties=False``: all of it to the first, as the released code does)."""
 
     keeps, replays = "first", True
 
+    def __init__(self, split_ties: bool = True) -> None:
+        self.split_ties = split_ties
+
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
-        return _first(step.op, maxpool_rule(step.replay(), step.input(), step.relevance))
+        windows = step.op.pool if self.split_ties else None
+        return _first(step.op, maxpool_rule(step.replay(), step.input(), step.relevance, windows))
 
 
 class ProportionalPool(Rule):

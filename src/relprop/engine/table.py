@@ -47,6 +47,10 @@ class Step:
         """Shape of the op's ``i``-th input."""
         return tuple(self.record.shapes[self.op.inputs[i]])
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of the output of op ``name`` in the forward pass."""
+        return tuple(self.record.shapes[name])
+
     def replay(self, name: str | None = None) -> Callable[[Tensor], Tensor]:
         """``t -> op(t)`` for this op (or the op ``name``), other arguments as in the forward pass."""
         return self.record.replays[name or self.op.name]

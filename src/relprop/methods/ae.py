@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
 from ..engine import (
-    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, ChannelContributionSeed, Rule,
-    Step, ZBox,
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, MAXPOOL, STANDARD_TABLE, Bounds, ChannelContributionSeed,
+    Needs, Op, Rule, Step, ZBox,
 )
-from ..engine.standard import CatSlice, DropSkipAdd, MaskZeros, ProportionalPool
+from ..engine.standard import CatSlice, DropSkipAdd, MaskZeros, MaxPoolRoute, ProportionalPool
 from ..registry import register
 from ..rules.ae import ae_conv
 from ..rules.common import safe_divide, sample_sum
@@ -27,18 +28,34 @@ class AEConv(Rule):
     ``keep_mass``: rescale the output to the incoming mass.
     """
 
-    keeps = "first"
-
     def __init__(self, ratio: float, authors_1x1: bool = False, structural_support: bool = True, keep_mass: bool = True) -> None:
         self.ratio, self.authors_1x1 = ratio, authors_1x1
         self.structural_support, self.keep_mass = structural_support, keep_mass
 
+    def needs(self, op: Op) -> Needs:
+        return Needs(op.inputs[:1], op.pads_before)
+
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
-        conv = step.op.conv
+        op = step.op
+        conv = op.conv
         weight = conv.weight()  # type: ignore[union-attr]
         sectional = not (self.authors_1x1 and weight.shape[2] == 1)
         return [ae_conv(step.input(), step.relevance, weight, conv.geometry, self.ratio, sectional=sectional,  # type: ignore[union-attr]
-                        structural_support=self.structural_support, keep_mass=self.keep_mass)]
+                        structural_support=self.structural_support, keep_mass=self.keep_mass,
+                        padding=_padding_mask(step))]
+
+
+def _padding_mask(step: Step) -> Tensor | None:
+    """Where the input of the op's convolution is explicit zero padding (its pad ops replayed on ones):
+    bool (1, C, H, W), or None without pad ops."""
+    op = step.op
+    if not op.pads_before:
+        return None
+    r = step.relevance
+    units = torch.ones((1, *step.shape(op.unpadded)[1:]), dtype=r.dtype, device=r.device)
+    for name in op.pads_before:
+        units = step.replay(name)(units)
+    return units == 0
 
 
 def _by_abs_sum(seed: Tensor) -> Tensor:
@@ -63,6 +80,7 @@ def _reference(ratio: float, seed_layer: str | None, bounds: Bounds) -> Variant:
         CAT: CatSlice(mask_zeros=True),
         AVGPOOL: ProportionalPool(epsilon=1e-9, clamp=True),
         ADD: DropSkipAdd(),
+        MAXPOOL: MaxPoolRoute(split_ties=False),
     })
     return ChannelContributionSeed(_by_abs_of_sum, seed_layer, authors_layers=True), table, REFERENCE_FAILURE
 
@@ -86,8 +104,11 @@ class AttributionEquilibrium(PropagationMethod):
     each convolution's output rescaled to its incoming mass ``(ΣP + ΣN)/2`` so that the shares given to
     the branches of a residual add or a concatenation survive the per-layer renormalisation, residual
     adds split by ``|a| / (|a| + |b|)``, stride / padding / dilation / groups honoured everywhere.
+    Max pooling splits a window's relevance evenly over tied maxima (all-zero windows are ties, and the
+    inactive-input term gives their outputs relevance); explicit zero padding before a convolution
+    (``nn.ZeroPad2d``, ``F.pad``) is no input unit, like the convolution's own padding, in both modes.
     ``mode="reference"`` reproduces the authors' released code applied to one image, including their
-    ResNet blocks that drop the skip path and double the residual branch.
+    ResNet blocks that drop the skip path and double the residual branch, and first-index max-pool ties.
 
     Args:
         model: a CNN classifier returning (N, classes) logits; it is never modified.

@@ -8,10 +8,10 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..engine import (
-    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, ChannelContributionSeed, Rule,
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, MAXPOOL, STANDARD_TABLE, Bounds, ChannelContributionSeed, Rule,
     Step, ZBox,
 )
-from ..engine.standard import AddSplit, CatSlice, MaskZeros, ProportionalPool
+from ..engine.standard import AddSplit, CatSlice, MaskZeros, MaxPoolRoute, ProportionalPool
 from ..registry import register
 from ..rules.common import safe_divide
 from ..rules.rsp import rsp_conv
@@ -71,6 +71,7 @@ def _reference(seed_layer: str | None, bounds: Bounds) -> Variant:
         CAT: CatSlice(mask_zeros=True),
         AVGPOOL: ProportionalPool(epsilon=1e-9, clamp=False),
         ADD: AddSplit("positive"),
+        MAXPOOL: MaxPoolRoute(split_ties=False),
     })
     return ChannelContributionSeed(_by_max_plus_tiny, seed_layer, authors_layers=True), table, REFERENCE_FAILURE
 

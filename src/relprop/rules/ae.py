@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -12,10 +14,15 @@ from .conv_ops import ConvGeometry
 def ae_conv(
     a: Tensor, relevance: Tensor, weight: Tensor, geometry: ConvGeometry, ratio: float,
     *, sectional: bool = True, structural_support: bool = True, keep_mass: bool = True,
+    padding: Optional[Tensor] = None,
 ) -> Tensor:
     """AE rule for a hidden convolution with kernel ``K = |W|``.
 
-    a: layer input (N, C, H, W); relevance: (N, O, h, w); weight: (O, C/g, kh, kw); returns (N, C, H, W).
+    a: layer input (N, C, H, W); relevance: (N, O, h, w); weight: (O, C/g, kh, kw); returns (N, C, H, W);
+    padding: None or bool (1, C, H, W): entries of ``a`` that are zero padding added by a pad op before
+    the convolution (e.g. TF "SAME" padding), treated like the convolution's own padding: no input
+    unit, neither active nor inactive (counted as inactive they would absorb a share of ``B`` that the
+    crop of the pad then drops, more of it on the side with more padding).
 
     ``P̂``, ``N̂`` are the positive and negative parts of the relevance, each scaled to unit mass per
     sample.  ``C = Z(a⁺, K, r·P̂) − Z(a⁺, K, N̂)`` shares both through the same ``|w|·a⁺``
@@ -31,14 +38,14 @@ def ae_conv(
     r = ratio if sectional else 1.0
     per_sample = 4 * (a[0].numel() + relevance[0].numel())
     return in_chunks(
-        lambda a, relevance: _ae_conv(a, relevance, kernel, geometry, r, sectional, structural_support, keep_mass),
+        lambda a, relevance: _ae_conv(a, relevance, kernel, geometry, r, sectional, structural_support, keep_mass, padding),
         (a, relevance), per_sample,
     )
 
 
 def _ae_conv(
     a: Tensor, relevance: Tensor, kernel: Tensor, geometry: ConvGeometry, r: float,
-    sectional: bool, structural_support: bool, keep_mass: bool,
+    sectional: bool, structural_support: bool, keep_mass: bool, padding: Optional[Tensor],
 ) -> Tensor:
     """:func:`ae_conv` on one chunk of the batch, with ``K = |W|`` and the effective ratio ``r``.
 
@@ -63,7 +70,7 @@ def _ae_conv(
         else:
             support = result != 0
         shift_(result, pos_sum * _reciprocal(pos_sum), support)
-    inactive = 1 - m
+    inactive = 1 - m if padding is None else (1 - m).masked_fill_(padding, 0)
     # conv(1 − m, K) directly, not conv(1, K) − conv(m, K): where few inputs of a window are inactive that
     # difference keeps few correct float32 digits, and B divides by it exactly there.
     on_active, on_inactive = geometry.conv(m, kernel), geometry.conv(inactive, kernel)

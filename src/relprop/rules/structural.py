@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .common import safe_divide
@@ -20,9 +22,47 @@ def adjoint(fn: Fn, at: Tensor, cotangent: Tensor) -> Tensor:
     return grad
 
 
-def maxpool_rule(pool: Fn, a: Tensor, relevance: Tensor) -> Tensor:
-    """All of a window's relevance goes to its arg-max (first index on ties); overlaps accumulate."""
-    return adjoint(pool, a, relevance)
+@dataclass(frozen=True)
+class PoolWindows:
+    """Windows of a 2-d max pooling (pairs: height, width); ``ceil_mode`` windows follow the output shape."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+
+def maxpool_rule(pool: Fn, a: Tensor, relevance: Tensor, windows: Optional[PoolWindows] = None) -> Tensor:
+    """All of a window's relevance goes to its maximum; overlapping windows accumulate.
+
+    a: pooling input (N, C, H, W); relevance: its output's shape; returns a's shape.
+
+    ``windows`` None (reference mode, the authors' code): the first arg-max in row-major order takes
+    it all on ties (autograd's choice, through ``pool``).  With ``windows`` (default mode) a window's
+    relevance is split evenly over its tied maxima.  Ties are common: an all-zero window after a ReLU
+    is one, and AE gives relevance to such zero outputs; the first-index choice sends all of it to
+    the top-left element, which makes the map of a mirrored image differ from the mirrored map.
+    """
+    if windows is None:
+        return adjoint(pool, a, relevance)
+    return _split_over_ties(a, relevance, windows)
+
+
+def _split_over_ties(a: Tensor, relevance: Tensor, windows: PoolWindows) -> Tensor:
+    """Each window's relevance shared evenly by the inputs equal to the window's maximum:
+    (..., H, W) x (..., h, w) -> a's shape."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = windows.kernel_size, windows.stride, windows.padding, windows.dilation
+    height, width = a.shape[-2:]
+    out_h, out_w = relevance.shape[-2:]
+    # ceil_mode windows may overhang the bottom / right padding; pad so that unfolding yields exactly them
+    extra_h = max(0, (out_h - 1) * sh + dh * (kh - 1) + 1 - (height + 2 * ph))
+    extra_w = max(0, (out_w - 1) * sw + dw * (kw - 1) + 1 - (width + 2 * pw))
+    padded = F.pad(a.reshape(-1, 1, height, width), (pw, pw + extra_w, ph, ph + extra_h), value=float("-inf"))
+    columns = F.unfold(padded, (kh, kw), (dh, dw), 0, (sh, sw))  # (N·C, kh·kw, h·w)
+    ties = columns == columns.amax(dim=1, keepdim=True)
+    shares = ties * (relevance.reshape(-1, 1, out_h * out_w) / ties.sum(dim=1, keepdim=True))
+    back = F.fold(shares, padded.shape[-2:], (kh, kw), (dh, dw), 0, (sh, sw))
+    return back[..., ph:ph + height, pw:pw + width].reshape(a.shape)
 
 
 def proportional_pool_rule(pool: Fn, a: Tensor, relevance: Tensor, *, epsilon: float = 0.0, clamp: bool = True) -> Tensor:
