@@ -377,6 +377,20 @@ def test_explain_reports_an_unreadable_image_and_explains_the_rest(tmp_path, cap
     assert {"first_gradient.png", "last_gradient.png", "grid.png"} <= written, f"written: {sorted(written)}"
 
 
+@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2], lambda data: b"not an image"],
+                         ids=["truncated JPEG", "corrupt file"])
+def test_explain_exits_2_when_no_image_can_be_read(damage, tmp_path, capsys):
+    """Issue 16: a single truncated JPEG (which passes the header check) exited 1, a corrupt one 2; both
+    mean that nothing could be explained: exit 2, nothing written."""
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(path, quality=90)
+    path.write_bytes(damage(path.read_bytes()))
+    out = tmp_path / "out"
+    assert main(_explain(path, out)) == 2
+    assert str(path) in capsys.readouterr().err
+    assert not out.exists()
+
+
 def _imagenet_copy(shared_data: Path, root: Path) -> Path:
     source = shared_data / "imagenet"
     (root / "val").mkdir(parents=True)

@@ -14,18 +14,25 @@ from .demo import SAMPLES
 
 
 def sanity(args: argparse.Namespace) -> int:
+    from ..errors import RelpropError
+    from ..evaluation.datasets import open_image
     from ..evaluation.distributed import resolve_device
     from ..evaluation.methods import MethodSpec, explain
     from ..evaluation.report import sensitivity_plot
     from ..evaluation.sensitivity import MEASURES, model_sensitivity
-    from ..evaluation.datasets import open_image
-    from .evaluate import load_classifier
+    from ..zoo import has_random_weights
+    from .evaluate import checked_classifier
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise RelpropError(f"--out {out} is a file; give a folder.")
     device = resolve_device(args.device)
     spec = MethodSpec.parse(args.method)
     if spec.model_free:
         raise ValueError("'center' does not depend on the model; choose a model-based method.")
-    model, preprocess = load_classifier(args.model, args.weights, args.num_classes)
+    model, preprocess, _ = checked_classifier(args, args.size)
+    spec.build(model)  # bad method options fail here, before any work
+    random_weights = has_random_weights(args.model, args.weights)
     if args.size:
         preprocess = dataclasses.replace(preprocess, size=args.size, resize=args.size)  # type: ignore[type-var]
     model = model.to(device)
@@ -39,8 +46,6 @@ def sanity(args: argparse.Namespace) -> int:
     def explain_maps(m: torch.nn.Module, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         return explain(spec, spec.build(m), xs, ts, reduce)  # type: ignore[arg-type]
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     summaries = {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         curves = model_sensitivity(
@@ -59,6 +64,7 @@ def sanity(args: argparse.Namespace) -> int:
     config = {
         "model": args.model,
         "weights": args.weights,
+        "random_weights": random_weights,
         "method": spec.label,
         "images": [str(f) for f in files],
         "targets": targets.tolist(),
@@ -70,8 +76,10 @@ def sanity(args: argparse.Namespace) -> int:
         "channel_reduction": reduce,
     }
     stem = "sanity_" + "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in spec.label)
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps({"config": config, "curves": summaries}, indent=2) + "\n")
-    (out / f"{stem}.png").write_bytes(sensitivity_plot(summaries, spec.label))
+    title = f"{spec.label}, {args.model} (random weights)" if random_weights else spec.label
+    (out / f"{stem}.png").write_bytes(sensitivity_plot(summaries, title))
     print(f"wrote {out / (stem + '.png')} and {out / (stem + '.json')}")
     return 0
 
@@ -84,7 +92,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "cumulative; independent: one block at a time) and plot how similar the method's maps stay.",
     )
     parser.add_argument("--model", required=True, help="model name (torchvision or efficientnet_lite0)")
-    parser.add_argument("--weights", help="state-dict file (or DEFAULT for torchvision's download)")
+    parser.add_argument(
+        "--weights",
+        metavar="FILE|DEFAULT",
+        help="state-dict file, or DEFAULT for torchvision's ImageNet weights (downloaded); without it a "
+        "torchvision model has random weights (a warning, and 'random weights' in the output)",
+    )
     parser.add_argument(
         "--num-classes", type=int, help="build a torchvision model with this many outputs (e.g. 20 for VOC)"
     )
