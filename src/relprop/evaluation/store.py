@@ -111,8 +111,11 @@ def prepare_out(out: Path, config: dict, force: bool, inputs: Inputs) -> bool:
             )
         changed, refreshed = inputs.compare(old[INPUTS])
         if changed:
+            random = " (a model without --weights gets new random weights in every run)" if config.get(
+                "random_weights"
+            ) else ""
             raise RelpropError(
-                f"--out {out} holds a run whose inputs have changed since it began ({'; '.join(changed)}): "
+                f"--out {out} holds a run whose inputs have changed since it began ({'; '.join(changed)}){random}: "
                 "its records would mix them. Restore the original files, use another folder, or --force to "
                 "start again."
             )
