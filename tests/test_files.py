@@ -264,7 +264,7 @@ def test_explain_writes_only_into_out(tmp_path):
     before = _tree(sandbox, out)
     done = _sandboxed_run(sandbox, ["explain", *[str(sandbox / "in" / n) for n in names], "--model", MODEL,
                                     "--method", "gradient,rsp", "--out", str(out), "--save-npy"])
-    assert done.returncode == 1, done.stderr[-2000:]  # results written, images skipped
+    assert done.returncode == 0, done.stderr[-2000:]
     after = _tree(sandbox, out)
     new_or_changed = {k for k in after if before.get(k) != after[k] and not k.startswith(MATPLOTLIB_CACHE)}
     assert not new_or_changed and before.keys() <= after.keys()
