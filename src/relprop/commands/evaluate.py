@@ -13,6 +13,7 @@ import json
 import shlex
 import signal
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass
@@ -75,18 +76,22 @@ def checked_classifier(args: argparse.Namespace, input_size: int | None = None) 
     """(model, its Preprocess, number of outputs) for ``--model/--weights/--num-classes``, refused before any
     work when its tensors are unusable (inference tensors, NaN) or its output is not a logits tensor."""
     from ..model_state import check_model_output, check_model_tensors
-    from ..zoo import has_random_weights
 
     model, preprocess = load_classifier(args.model, args.weights, args.num_classes)
     check_model_tensors(model)
     size = input_size or preprocess.size
-    outputs = check_model_output(model, torch.zeros(1, 3, size, size))
-    if has_random_weights(args.model, args.weights):
-        print(
-            f"relprop: warning: no --weights given; {args.model} has random weights (the results say so).",
-            file=sys.stderr,
-        )
-    return model, preprocess, outputs
+    return model, preprocess, check_model_output(model, torch.zeros(1, 3, size, size))
+
+
+def has_random_weights(args: argparse.Namespace) -> bool:
+    """Whether ``--model`` without ``--weights`` is randomly initialised."""
+    from .. import zoo
+
+    return bool(args.model) and zoo.has_random_weights(args.model, args.weights)
+
+
+def warn_random_weights(model: str) -> None:
+    print(f"relprop: warning: no --weights given; {model} has random weights (the results say so).", file=sys.stderr)
 
 
 def _class_mismatch(model: str, outputs: int, dataset: str, classes: int) -> str:
@@ -173,7 +178,6 @@ def _setup(args: argparse.Namespace, device: torch.device) -> Plan:
     from ..evaluation.fingerprint import Inputs, model_digest
     from ..evaluation.methods import parse_methods
     from ..evaluation.runner import build_explainers, check_model_needed
-    from ..zoo import has_random_weights
 
     if args.limit is not None and args.limit < 1:
         raise RelpropError(f"--limit must be at least 1; got {args.limit}.")
@@ -201,7 +205,7 @@ def _setup(args: argparse.Namespace, device: torch.device) -> Plan:
         "root": args.root,
         "model": args.model,
         "weights": args.weights,
-        "random_weights": bool(args.model) and has_random_weights(args.model, args.weights),
+        "random_weights": has_random_weights(args),
         "num_classes": args.num_classes,
         "methods": [m.label for m in methods],
         **protocol.record(methods),
@@ -304,6 +308,8 @@ def evaluate(args: argparse.Namespace) -> int:
     lock = None
     try:
         plan = _setup(args, ctx.device)
+        if ctx.main and plan.config["random_weights"]:
+            warn_random_weights(args.model)
         out = Path(args.out)
         problem = None
         if ctx.main:
@@ -422,10 +428,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="pointing game, mIoU, model sensitivity, insertion/deletion on VOC07 / COCO14 / ImageNet",
-        description="Evaluate attribution methods with the protocols of docs/evaluation.md (TorchRay's pointing "
-        "game, mIoU, model sensitivity, insertion/deletion). VOC 2007 and COCO need a multi-label classifier with "
-        "20 / 80 outputs (--weights FILE, --num-classes N for torchvision architectures); ImageNet a 1000-class "
-        "one. Interrupted runs resume when rerun with the same --out; under torchrun each process takes a shard.",
+        description=textwrap.fill(
+            "Evaluate attribution methods with the protocols of docs/evaluation.md (TorchRay's pointing game, "
+            "mIoU, model sensitivity, insertion/deletion). VOC 2007 and COCO need a multi-label classifier with "
+            "20 / 80 outputs (--weights FILE, --num-classes N for torchvision architectures); ImageNet a "
+            "1000-class one. Interrupted runs resume when rerun with the same --out; under torchrun each process "
+            "takes a shard.",
+            width=100,
+        ),
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -20,8 +20,7 @@ def sanity(args: argparse.Namespace) -> int:
     from ..evaluation.methods import MethodSpec, explain
     from ..evaluation.report import sensitivity_plot
     from ..evaluation.sensitivity import MEASURES, model_sensitivity
-    from ..zoo import has_random_weights
-    from .evaluate import checked_classifier
+    from .evaluate import checked_classifier, has_random_weights, warn_random_weights
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -32,7 +31,6 @@ def sanity(args: argparse.Namespace) -> int:
         raise ValueError("'center' does not depend on the model; choose a model-based method.")
     model, preprocess, _ = checked_classifier(args, args.size)
     spec.build(model)  # bad method options fail here, before any work
-    random_weights = has_random_weights(args.model, args.weights)
     if args.size:
         preprocess = dataclasses.replace(preprocess, size=args.size, resize=args.size)  # type: ignore[type-var]
     model = model.to(device)
@@ -40,6 +38,9 @@ def sanity(args: argparse.Namespace) -> int:
     x = torch.stack([preprocess(open_image(f)) for f in files]).to(device)  # type: ignore[operator]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
+    random_weights = has_random_weights(args)
+    if random_weights:
+        warn_random_weights(args.model)
     measures = tuple(m.strip() for m in args.measures.split(",") if m.strip())
     reduce = args.reduce or spec.default_reduce
 
