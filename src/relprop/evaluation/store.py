@@ -67,7 +67,10 @@ class OutLock:
         if out.exists() and not out.is_dir():
             raise RelpropError(f"--out {out} is a file; give a folder.")
         out.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(out, os.O_RDONLY)
+        self._fd: int | None = None
+        if not hasattr(os, "O_DIRECTORY"):  # no directory file descriptors (Windows): unlocked, as without flock
+            return
+        self._fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
         if not _flock(self._fd):
             os.close(self._fd)
             raise RelpropError(
@@ -76,7 +79,8 @@ class OutLock:
             )
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
 
 
 def prepare_out(out: Path, config: dict, force: bool, inputs: Inputs) -> bool:
