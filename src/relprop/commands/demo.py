@@ -35,10 +35,13 @@ def demo(out: Path, overlay: bool = False) -> Path:
     """Explain the bundled sample photos with the pretrained EfficientNet-Lite0: RSP, AE and baselines;
     writes ``out/demo_grid.png`` (``overlay``: the maps drawn over the photos)."""
     from .. import get_method, list_methods
+    from ..errors import RelpropError
     from ..preprocess import load_image
     from ..viz import prediction_title, save_grid, to_map
     from ..zoo import load_model
 
+    if out.exists() and not out.is_dir():
+        raise RelpropError(f"--out {out} is a file; give a folder.")
     model, preprocess = load_model("efficientnet_lite0")
     files = [resources.files("relprop") / "data" / name for name in SAMPLES]
     images = [load_image(str(f)) for f in files]

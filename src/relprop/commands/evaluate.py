@@ -1,18 +1,24 @@
 """``relprop evaluate``: pointing game, mIoU, model sensitivity and insertion/deletion on a data set.
 
 Resumable (one JSONL record per image in ``--out``), batched, and distributed under ``torchrun``
-(each rank evaluates a disjoint shard; rank 0 writes ``results.json`` and the report).
+(each rank evaluates a disjoint shard; rank 0 writes ``results.json`` and the report). Everything
+is validated (options, model, class count, data set, ``--out``) before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
+import signal
 import sys
+import textwrap
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -21,6 +27,9 @@ from ..errors import RelpropError
 
 if TYPE_CHECKING:
     from ..evaluation.datasets import EvaluationDataset
+    from ..evaluation.fingerprint import Inputs
+    from ..evaluation.methods import MethodSpec
+    from ..evaluation.progress import Progress
     from ..evaluation.protocol import Protocol
     from ..evaluation.runner import Evaluator
     from ..evaluation.store import RecordWriter
@@ -28,6 +37,13 @@ if TYPE_CHECKING:
 
 DEFAULT_METHODS = "rsp,ae,center"
 DEFAULT_METRICS = "pointing,miou"
+EXIT_OK, EXIT_SKIPPED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = f"""exit status:
+  {EXIT_OK}    every image evaluated; results written
+  {EXIT_SKIPPED}    results written, but some images were unreadable or some boxes invalid (named on
+       stderr and in results.md; counted in results.json, never scored as misses)
+  {EXIT_ERROR}    bad command line or input (named in the message); nothing was written
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C, SIGTERM); finished work is kept: rerun the same command to resume"""
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -47,16 +63,47 @@ def load_classifier(name: str, weights: str | None, num_classes: int | None) -> 
         return zoo.load_model(name, weights)
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise RelpropError(f"--num-classes works with torchvision architectures only; '{name}' is not one.")
+    if weights == "DEFAULT":
+        raise RelpropError("--num-classes builds a new classifier: pass --weights FILE with its trained weights.")
     _, preprocess = zoo.load_model(name)
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if weights is not None:
-        zoo._load_state_dict(model, weights)
+        zoo.load_weights_file(model, weights)
     return model.eval(), preprocess
 
 
-def _output_classes(model: nn.Module, size: int, device: torch.device) -> int:
-    with torch.no_grad():
-        return int(model(torch.zeros(1, 3, size, size, device=device)).shape[1])
+def checked_classifier(args: argparse.Namespace, input_size: int | None = None) -> tuple[nn.Module, Preprocess, int]:
+    """(model, its Preprocess, number of outputs) for ``--model/--weights/--num-classes``, refused before any
+    work when its tensors are unusable (inference tensors, NaN) or its output is not a logits tensor."""
+    from ..model_state import check_model_output, check_model_tensors
+
+    model, preprocess = load_classifier(args.model, args.weights, args.num_classes)
+    check_model_tensors(model)
+    size = input_size or preprocess.size
+    return model, preprocess, check_model_output(model, torch.zeros(1, 3, size, size))
+
+
+def has_random_weights(args: argparse.Namespace) -> bool:
+    """Whether ``--model`` without ``--weights`` is randomly initialised."""
+    from .. import zoo
+
+    return bool(args.model) and zoo.has_random_weights(args.model, args.weights)
+
+
+def warn_random_weights(model: str) -> None:
+    print(f"relprop: warning: no --weights given; {model} has random weights (the results say so).", file=sys.stderr)
+
+
+def _class_mismatch(model: str, outputs: int, dataset: str, classes: int) -> str:
+    if dataset == "imagenet":
+        need = f"give the weights of a {classes}-class ImageNet classifier"
+    else:
+        need = (
+            f"{dataset} needs a multi-label classifier with {classes} outputs (e.g. a TorchRay {dataset} "
+            f"checkpoint saved as a state dict): pass it with --weights FILE, adding --num-classes {classes} "
+            "for a torchvision architecture (see docs/evaluation.md)"
+        )
+    return f"model '{model}' has {outputs} outputs but {dataset} has {classes} classes; {need}."
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -99,7 +146,7 @@ def _protocol(args: argparse.Namespace, dataset_name: str, preprocess: Preproces
     )
 
 
-def _check_records(records: dict[int, dict], dataset) -> None:  # type: ignore[no-untyped-def]
+def _check_records(records: dict[int, dict], dataset: EvaluationDataset) -> None:
     for index, record in records.items():
         if index >= len(dataset) or record["id"] != dataset.image_id(index):
             raise RelpropError(
@@ -108,71 +155,57 @@ def _check_records(records: dict[int, dict], dataset) -> None:  # type: ignore[n
             )
 
 
-# ------------------------------------------------------------------------------------------- run
+@dataclass
+class Plan:
+    """A validated run: everything it needs, nothing written yet."""
+
+    dataset: EvaluationDataset
+    model: nn.Module | None
+    methods: list[MethodSpec]
+    protocol: Protocol
+    explainers: dict[str, Any]
+    config: dict
+    inputs: Inputs
 
 
-def _evaluate_images(
-    evaluator: Evaluator, dataset: EvaluationDataset, todo: list[int], writer: RecordWriter, progress: bool
-) -> list[dict]:
-    """Evaluate the images ``todo`` in batches, handing each batch's records to ``writer`` as it is done."""
-    from tqdm import tqdm
+def _setup(args: argparse.Namespace, device: torch.device) -> Plan:
+    """Validate the command line and load the model and the data set; writes nothing.
 
-    from ..evaluation.datasets import DataError
-    from ..evaluation.runner import batches
-
-    new: list[dict] = []
-    with tqdm(total=len(todo), unit="img", disable=not progress, desc="evaluate") as bar:
-        for chunk in batches(todo, evaluator.batch_size):
-            samples, records = [], []
-            for index in chunk:
-                try:
-                    samples.append(dataset[index])
-                except DataError as exc:
-                    tqdm.write(f"relprop: skipping unreadable {exc.path}: {exc}", file=sys.stderr)
-                    records.append(evaluator.error_record(index, exc.path, str(exc)))
-            records += evaluator.records(samples) if samples else []
-            writer.write(sorted(records, key=lambda r: r["index"]))
-            new += records
-            bar.update(len(chunk))
-    return new
-
-
-def _setup(args: argparse.Namespace, device: torch.device):  # type: ignore[no-untyped-def]
-    """(dataset, model or None, method specs, protocol, config) from the command line."""
-    from ..evaluation.datasets import open_dataset
+    Cheap checks come first (options, then the model and its class count), so that a mistake is
+    reported before the data set is read.
+    """
+    from ..evaluation.datasets import canonical_name, class_count, open_dataset
+    from ..evaluation.fingerprint import Inputs, model_digest
     from ..evaluation.methods import parse_methods
+    from ..evaluation.runner import build_explainers, check_model_needed
 
     if args.limit is not None and args.limit < 1:
         raise RelpropError(f"--limit must be at least 1; got {args.limit}.")
     if args.batch_size < 1:
         raise RelpropError(f"--batch-size must be at least 1; got {args.batch_size}.")
+    name = canonical_name(args.dataset)
     methods = parse_methods(args.methods)
-    dataset = open_dataset(
-        args.dataset,
-        args.root,
-        split=args.split,
-        difficult_flags=args.difficult_flags,
-        annotations=args.annotations,
-    )
-    model, preprocess = None, None
+    protocol = _protocol(args, name, None)  # validates the protocol options before the model is loaded
+    check_model_needed(methods, protocol.metrics, bool(args.model))
+    classes = class_count(name, args.root)
+    model, digest = None, None
     if args.model:
-        model, preprocess = load_classifier(args.model, args.weights, args.num_classes)
+        model, preprocess, outputs = checked_classifier(args, args.input_size)
+        if outputs != classes:
+            raise RelpropError(_class_mismatch(args.model, outputs, name, classes))
+        protocol = _protocol(args, name, preprocess)
+        digest = model_digest(model)
         model = model.to(device)
-    elif any(not m.model_free for m in methods):
-        raise RelpropError("--model is needed for every method except 'center'.")
-    protocol = _protocol(args, args.dataset, preprocess)
-    classes = len(dataset.class_names)
-    outputs = _output_classes(model, protocol.input_size, device) if model is not None else classes
-    if outputs != classes:
-        raise RelpropError(
-            f"model '{args.model}' has {outputs} outputs but {args.dataset} has {classes} classes; give weights "
-            f"of a {classes}-class model (torchvision architectures: add --num-classes {classes})."
-        )
+    explainers = build_explainers(methods, model)
+    dataset = open_dataset(
+        name, args.root, split=args.split, difficult_flags=args.difficult_flags, annotations=args.annotations
+    )
     config = {
-        "dataset": args.dataset,
+        "dataset": name,
         "root": args.root,
         "model": args.model,
         "weights": args.weights,
+        "random_weights": has_random_weights(args),
         "num_classes": args.num_classes,
         "methods": [m.label for m in methods],
         **protocol.record(methods),
@@ -181,22 +214,108 @@ def _setup(args: argparse.Namespace, device: torch.device):  # type: ignore[no-u
         "batch_size": args.batch_size,
         "device": device.type,
     }
-    return dataset, model, methods, protocol, config
+    return Plan(dataset, model, methods, protocol, explainers, config, Inputs(digest, dataset.annotation_files()))
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or torchrun's stop) raises KeyboardInterrupt, so that finished work is
+    written as on Ctrl-C (main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _evaluate_images(
+    evaluator: Evaluator, todo: list[int], existing: dict[int, dict], writer: RecordWriter, progress: Progress
+) -> list[dict]:
+    """Evaluate the images ``todo`` in batches, handing each batch's records to ``writer`` as it is done.
+
+    An image with some methods already recorded (an interrupted batch) gets only the others. On
+    KeyboardInterrupt the finished methods of the batch in flight are written before it propagates.
+    """
+    from ..evaluation.datasets import DataError
+    from ..evaluation.runner import BatchInterrupted, batches
+
+    labels = [m.label for m in evaluator.methods]
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index in todo:
+        record = existing.get(index)
+        done = set(record["methods"]) if record is not None and record["status"] == "ok" else set()
+        groups.setdefault(tuple(label for label in labels if label not in done), []).append(index)
+    new: list[dict] = []
+    for missing, indices in groups.items():
+        specs = [m for m in evaluator.methods if m.label in missing]
+        for chunk in batches(indices, evaluator.batch_size):
+            samples, records = [], []
+            for index in chunk:
+                try:
+                    sample = evaluator.dataset[index]
+                except DataError as exc:
+                    progress.write(f"relprop: skipping {exc}")
+                    records.append(evaluator.error_record(index, exc.path, str(exc)))
+                    continue
+                for reason in sample.invalid.values():
+                    progress.write(f"relprop: not scoring the boxes of {reason}")
+                samples.append(sample)
+            try:
+                records += evaluator.records(samples, specs) if samples else []
+            except KeyboardInterrupt as exc:
+                finished = exc.records if isinstance(exc, BatchInterrupted) else []
+                writer.write(sorted(records + finished, key=lambda r: r["index"]))
+                raise
+            writer.write(sorted(records, key=lambda r: r["index"]))
+            new += records
+            progress.update(len(chunk))
+    return new
+
+
+def _resume_message(existing: dict[int, dict], indices: list[int], labels: list[str], out: Path) -> str | None:
+    """What a resumed run has found in ``out`` (over every rank's records), or None for a fresh run."""
+    from ..evaluation.store import is_complete
+
+    done = sum(is_complete(existing.get(i), labels) for i in indices)
+    partly = sum(i in existing and existing[i]["status"] == "ok" for i in indices) - done
+    retried = sum(i in existing and existing[i]["status"] == "error" for i in indices)
+    if not (done or partly or retried):
+        return None
+    parts = [f"{done} image(s) already done"]
+    parts += [f"{partly} partly done (their other methods follow)"] if partly else []
+    parts += [f"{retried} unreadable before (read again)"] if retried else []
+    return f"relprop: resuming in {out}: {', '.join(parts)}"
 
 
 def evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.distributed import init_context
+    from ..evaluation.progress import Progress
     from ..evaluation.runner import Evaluator
-    from ..evaluation.store import RecordWriter, load_records, prepare_out, records_name
+    from ..evaluation.store import OutLock, RecordWriter, is_complete, load_records, merge_record, prepare_out
+    from ..evaluation.store import records_name
 
     ctx = init_context(args.device)
+    lock = None
     try:
-        dataset, model, methods, protocol, config = _setup(args, ctx.device)
+        plan = _setup(args, ctx.device)
+        if ctx.main and plan.config["random_weights"]:
+            warn_random_weights(args.model)
         out = Path(args.out)
         problem = None
         if ctx.main:
             try:
-                prepare_out(out, config, args.force)
+                lock = OutLock(out)
+                prepare_out(out, plan.config, args.force, plan.inputs)
             except RelpropError as exc:
                 problem = str(exc)
         problem = ctx.broadcast(problem)
@@ -204,42 +323,55 @@ def evaluate(args: argparse.Namespace) -> int:
             raise RelpropError(problem)
         own = records_name(ctx.rank, ctx.world)
         writer = RecordWriter(out / own)
+        labels = [m.label for m in plan.methods]
         try:
-            existing = load_records(out, own=own)
-            _check_records(existing, dataset)
-            indices = list(range(len(dataset) if args.limit is None else min(args.limit, len(dataset))))
+            existing = load_records(out, own=own, drop_damaged=args.drop_damaged)
+            _check_records(existing, plan.dataset)
+            count = len(plan.dataset) if args.limit is None else min(args.limit, len(plan.dataset))
+            indices = list(range(count))
             mine = ctx.shard(indices)
-            todo = [i for i in mine if i not in existing]
-            evaluator = Evaluator(dataset, model, methods, protocol, ctx.device, batch_size=args.batch_size)
-            if ctx.main and len(todo) < len(mine):
-                print(f"relprop: resuming: {len(mine) - len(todo)} image(s) already done in {out}", file=sys.stderr)
+            todo = [i for i in mine if not is_complete(existing.get(i), labels)]
+            evaluator = Evaluator(
+                plan.dataset, plan.model, plan.methods, plan.protocol, ctx.device, args.batch_size, plan.explainers
+            )
+            message = _resume_message(existing, indices, labels, out)
+            if ctx.main and message:
+                print(message, file=sys.stderr)
+            resumed = sum(is_complete(existing.get(i), labels) for i in indices)
             started = time.perf_counter()
-            new = _evaluate_images(evaluator, dataset, todo, writer, progress=ctx.main and not args.no_progress)
+            progress = Progress(len(todo), "images", "evaluate", enabled=ctx.main and not args.no_progress)
+            with _sigterm_as_interrupt(), progress:
+                new = _evaluate_images(evaluator, todo, existing, writer, progress)
             elapsed = time.perf_counter() - started
         except KeyboardInterrupt:
             print(
-                f"relprop: interrupted; the finished images are kept in {out}: rerun the same command to resume.",
+                f"relprop: interrupted; the finished work is kept in {out}: rerun the same command to resume.",
                 file=sys.stderr,
             )
-            return 130
+            return EXIT_INTERRUPTED
         finally:
             writer.close()
-        mine_set = set(mine)
-        records = ctx.gather([r for i, r in existing.items() if i in mine_set] + new)
+        for record in new:
+            merge_record(existing, record)
+        records = ctx.gather([existing[i] for i in mine if i in existing])
         timings = ctx.gather([(len(new), elapsed, evaluator.seconds)])
+        code = EXIT_OK
         if ctx.main:
-            _finish(args, out, evaluator, config, records, indices)
-            _write_run_info(out, timings, resumed=len(existing), device=config["device"])
+            code = _finish(args, out, evaluator, plan.config, records, indices)
+            _write_run_info(out, timings, resumed=resumed, device=plan.config["device"])
+        code = ctx.broadcast(code)
         ctx.barrier()
     finally:
+        if lock is not None:
+            lock.close()
         ctx.close()
-    return 0
+    return code
 
 
 def _finish(
     args: argparse.Namespace, out: Path, evaluator: Evaluator, config: dict, records: list[dict], indices: list[int]
-) -> None:
-    """Aggregate every rank's records into results.json and write the report (rank 0)."""
+) -> int:
+    """Aggregate every rank's records into results.json and write the report (rank 0); the exit status."""
     from ..evaluation.examples import example_figures
     from ..evaluation.report import write_report
     from ..evaluation.results import aggregate
@@ -250,14 +382,21 @@ def _finish(
         raise RelpropError(f"{len(missing)} image(s) have no result (first: {missing[0]}); rerun to resume.")
     records = [by_index[i] for i in indices]
     skipped = [r for r in records if r["status"] != "ok"]
-    data = {**config["data"], "evaluated": len(records) - len(skipped), "unreadable": len(skipped)}
+    invalid = [reason for r in records for reason in r.get("invalid_boxes", [])]
+    data = {
+        **config["data"],
+        "evaluated": len(records) - len(skipped),
+        "unreadable": len(skipped),
+        "invalid_boxes": len(invalid),
+    }
     labels = [m.label for m in evaluator.methods]
     results = aggregate(records, labels, {**config, "data": data}, evaluator.dataset.class_names)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     command = "relprop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     examples = example_figures(evaluator, records, args.examples) if args.examples > 0 else {}
-    md, page = write_report(out, results, skipped, examples, command)
+    md, page = write_report(out, results, skipped, examples, command, invalid)
     print(f"wrote {out / 'results.json'}, {md}, {page}")
+    return EXIT_SKIPPED if skipped or invalid else EXIT_OK
 
 
 def _write_run_info(out: Path, timings: list[tuple[int, float, dict]], resumed: int, device: str) -> None:
@@ -283,21 +422,35 @@ def _write_run_info(out: Path, timings: list[tuple[int, float, dict]], resumed: 
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..evaluation.datasets import DATASETS
+    from ..evaluation.datasets import ALIASES, DATASETS
     from ..evaluation.protocol import METRICS
 
     parser = subparsers.add_parser(
         "evaluate",
         help="pointing game, mIoU, model sensitivity, insertion/deletion on VOC07 / COCO14 / ImageNet",
-        description="Evaluate attribution methods with the protocols of ../shared/docs/evaluation.md. "
-        "Interrupted runs resume when rerun with the same --out; under torchrun each process takes a shard.",
+        description=textwrap.fill(
+            "Evaluate attribution methods with the protocols of docs/evaluation.md (TorchRay's pointing game, "
+            "mIoU, model sensitivity, insertion/deletion). VOC 2007 and COCO need a multi-label classifier with "
+            "20 / 80 outputs (--weights FILE, --num-classes N for torchvision architectures); ImageNet a "
+            "1000-class one. Interrupted runs resume when rerun with the same --out; under torchrun each process "
+            "takes a shard.",
+            width=100,
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True, choices=DATASETS)
+    data.add_argument(
+        "--dataset",
+        required=True,
+        choices=DATASETS + tuple(ALIASES),
+        help=f"{', '.join(DATASETS)} ({', '.join(f'{a} = {n}' for a, n in ALIASES.items())})",
+    )
     data.add_argument(
         "--root",
         required=True,
-        help="folder with the data set's own layout (VOC: the VOC2007 folder or its VOCdevkit parent)",
+        help="the folder holding your copy of the data set, in its own layout (VOC: the VOC2007 folder or its "
+        "VOCdevkit parent; COCO: the folder with val2014/ and annotations/; ImageNet: the folder with val/)",
     )
     data.add_argument("--split", default="test", help="VOC split (ImageSets/Main/SPLIT.txt; default test)")
     data.add_argument("--annotations", help="COCO instances JSON (default: ROOT/annotations/instances_val2014*.json)")
@@ -307,7 +460,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--limit", type=int, help="evaluate only the first N images")
     model = parser.add_argument_group("model and methods")
     model.add_argument("--model", help="model name (torchvision or efficientnet_lite0); not needed for 'center' alone")
-    model.add_argument("--weights", help="state-dict file (or DEFAULT for torchvision's download)")
+    model.add_argument(
+        "--weights",
+        metavar="FILE|DEFAULT",
+        help="state-dict file, or DEFAULT for torchvision's ImageNet weights (downloaded); without it a "
+        "torchvision model has random weights (a warning, and 'random weights' in the report)",
+    )
     model.add_argument(
         "--num-classes", type=int, help="build a torchvision model with this many outputs (e.g. 20 for VOC)"
     )
@@ -353,11 +511,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     proto.add_argument("--insdel-step", type=int, default=224, help="pixels per insertion/deletion step (default 224)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, help="output folder (empty, or a run of the same configuration to resume)")
-    run.add_argument("--force", action="store_true", help="replace relprop's result files in a non-empty --out")
-    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="start again: remove relprop's result files from --out (never while another run uses it)",
+    )
+    run.add_argument(
+        "--drop-damaged",
+        action="store_true",
+        help="resume past damaged lines of records*.jsonl: they are moved to records*.jsonl.damaged and "
+        "their images evaluated again",
+    )
+    run.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     run.add_argument(
         "--examples", type=int, default=3, help="best and worst units per method shown in the report (default 3)"
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress output (a bar on a terminal, a line per tenth of the images otherwise)",
+    )
     parser.set_defaults(run=evaluate)

@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import RelpropError
+from ..model_state import check_model_output, check_model_tensors
 from ..preprocess import load_image
 from ..registry import get_method, list_methods
 from ..targets import resolve_targets
@@ -55,6 +56,8 @@ def explain_images(
     categories = imagenet_categories()
     wanted = _target_index(target, categories)
     model, preprocess = load_model(model_name, weights)
+    check_model_tensors(model)
+    check_model_output(model, torch.zeros(1, 3, preprocess.size, preprocess.size))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         explainers = {name: get_method(name)(model) for name in methods}
@@ -63,6 +66,7 @@ def explain_images(
     _print_warnings(caught)
     for message in unreadable.values():
         print(f"relprop: error: {message}; skipped.", file=sys.stderr)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -99,6 +103,10 @@ def explain_images(
                 np.save(out / f"{stem}_{name}.npy", attribution.numpy())
                 written.append(out / f"{stem}_{name}.npy")
         rows.append((crop, caption, maps))
+    if not rows:  # every image failed to decode: as when none passes the header check, an error
+        if created:
+            out.rmdir()
+        raise RelpropError(f"none of the {len(images)} image(s) could be read; nothing was written.")
     return written + _save_grids(rows, out, overlay), failed
 
 
@@ -210,7 +218,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Writes into --out one PNG per image and method (the image as the model sees it, captioned with the "
         "prediction, beside its map: red = evidence for the class, blue = against it, with a colour bar) and a "
         "grid of all of them; --save-npy adds the raw attributions. An image that cannot be read is reported and skipped "
-        "(exit status 1).",
+        "(exit status 1); when none can be read, or on any other error, nothing is written (exit status 2).",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     parser.add_argument("--model", required=True, help="a torchvision classification model name (e.g. resnet50) or efficientnet_lite0")

@@ -17,19 +17,24 @@ MODES = ("cascading", "independent")
 
 
 def sanity(args: argparse.Namespace) -> int:
+    from ..errors import RelpropError
+    from ..evaluation.datasets import open_image
     from ..evaluation.distributed import resolve_device
     from ..evaluation.methods import MethodSpec, explain
     from ..evaluation.report import sensitivity_plot
     from ..evaluation.sensitivity import MEASURES, model_sensitivity, randomisation_units
-    from ..evaluation.datasets import open_image
-    from .evaluate import load_classifier
+    from .evaluate import checked_classifier, has_random_weights, warn_random_weights
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise RelpropError(f"--out {out} is a file; give a folder.")
     device = resolve_device(args.device)
     spec = MethodSpec.parse(args.method)
     modes = _modes(args.modes)
     if spec.model_free:
         raise ValueError("'center' does not depend on the model; choose a model-based method.")
-    model, preprocess = load_classifier(args.model, args.weights, args.num_classes)
+    model, preprocess, _ = checked_classifier(args, args.size)
+    spec.build(model)  # bad method options fail here, before any work
     if args.size:
         preprocess = dataclasses.replace(preprocess, size=args.size, resize=args.size)  # type: ignore[type-var]
     model = model.to(device)
@@ -37,6 +42,9 @@ def sanity(args: argparse.Namespace) -> int:
     x = torch.stack([preprocess(open_image(f)) for f in files]).to(device)  # type: ignore[operator]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
+    random_weights = has_random_weights(args)
+    if random_weights:
+        warn_random_weights(args.model)
     measures = tuple(m.strip() for m in args.measures.split(",") if m.strip())
     reduce = args.reduce or spec.default_reduce
     units = [name for name, _ in randomisation_units(model, args.granularity)]
@@ -50,8 +58,6 @@ def sanity(args: argparse.Namespace) -> int:
         progress.step(next(steps))
         return explain(spec, spec.build(m), xs, ts, reduce)  # type: ignore[arg-type]
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     summaries = {}
     for mode in modes:
         curves = model_sensitivity(
@@ -70,6 +76,7 @@ def sanity(args: argparse.Namespace) -> int:
     config = {
         "model": args.model,
         "weights": args.weights,
+        "random_weights": random_weights,
         "method": spec.label,
         "images": [str(f) for f in files],
         "targets": targets.tolist(),
@@ -81,8 +88,10 @@ def sanity(args: argparse.Namespace) -> int:
         "channel_reduction": reduce,
     }
     stem = "sanity_" + "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in spec.label)
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps({"config": config, "curves": summaries}, indent=2) + "\n")
-    (out / f"{stem}.png").write_bytes(sensitivity_plot(summaries, spec.label))
+    title = f"{spec.label}, {args.model} (random weights)" if random_weights else spec.label
+    (out / f"{stem}.png").write_bytes(sensitivity_plot(summaries, title))
     print(f"wrote {out / (stem + '.png')} and {out / (stem + '.json')}")
     return 0
 
@@ -116,7 +125,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "cumulative; independent: one block at a time) and plot how similar the method's maps stay.",
     )
     parser.add_argument("--model", required=True, help="model name (torchvision or efficientnet_lite0)")
-    parser.add_argument("--weights", help="state-dict file (or DEFAULT for torchvision's download)")
+    parser.add_argument(
+        "--weights",
+        metavar="FILE|DEFAULT",
+        help="state-dict file, or DEFAULT for torchvision's ImageNet weights (downloaded); without it a "
+        "torchvision model has random weights (a warning, and 'random weights' in the output)",
+    )
     parser.add_argument(
         "--num-classes", type=int, help="build a torchvision model with this many outputs (e.g. 20 for VOC)"
     )

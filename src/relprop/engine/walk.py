@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import InputError, RelpropError, UnsupportedLayerError
-from ..model_state import evaluation_mode
+from ..model_state import check_model_tensors, evaluation_mode
 from ..targets import Target, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
 from .graph import INPUT, INPUT_CONV, ModelGraph, Op
@@ -43,6 +43,7 @@ class Engine:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        check_model_tensors(model)
         self.model, self.seed, self.table, self.method = model, seed, table, method
         self.failure_hint, self.allow_tf32 = failure_hint, allow_tf32
         self.graph = ModelGraph(model)

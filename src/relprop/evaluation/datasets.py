@@ -9,11 +9,14 @@ truth at the **original** image resolution:
 * ``all_difficult``: VOC classes whose every box is PASCAL-``difficult`` (skip rule 1, §1.1);
 * ``segmentation[c]`` / ``ignore``: the mIoU ground truth (VOC ``SegmentationClass`` masks with
   255 = void, COCO instance masks, ImageNet boxes), §3.4;
-* ``flags``: the EBP "difficult" flags of the image (§1.2), None when the flag file does not list it.
+* ``flags``: the EBP "difficult" flags of the image (§1.2), None when the flag file does not list it;
+* ``invalid``: classes whose boxes cannot be scored (inverted, outside the image, NaN), with the
+  file and row; their box-based scores are skipped and counted, never scored as misses.
 
 The EBP flag files are CC BY-NC (TorchRay) and are never shipped with relprop: they are read from
 the data set root, from a path the user gives, or from a user-installed ``torchray`` package.
-A file that cannot be read raises :class:`DataError` naming it.
+A file that cannot be read raises :class:`DataError` naming it. ``annotation_files()`` lists the
+files a run's results depend on (besides the images), for the resume check.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -85,6 +89,7 @@ class Sample:
     segmentation: dict[int, np.ndarray] | None = None
     ignore: np.ndarray | None = None
     flags: np.ndarray | None = None
+    invalid: dict[int, str] = field(default_factory=dict)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -159,20 +164,47 @@ def find_difficult_flags(
 
 
 def open_image(path: Path) -> Image.Image:
-    """The image as RGB; :class:`DataError` naming the file when it is missing or corrupt."""
+    """The image as RGB; :class:`DataError` naming the file when it is missing, corrupt, too large or
+    of a range :func:`~relprop.preprocess.load_image` refuses."""
     try:
         return load_image(path)
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(path, f"unreadable image ({exc})") from exc
 
 
-def boxes_to_mask(
-    boxes: Sequence[tuple[float, float, float, float]], height: int, width: int, one_based: bool
-) -> np.ndarray:
+Box = tuple[float, float, float, float]
+
+
+def box_problem(box: Box, width: int, height: int, one_based: bool) -> str | None:
+    """Why ``box`` (xmin, ymin, xmax, ymax), inclusive pixel indices, cannot be scored in a width×height
+    image (non-finite, inverted, or not overlapping the image), or None; a box partly outside is clipped."""
+    xmin, ymin, xmax, ymax = box
+    if not all(math.isfinite(v) for v in box):
+        return "has a non-finite coordinate"
+    if xmax < xmin or ymax < ymin:
+        return "is inverted (xmax < xmin or ymax < ymin)"
+    first = 1 if one_based else 0
+    if xmax < first or ymax < first or xmin > width - 1 + first or ymin > height - 1 + first:
+        return f"lies outside the {width}x{height} image"
+    return None
+
+
+def invalid_classes(boxes: Sequence[tuple[int, Box, str]], width: int, height: int, one_based: bool) -> dict[int, str]:
+    """label -> why its boxes cannot be scored, for (label, box, where) triples; ``where`` names the file and row."""
+    invalid: dict[int, str] = {}
+    for label, box, where in boxes:
+        problem = box_problem(box, width, height, one_based)
+        if problem and label not in invalid:
+            invalid[label] = f"{where}: box ({', '.join(f'{v:g}' for v in box)}) {problem}"
+    return invalid
+
+
+def boxes_to_mask(boxes: Sequence[Box], height: int, width: int, one_based: bool) -> np.ndarray:
     """(H, W) bool union of boxes given as inclusive pixel indices (xmin, ymin, xmax, ymax).
 
     ``one_based`` (VOC): box (1, 1, 2, 3) covers rows 0-2 and columns 0-1. Fractional coordinates
-    (rescaled ImageNet boxes) are rounded to the nearest pixel index. Boxes are clipped to the image.
+    (rescaled ImageNet boxes) are rounded to the nearest pixel index. Boxes are clipped to the image;
+    :func:`box_problem` tells which boxes cannot be used at all.
     """
     mask = np.zeros((height, width), dtype=bool)
     shift = 1 if one_based else 0
@@ -200,6 +232,14 @@ class EvaluationDataset:
         return self.ids[index]
 
     def __getitem__(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def annotation_files(self) -> dict[str, list[Path]]:
+        """The files besides the images that the results depend on, by group (e.g. "Annotations")."""
+        flags = {"difficult flags": [self.flags.source]} if self.flags.source else {}
+        return {**self._annotation_files(), **flags}
+
+    def _annotation_files(self) -> dict[str, list[Path]]:
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -230,7 +270,7 @@ def voc_root(root: Path) -> Path:
 @dataclass(frozen=True)
 class VOCObject:
     label: int
-    box: tuple[int, int, int, int]
+    box: Box  # 1-based inclusive (xmin, ymin, xmax, ymax), as written in the XML
     difficult: bool
 
 
@@ -246,7 +286,7 @@ def parse_voc_xml(path: Path) -> tuple[tuple[int, int], list[VOCObject]]:
             if name not in VOC_CLASSES:
                 raise ValueError(f"unknown class name {name!r}")
             box = obj.find("bndbox")
-            coords = tuple(int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[union-attr,arg-type]
+            coords = tuple(float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[union-attr]
             objects.append(
                 VOCObject(VOC_CLASSES.index(name), coords, (obj.findtext("difficult") or "0").strip() == "1")
             )  # type: ignore[arg-type]
@@ -287,8 +327,13 @@ class VOC2007(EvaluationDataset):
         if image.size != (width, height):
             raise DataError(path, f"image is {image.size[0]}x{image.size[1]} but its annotation says {width}x{height}")
         labels = tuple(sorted({o.label for o in objects}))
+        xml = self.root / "Annotations" / f"{image_id}.xml"
+        where = [(o.label, o.box, f"{xml} object {k}") for k, o in enumerate(objects, start=1)]
+        invalid = invalid_classes(where, width, height, one_based=True)
         regions = {
-            c: boxes_to_mask([o.box for o in objects if o.label == c], height, width, one_based=True) for c in labels
+            c: boxes_to_mask([o.box for o in objects if o.label == c], height, width, one_based=True)
+            for c in labels
+            if c not in invalid
         }
         all_difficult = frozenset(c for c in labels if all(o.difficult for o in objects if o.label == c))
         segmentation, ignore = self._segmentation(image_id, (width, height))
@@ -303,7 +348,16 @@ class VOC2007(EvaluationDataset):
             segmentation,
             ignore,
             self.flags.lookup(image_id),
+            invalid,
         )
+
+    def _annotation_files(self) -> dict[str, list[Path]]:
+        masks = [self.root / "SegmentationClass" / f"{i}.png" for i in self.ids]
+        return {
+            "split list": [self.root / "ImageSets" / "Main" / f"{self.split}.txt"],
+            "Annotations": [self.root / "Annotations" / f"{i}.xml" for i in self.ids],
+            "SegmentationClass": [m for m in masks if m.is_file()],
+        }
 
     def _segmentation(
         self, image_id: str, size: tuple[int, int]
@@ -342,6 +396,44 @@ def coco_annotation_file(root: Path) -> Path:
     raise DataError(folder, "instances_val2014.json not found (pass the COCO root holding val2014/ and annotations/)")
 
 
+COCO_REQUIRED_KEYS = {
+    "images": ("id", "file_name", "width", "height"),
+    "annotations": ("id", "image_id", "category_id", "segmentation"),
+    "categories": ("id", "name"),
+}
+"""The lists of a COCO instances file and the keys relprop reads from each of their entries."""
+
+
+def read_coco_instances(path: Path) -> dict:
+    """The parsed COCO instances file, its schema checked: :class:`DataError` naming the first missing key."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise DataError(path, "COCO instances file not found") from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"not a COCO instances file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataError(path, f"not a COCO instances file (a JSON {type(data).__name__}, not an object)")
+    for key, fields in COCO_REQUIRED_KEYS.items():
+        entries = data.get(key)
+        if not isinstance(entries, list):
+            problem = "has no" if key not in data else "has a non-list"
+            expected = ", ".join(COCO_REQUIRED_KEYS)
+            raise DataError(path, f'{problem} "{key}" list (a COCO instances file has the lists {expected})')
+        for position, entry in enumerate(entries):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise DataError(path, f'{key}[{position}] has no "{missing[0]}"')
+    for key in ("images", "annotations"):
+        if not data[key]:
+            raise DataError(path, f'the "{key}" list is empty: nothing to evaluate')
+    categories = {c["id"] for c in data["categories"]}
+    for position, ann in enumerate(data["annotations"]):
+        if ann["category_id"] not in categories:
+            raise DataError(path, f'annotations[{position}] has category_id {ann["category_id"]}, not in "categories"')
+    return data
+
+
 class COCO2014(EvaluationDataset):
     """MS COCO 2014 val through pycocotools; regions are instance masks (polygons or RLE, crowds included)."""
 
@@ -360,11 +452,10 @@ class COCO2014(EvaluationDataset):
         if not self.images_dir.is_dir():
             raise DataError(self.root, "no val2014/ folder here (pass the COCO root holding val2014/ and annotations/)")
         self.annotation_file = Path(annotations) if annotations else coco_annotation_file(self.root)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-                self.coco = COCO(str(self.annotation_file))
-        except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
-            raise DataError(self.annotation_file, f"not a COCO instances file ({exc})") from exc
+        self.coco = COCO()
+        self.coco.dataset = read_coco_instances(self.annotation_file)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
         unknown = set(self.coco.getCatIds()) - set(COCO_CATEGORY_IDS)
         if unknown:
             raise DataError(self.annotation_file, f"category ids {sorted(unknown)} are not among the 80 COCO classes")
@@ -411,6 +502,9 @@ class COCO2014(EvaluationDataset):
             self.flags.lookup(self.ids[index]),
         )
 
+    def _annotation_files(self) -> dict[str, list[Path]]:
+        return {"instances": [self.annotation_file]}
+
     def describe(self) -> dict:
         return {**super().describe(), "root": str(self.root), "annotations": str(self.annotation_file)}
 
@@ -422,8 +516,33 @@ class COCO2014(EvaluationDataset):
 class _ImageNetEntry:
     file: str
     label: int
-    boxes: tuple[tuple[float, float, float, float], ...]
+    boxes: tuple[Box, ...]
     size: tuple[int, int] | None  # (width, height) the boxes refer to, when the CSV says
+    rows: tuple[str, ...]  # where each box comes from ("val_boxes.csv row 17")
+
+
+IMAGENET_SYNSET_FILES = ("imagenet_class_index.csv", "imagenet_class_index.json", "LOC_synset_mapping.txt")
+IMAGENET_BOX_FILES = ("val_boxes.csv", "LOC_val_solution.csv")
+
+
+def read_synsets(root: Path) -> tuple[list[str], tuple[str, ...]]:
+    """(wnids, class names) in class-index order from the first of IMAGENET_SYNSET_FILES under ``root``."""
+    csv_path, json_path, mapping_path = (root / name for name in IMAGENET_SYNSET_FILES)
+    try:
+        if csv_path.is_file():
+            with csv_path.open(newline="") as f:
+                rows = sorted(csv.DictReader(f), key=lambda r: int(r["index"]))
+            return [r["wnid"] for r in rows], tuple(r["name"] for r in rows)
+        if json_path.is_file():
+            table = json.loads(json_path.read_text())
+            rows = [table[str(i)] for i in range(len(table))]
+            return [r[0] for r in rows], tuple(r[1] for r in rows)
+        if mapping_path.is_file():
+            pairs = sorted(line.split(" ", 1) for line in mapping_path.read_text().splitlines() if line.strip())
+            return [p[0] for p in pairs], tuple(p[1] if len(p) > 1 else p[0] for p in pairs)
+    except (OSError, KeyError, ValueError, IndexError) as exc:
+        raise DataError(root, f"unreadable synset mapping ({exc})") from exc
+    raise DataError(root, "no synset mapping (imagenet_class_index.csv/.json or LOC_synset_mapping.txt)")
 
 
 class ImageNetVal(EvaluationDataset):
@@ -448,33 +567,14 @@ class ImageNetVal(EvaluationDataset):
         )
         if self.images_dir is None:
             raise DataError(self.root, "no ImageNet val JPEGs here (expected val/*.JPEG)")
-        self.wnids, self.class_names = self._synsets()
+        self.wnids, self.class_names = read_synsets(self.root)
         entries = self._entries()
         self.entries = [entries[k] for k in sorted(entries)]
         self.ids = [Path(e.file).stem for e in self.entries]
         self.flags = DifficultFlags(None, {}, len(self.wnids))
 
-    def _synsets(self) -> tuple[list[str], tuple[str, ...]]:
-        csv_path, json_path = self.root / "imagenet_class_index.csv", self.root / "imagenet_class_index.json"
-        mapping_path = self.root / "LOC_synset_mapping.txt"
-        try:
-            if csv_path.is_file():
-                with csv_path.open(newline="") as f:
-                    rows = sorted(csv.DictReader(f), key=lambda r: int(r["index"]))
-                return [r["wnid"] for r in rows], tuple(r["name"] for r in rows)
-            if json_path.is_file():
-                table = json.loads(json_path.read_text())
-                rows = [table[str(i)] for i in range(len(table))]
-                return [r[0] for r in rows], tuple(r[1] for r in rows)
-            if mapping_path.is_file():
-                pairs = sorted(line.split(" ", 1) for line in mapping_path.read_text().splitlines() if line.strip())
-                return [p[0] for p in pairs], tuple(p[1] if len(p) > 1 else p[0] for p in pairs)
-        except (OSError, KeyError, ValueError, IndexError) as exc:
-            raise DataError(self.root, f"unreadable synset mapping ({exc})") from exc
-        raise DataError(self.root, "no synset mapping (imagenet_class_index.csv/.json or LOC_synset_mapping.txt)")
-
     def _entries(self) -> dict[str, _ImageNetEntry]:
-        boxes_csv, kaggle_csv = self.root / "val_boxes.csv", self.root / "LOC_val_solution.csv"
+        boxes_csv, kaggle_csv = (self.root / name for name in IMAGENET_BOX_FILES)
         if boxes_csv.is_file():
             return self._read_boxes_csv(boxes_csv)
         if kaggle_csv.is_file():
@@ -489,16 +589,18 @@ class ImageNetVal(EvaluationDataset):
 
     def _read_boxes_csv(self, path: Path) -> dict[str, _ImageNetEntry]:
         """Rows ``image,label,wnid,width,height,xmin,ymin,xmax,ymax,...``: boxes in the shipped image."""
-        grouped: dict[str, list[dict[str, str]]] = {}
+        grouped: dict[str, list[tuple[int, dict[str, str]]]] = {}
         try:
             with path.open(newline="") as f:
-                for row in csv.DictReader(f):
-                    grouped.setdefault(row["image"], []).append(row)
+                for number, row in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
+                    grouped.setdefault(row["image"], []).append((number, row))
             entries = {}
             for file, rows in grouped.items():
-                label = self._index(rows[0]["wnid"], path)
-                boxes = tuple(tuple(float(r[k]) for k in ("xmin", "ymin", "xmax", "ymax")) for r in rows)
-                entries[file] = _ImageNetEntry(file, label, boxes, (int(rows[0]["width"]), int(rows[0]["height"])))  # type: ignore[arg-type]
+                label = self._index(rows[0][1]["wnid"], path)
+                boxes = tuple(tuple(float(r[k]) for k in ("xmin", "ymin", "xmax", "ymax")) for _, r in rows)
+                size = (int(rows[0][1]["width"]), int(rows[0][1]["height"]))
+                where = tuple(f"{path} line {n}" for n, _ in rows)
+                entries[file] = _ImageNetEntry(file, label, boxes, size, where)  # type: ignore[arg-type]
         except (OSError, KeyError, ValueError) as exc:
             raise DataError(path, f"not a valid box file ({exc})") from exc
         return entries
@@ -508,12 +610,14 @@ class ImageNetVal(EvaluationDataset):
         entries = {}
         try:
             with path.open(newline="") as f:
-                for row in csv.DictReader(f):
+                for number, row in enumerate(csv.DictReader(f), start=2):
                     tokens = row["PredictionString"].split()
                     groups = [tokens[i : i + 5] for i in range(0, len(tokens), 5)]
                     label = self._index(groups[0][0], path)
                     boxes = tuple(tuple(float(v) for v in g[1:5]) for g in groups)
-                    entries[row["ImageId"] + ".JPEG"] = _ImageNetEntry(row["ImageId"] + ".JPEG", label, boxes, None)  # type: ignore[arg-type]
+                    where = tuple(f"{path} line {number} box {k}" for k in range(1, len(groups) + 1))
+                    file = row["ImageId"] + ".JPEG"
+                    entries[file] = _ImageNetEntry(file, label, boxes, None, where)  # type: ignore[arg-type]
         except (OSError, KeyError, ValueError, IndexError) as exc:
             raise DataError(path, f"not a valid LOC_val_solution file ({exc})") from exc
         return entries
@@ -525,22 +629,53 @@ class ImageNetVal(EvaluationDataset):
         width, height = image.size
         if entry.size is not None and entry.size != (width, height):
             raise DataError(path, f"image is {width}x{height} but the box file says {entry.size[0]}x{entry.size[1]}")
-        region = boxes_to_mask(entry.boxes, height, width, one_based=False)
+        where = [(entry.label, box, row) for box, row in zip(entry.boxes, entry.rows)]
+        invalid = invalid_classes(where, width, height, one_based=False)
+        regions = {} if invalid else {entry.label: boxes_to_mask(entry.boxes, height, width, one_based=False)}
         return Sample(
             index,
             self.ids[index],
             path,
             image,
             (entry.label,),
-            {entry.label: region},
-            segmentation={entry.label: region},
+            regions,
+            segmentation=dict(regions),
+            invalid=invalid,
         )
+
+    def _annotation_files(self) -> dict[str, list[Path]]:
+        boxes = next(p for p in (self.root / name for name in IMAGENET_BOX_FILES) if p.is_file())
+        synsets = next(p for p in (self.root / name for name in IMAGENET_SYNSET_FILES) if p.is_file())
+        return {"boxes": [boxes], "synset mapping": [synsets]}
 
     def describe(self) -> dict:
         return {**super().describe(), "root": str(self.root)}
 
 
 DATASETS = ("voc2007", "coco2014", "imagenet")
+ALIASES = {"coco": "coco2014"}
+"""Other names accepted for a data set (results and resume use the canonical name)."""
+
+
+def canonical_name(name: str) -> str:
+    """The data set's name in :data:`DATASETS` for ``name`` or one of its :data:`ALIASES`."""
+    name = ALIASES.get(name, name)
+    if name not in DATASETS:
+        raise RelpropError(f"unknown data set '{name}'; choose one of: {', '.join(DATASETS)}.")
+    return name
+
+
+def class_count(name: str, root: str | Path) -> int:
+    """How many classes data set ``name`` under ``root`` has, without reading its images or annotations
+    (ImageNet: from its synset mapping), so that a model of the wrong kind is refused before loading data."""
+    name = canonical_name(name)
+    if name == "voc2007":
+        return len(VOC_CLASSES)
+    if name == "coco2014":
+        return len(COCO_CATEGORY_IDS)
+    if not Path(root).is_dir():
+        raise DataError(root, "data set root not found")
+    return len(read_synsets(Path(root))[0])
 
 
 def open_dataset(
@@ -551,15 +686,14 @@ def open_dataset(
     difficult_flags: str | Path | None = None,
     annotations: str | Path | None = None,
 ) -> EvaluationDataset:
-    """The adapter for ``name`` (one of :data:`DATASETS`) reading the layout under ``root``."""
+    """The adapter for ``name`` (one of :data:`DATASETS` or :data:`ALIASES`) reading the layout under ``root``."""
+    name = canonical_name(name)
     if not Path(root).is_dir():
         raise DataError(root, "data set root not found")
     if name == "voc2007":
         return VOC2007(root, split=split, difficult_flags=difficult_flags)
     if name == "coco2014":
         return COCO2014(root, annotations=annotations, difficult_flags=difficult_flags)
-    if name == "imagenet":
-        if difficult_flags is not None:
-            raise RelpropError("ImageNet has no difficult subset; drop --difficult-flags.")
-        return ImageNetVal(root)
-    raise RelpropError(f"unknown data set '{name}'; choose one of: {', '.join(DATASETS)}.")
+    if difficult_flags is not None:
+        raise RelpropError("ImageNet has no difficult subset; drop --difficult-flags.")
+    return ImageNetVal(root)

@@ -58,7 +58,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` = the process's GPU when CUDA is available, else the CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown --device '{name}'; use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name} is not supported; use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but CUDA is not available.")

@@ -70,10 +70,18 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def notes(results: dict, skipped: Sequence[dict]) -> list[str]:
-    """Facts a reader must know: difficult flags, unreadable files, constant maps, undefined values."""
+def model_label(config: dict) -> str:
+    """The model's name for titles, with "(random weights)" when it was not trained."""
+    return f"{config['model']} (random weights)" if config.get("random_weights") else str(config["model"])
+
+
+def notes(results: dict, skipped: Sequence[dict], invalid: Sequence[str] = ()) -> list[str]:
+    """Facts a reader must know: random weights, difficult flags, unreadable files, invalid boxes, constant
+    maps, undefined values."""
     config = results["config"]
     lines = []
+    if config.get("random_weights"):
+        lines.append(f"The model {config['model']} has random weights (no --weights given): the maps explain noise.")
     flags = config["data"]["difficult_flags"]
     if config["data"]["name"] == "imagenet":
         lines.append("ImageNet has no difficult subset.")
@@ -90,6 +98,8 @@ def notes(results: dict, skipped: Sequence[dict]) -> list[str]:
             f"{len(skipped)} image(s) skipped as unreadable: "
             + "; ".join(f"{s['path']} ({s['error']})" for s in skipped)
         )
+    if invalid:
+        lines.append(f"{len(invalid)} (image, class) pair(s) with invalid boxes not scored: " + "; ".join(invalid))
     for method in (k for k in results if k != "config"):
         entry = results[method]
         constant = entry.get("pointing", {}).get("constant_maps")
@@ -101,16 +111,18 @@ def notes(results: dict, skipped: Sequence[dict]) -> list[str]:
     return lines
 
 
-def markdown(results: dict, skipped: Sequence[dict] = (), command: str | None = None) -> str:
+def markdown(
+    results: dict, skipped: Sequence[dict] = (), command: str | None = None, invalid: Sequence[str] = ()
+) -> str:
     """The summary table as Markdown, with the command and notes."""
     header, rows = table_rows(results)
-    data = results["config"]["data"]
-    text = [f"Data: {data['name']} ({data['evaluated']} images evaluated), model: {results['config']['model']}.", ""]
+    data, model = results["config"]["data"], model_label(results["config"])
+    text = [f"Data: {data['name']} ({data['evaluated']} images evaluated), model: {model}.", ""]
     if command:
         text += ["```", command, "```", ""]
     text += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     text += ["| " + " | ".join(row) + " |" for row in rows]
-    text += [""] + [f"- {line}" for line in notes(results, skipped)]
+    text += [""] + [f"- {line}" for line in notes(results, skipped, invalid)]
     return "\n".join(text) + "\n"
 
 
@@ -271,6 +283,7 @@ def html_report(
     skipped: Sequence[dict] = (),
     examples: Mapping[str, ExampleFigure] | None = None,
     command: str | None = None,
+    invalid: Sequence[str] = (),
 ) -> str:
     """The full report as one HTML page; ``examples``: method -> figure of its best/worst units."""
     config = results["config"]
@@ -278,12 +291,12 @@ def html_report(
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>relprop evaluation</title>"
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>relprop evaluation: {html.escape(config['data']['name'])}, {html.escape(str(config['model']))}</h1>",
+        f"<h1>relprop evaluation: {html.escape(config['data']['name'])}, {html.escape(model_label(config))}</h1>",
     ]
     if command:
         parts.append(f"<pre>{html.escape(command)}</pre>")
     parts += ["<h2>Results</h2>", _table_html(header, rows), "<ul>"]
-    parts += [f"<li>{html.escape(line)}</li>" for line in notes(results, skipped)]
+    parts += [f"<li>{html.escape(line)}</li>" for line in notes(results, skipped, invalid)]
     parts.append("</ul>")
     per_class_keys = [k for k in PER_CLASS_METRICS if per_class_values(results, k)[1]]
     if per_class_keys:
@@ -377,9 +390,11 @@ def write_report(
     skipped: Sequence[dict] = (),
     examples: Mapping[str, ExampleFigure] | None = None,
     command: str | None = None,
+    invalid: Sequence[str] = (),
 ) -> tuple[Path, Path]:
-    """Write ``results.md`` and ``report.html`` into ``out``; returns their paths."""
+    """Write ``results.md`` and ``report.html`` into ``out``; returns their paths. ``invalid``: the
+    (image, class) pairs whose boxes could not be scored, each with its file and row."""
     md, page = out / "results.md", out / "report.html"
-    md.write_text(markdown(results, skipped, command))
-    page.write_text(html_report(results, skipped, examples, command))
+    md.write_text(markdown(results, skipped, command, invalid))
+    page.write_text(html_report(results, skipped, examples, command, invalid))
     return md, page

@@ -44,6 +44,34 @@ def _none_if_nan(value: float) -> float | None:
     return None if value != value else float(value)
 
 
+MODEL_METRICS = ("insdel", "sensitivity")
+"""Metrics that run the model itself (so need one even for the ``center`` baseline)."""
+
+
+def check_model_needed(methods: list[MethodSpec], metrics: Iterable[str], has_model: bool) -> None:
+    """ValueError when ``methods`` or ``metrics`` need a model and there is none."""
+    if has_model:
+        return
+    if any(not m.model_free for m in methods):
+        raise ValueError("a model (--model) is needed for every method except 'center'.")
+    needs_model = [m for m in MODEL_METRICS if m in metrics]
+    if needs_model:
+        raise ValueError(f"{', '.join(needs_model)} need a model (--model).")
+
+
+def build_explainers(methods: list[MethodSpec], model: nn.Module | None) -> dict[str, Any]:
+    """label -> method object for ``model`` (None for the center baseline); bad method options raise here."""
+    return {m.label: m.build(model) for m in methods}  # type: ignore[arg-type]
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """KeyboardInterrupt during :meth:`Evaluator.records`; ``records`` hold the methods finished before it."""
+
+    def __init__(self, records: list[dict]) -> None:
+        super().__init__()
+        self.records = records
+
+
 class Evaluator:
     """Turns samples into records for a model, a list of methods and a protocol."""
 
@@ -55,47 +83,54 @@ class Evaluator:
         protocol: Protocol,
         device: torch.device,
         batch_size: int = 8,
+        explainers: dict[str, Any] | None = None,
     ) -> None:
+        """``explainers``: the :func:`build_explainers` result when already built (else built here)."""
         self.dataset, self.model, self.methods, self.protocol = dataset, model, methods, protocol
         self.device, self.batch_size = device, batch_size
-        if model is None and any(not m.model_free for m in methods):
-            raise ValueError("a model is needed for every method except 'center'.")
-        needs_model = {"insdel", "sensitivity"} & set(protocol.metrics)
-        if model is None and needs_model:
-            raise ValueError(f"{', '.join(sorted(needs_model))} need a model (--model).")
-        self.explainers = {m.label: m.build(model) for m in methods}  # type: ignore[arg-type]
+        check_model_needed(methods, protocol.metrics, model is not None)
+        self.explainers = build_explainers(methods, model) if explainers is None else explainers
         self.seconds = {m.label: 0.0 for m in methods}
         """Time spent per method (maps and metrics) in :meth:`records`."""
 
     # ------------------------------------------------------------------------------------ records
 
     def error_record(self, index: int, path: str, message: str) -> dict:
-        """The record of an image that could not be read (counted, never scored)."""
+        """The record of an image that could not be read (counted, never scored; retried on resume)."""
         return {"index": index, "id": self.dataset.image_id(index), "status": "error", "path": path, "error": message}
 
-    def records(self, samples: list[Sample]) -> list[dict]:
-        """One record per sample (maps are computed in batches of ``batch_size`` units)."""
+    def records(self, samples: list[Sample], methods: list[MethodSpec] | None = None) -> list[dict]:
+        """One record per sample with the results of ``methods`` (default: all), maps computed in batches
+        of ``batch_size`` units. Interrupted (KeyboardInterrupt), it raises :class:`BatchInterrupted`
+        holding the records of the methods already finished."""
         units = self.units(samples)
-        per_method = {}
-        for spec in self.methods:
-            started = time.perf_counter()
-            per_method[spec.label] = self._method_results(spec, units)
-            self.seconds[spec.label] += time.perf_counter() - started
+        per_method: dict[str, dict[str, list[Any]]] = {}
+        try:
+            for spec in self.methods if methods is None else methods:
+                started = time.perf_counter()
+                per_method[spec.label] = self._method_results(spec, units)
+                self.seconds[spec.label] += time.perf_counter() - started
+        except KeyboardInterrupt as exc:
+            raise BatchInterrupted(self._records(samples, units, per_method) if per_method else []) from exc
+        return self._records(samples, units, per_method)
+
+    def _records(self, samples: list[Sample], units: list[Unit], per_method: dict[str, dict[str, list]]) -> list[dict]:
         out = []
         for sample in samples:
             mine = [i for i, u in enumerate(units) if u.sample is sample]
-            out.append(
-                {
-                    "index": sample.index,
-                    "id": sample.image_id,
-                    "status": "ok",
-                    "size": list(sample.size),
-                    "units": [self._unit_info(units[i]) for i in mine],
-                    "methods": {
-                        label: {k: [v[i] for i in mine] for k, v in res.items()} for label, res in per_method.items()
-                    },
-                }
-            )
+            record = {
+                "index": sample.index,
+                "id": sample.image_id,
+                "status": "ok",
+                "size": list(sample.size),
+                "units": [self._unit_info(units[i]) for i in mine],
+                "methods": {
+                    label: {k: [v[i] for i in mine] for k, v in res.items()} for label, res in per_method.items()
+                },
+            }
+            if sample.invalid:
+                record["invalid_boxes"] = [sample.invalid[label] for label in sorted(sample.invalid)]
+            out.append(record)
         return out
 
     def units(self, samples: list[Sample]) -> list[Unit]:
@@ -107,7 +142,7 @@ class Evaluator:
             width, height = sample.size
             x = to_input(sample.image, input_shape(width, height, p.input_mode, p.input_size), p.mean, p.std)
             x = x.to(self.device)
-            labels = set(sample.labels)
+            labels = set(sample.labels) - set(sample.invalid)  # invalid boxes: only a mask, if any, is scored
             if "miou" in p.metrics and sample.segmentation:
                 labels |= set(sample.segmentation)
             units += [Unit(sample, label, x) for label in sorted(labels)]
