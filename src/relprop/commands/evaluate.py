@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..evaluation.datasets import EvaluationDataset
     from ..evaluation.fingerprint import Inputs
     from ..evaluation.methods import MethodSpec
-    from ..evaluation.progress import Progress
+    from ..evaluation.progress import ProgressBar
     from ..evaluation.protocol import Protocol
     from ..evaluation.runner import Evaluator
     from ..evaluation.store import RecordWriter
@@ -239,7 +239,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _evaluate_images(
-    evaluator: Evaluator, todo: list[int], existing: dict[int, dict], writer: RecordWriter, progress: Progress
+    evaluator: Evaluator, todo: list[int], existing: dict[int, dict], writer: RecordWriter, progress: ProgressBar
 ) -> list[dict]:
     """Evaluate the images ``todo`` in batches, handing each batch's records to ``writer`` as it is done.
 
@@ -299,7 +299,7 @@ def _resume_message(existing: dict[int, dict], indices: list[int], labels: list[
 
 def evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.distributed import init_context
-    from ..evaluation.progress import Progress
+    from ..evaluation.progress import ProgressBar
     from ..evaluation.runner import Evaluator
     from ..evaluation.store import OutLock, RecordWriter, is_complete, load_records, merge_record, prepare_out
     from ..evaluation.store import records_name
@@ -339,7 +339,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 print(message, file=sys.stderr)
             resumed = sum(is_complete(existing.get(i), labels) for i in indices)
             started = time.perf_counter()
-            progress = Progress(len(todo), "images", "evaluate", enabled=ctx.main and not args.no_progress)
+            progress = ProgressBar(len(todo), "images", "evaluate", enabled=ctx.main and not args.no_progress)
             with _sigterm_as_interrupt(), progress:
                 new = _evaluate_images(evaluator, todo, existing, writer, progress)
             elapsed = time.perf_counter() - started
@@ -460,15 +460,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--limit", type=int, help="evaluate only the first N images")
     model = parser.add_argument_group("model and methods")
     model.add_argument("--model", help="model name (torchvision or efficientnet_lite0); not needed for 'center' alone")
-    model.add_argument(
-        "--weights",
-        metavar="FILE|DEFAULT",
-        help="state-dict file, or DEFAULT for torchvision's ImageNet weights (downloaded); without it a "
-        "torchvision model has random weights (a warning, and 'random weights' in the report)",
-    )
-    model.add_argument(
-        "--num-classes", type=int, help="build a torchvision model with this many outputs (e.g. 20 for VOC)"
-    )
+    add_weights_arguments(model, "the report")
     model.add_argument(
         "--methods",
         default=DEFAULT_METHODS,
@@ -533,3 +525,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="no progress output (a bar on a terminal, a line per tenth of the images otherwise)",
     )
     parser.set_defaults(run=evaluate)
+
+
+def add_weights_arguments(parser: argparse._ActionsContainer, output: str) -> None:
+    """``--weights`` and ``--num-classes``, shared by the commands that build a classifier; ``output`` names
+    where a run on random weights says so."""
+    parser.add_argument(
+        "--weights",
+        metavar="FILE|DEFAULT",
+        help="state-dict file, or DEFAULT for torchvision's ImageNet weights (downloaded); without it a "
+        f"torchvision model has random weights (a warning, and 'random weights' in {output})",
+    )
+    parser.add_argument(
+        "--num-classes", type=int, help="build a torchvision model with this many outputs (e.g. 20 for VOC)"
+    )

@@ -118,6 +118,8 @@ def _step_names(modes: list[str], units: list[str]) -> list[str]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .evaluate import add_weights_arguments
+
     parser = subparsers.add_parser(
         "sanity",
         help="model-sensitivity curves: similarity of maps vs randomised layers",
@@ -125,15 +127,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "cumulative; independent: one block at a time) and plot how similar the method's maps stay.",
     )
     parser.add_argument("--model", required=True, help="model name (torchvision or efficientnet_lite0)")
-    parser.add_argument(
-        "--weights",
-        metavar="FILE|DEFAULT",
-        help="state-dict file, or DEFAULT for torchvision's ImageNet weights (downloaded); without it a "
-        "torchvision model has random weights (a warning, and 'random weights' in the output)",
-    )
-    parser.add_argument(
-        "--num-classes", type=int, help="build a torchvision model with this many outputs (e.g. 20 for VOC)"
-    )
+    add_weights_arguments(parser, "the output")
     parser.add_argument("--method", required=True, help="method spec, e.g. rsp or ae:ratio=1")
     parser.add_argument("--images", nargs="*", default=[], help="image files (default: the bundled sample photos)")
     parser.add_argument(

@@ -11,7 +11,7 @@ LOG_STEPS = 10
 """Off a terminal, a progress line is printed at every 1/LOG_STEPS of the work."""
 
 
-class Progress:
+class ProgressBar:
     """A tqdm bar on a terminal; elsewhere (a log file, a pipe) one plain line per tenth of the work,
     so that the bar's carriage-return updates never interleave with the messages of :meth:`write`."""
 
@@ -38,7 +38,7 @@ class Progress:
     def close(self) -> None:
         self._bar.close()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> "ProgressBar":
         return self
 
     def __exit__(self, kind: type | None, value: BaseException | None, traceback: TracebackType | None) -> None:

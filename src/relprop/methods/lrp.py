@@ -26,14 +26,23 @@ from typing import Optional, Sequence
 import torch.nn as nn
 from torch import Tensor
 
-from ..engine import CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, LogitSeed, Rule, Step, ZBox
+from ..engine import CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, LogitSeed, Op, Rule, Step, ZBox
 from ..registry import register
-from ..rules.lrp import LayerRule, alpha_beta_rule, conv_map, dense_map, epsilon_rule, gamma_rule, zplus_rule
+from ..rules.lrp import LayerRule, LinearMap, alpha_beta_rule, conv_map, dense_map, epsilon_rule, gamma_rule, zplus_rule
 from .propagation import PropagationMethod
 
 
-class LinearLayerRule(Rule):
-    """An LRP rule ``rule(a, relevance, weight, bias, layer)`` at an ``nn.Linear`` layer."""
+def linear_parameters(op: Op, a: Tensor) -> tuple[Tensor, Optional[Tensor], LinearMap]:
+    """Kernel, bias and linear map of a Linear layer or a convolution (seen with a BatchNorm that only
+    reads it folded in), for the input ``a``."""
+    if op.conv is not None:
+        weight, bias = op.conv.parameters(fold_batchnorm=True)
+        return weight, bias, conv_map(op.conv.geometry, a.shape)
+    return op.module.weight, op.module.bias, dense_map()  # type: ignore[union-attr, return-value]
+
+
+class LRPRule(Rule):
+    """An LRP rule ``rule(a, relevance, weight, bias, layer)`` at a Linear layer or a convolution."""
 
     keeps = "first"
 
@@ -41,23 +50,9 @@ class LinearLayerRule(Rule):
         self.rule = rule
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
-        module = step.op.module
-        return [self.rule(step.input(), step.relevance, module.weight, module.bias, dense_map())]  # type: ignore[union-attr]
-
-
-class ConvLayerRule(Rule):
-    """An LRP rule at a convolution, seen with a BatchNorm that only reads it folded in."""
-
-    keeps = "first"
-
-    def __init__(self, rule: LayerRule) -> None:
-        self.rule = rule
-
-    def __call__(self, step: Step) -> Sequence[Tensor | None]:
-        conv = step.op.conv
-        weight, bias = conv.parameters(fold_batchnorm=True)  # type: ignore[union-attr]
         a = step.input()
-        return [self.rule(a, step.relevance, weight, bias, conv_map(conv.geometry, a.shape))]  # type: ignore[union-attr]
+        weight, bias, layer = linear_parameters(step.op, a)
+        return [self.rule(a, step.relevance, weight, bias, layer)]
 
 
 OVERFLOW = "Explain in float64 (model.double(), x.double())."
@@ -98,9 +93,9 @@ class LRP(PropagationMethod):
     ) -> None:
         self.linear_rule, self.conv_rule, self.input_rule = linear_rule, conv_rule, input_rule
         table = STANDARD_TABLE.override({
-            LINEAR: LinearLayerRule(linear_rule),
-            CONV: ConvLayerRule(conv_rule),
-            INPUT_CONV: ZBox(input_bounds) if input_rule is None else ConvLayerRule(input_rule),
+            LINEAR: LRPRule(linear_rule),
+            CONV: LRPRule(conv_rule),
+            INPUT_CONV: ZBox(input_bounds) if input_rule is None else LRPRule(input_rule),
         })
         super().__init__(model, LogitSeed(times_logit=True), table, failure_hint=OVERFLOW, allow_tf32=allow_tf32)
 

@@ -9,31 +9,21 @@ from torch import Tensor
 
 from ..engine import CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, LogitSplitSeed, Rule, Step, ZBox
 from ..registry import register
-from ..rules.lrp import conv_map, dense_map
 from ..rules.rap import rap_hidden
-from .lrp import OVERFLOW
+from .lrp import OVERFLOW, linear_parameters
 from .propagation import PropagationMethod
 
 
-class RAPLinear(Rule):
-    """RAP at a hidden Linear layer (:func:`relprop.rules.rap.rap_hidden`)."""
+class RAPHidden(Rule):
+    """RAP at a hidden Linear layer or convolution (:func:`relprop.rules.rap.rap_hidden`), a convolution seen
+    with a BatchNorm that only reads it folded in."""
 
     keeps = "first"
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
-        return [rap_hidden(step.input(), step.relevance, step.op.module.weight, dense_map())]  # type: ignore[union-attr]
-
-
-class RAPConv(Rule):
-    """RAP at a hidden convolution, seen with a BatchNorm that only reads it folded in."""
-
-    keeps = "first"
-
-    def __call__(self, step: Step) -> Sequence[Tensor | None]:
-        conv = step.op.conv
-        weight, _ = conv.parameters(fold_batchnorm=True)  # type: ignore[union-attr]
         a = step.input()
-        return [rap_hidden(a, step.relevance, weight, conv_map(conv.geometry, a.shape))]  # type: ignore[union-attr]
+        weight, _, layer = linear_parameters(step.op, a)
+        return [rap_hidden(a, step.relevance, weight, layer)]
 
 
 @register("rap")
@@ -63,7 +53,8 @@ class RAP(PropagationMethod):
     name = "RAP"
 
     def __init__(self, model: nn.Module, input_bounds: Bounds = None, allow_tf32: bool = False) -> None:
-        table = STANDARD_TABLE.override({LINEAR: RAPLinear(), CONV: RAPConv(), INPUT_CONV: ZBox(input_bounds)})
+        hidden = RAPHidden()
+        table = STANDARD_TABLE.override({LINEAR: hidden, CONV: hidden, INPUT_CONV: ZBox(input_bounds)})
         super().__init__(model, LogitSplitSeed(), table, failure_hint=OVERFLOW, allow_tf32=allow_tf32)
 
     def __repr__(self) -> str:

@@ -72,8 +72,9 @@ def _strategy(device: torch.device, groups: int, o: int, positions: int, d: int,
 
     * ``"gram"`` (ungrouped only) where it needs fewer multiply-adds (``2·L²·D + 4·O·L²``) than the
       virtual kernels (``6·O·L·D``): the deep layers, whose maps are small next to their channels.  On
-      CUDA a kernel larger than 1×1 needs half the cost, since cuDNN runs the per-sample convolutions
-      in TF32 on tensor cores while the matrix products stay in float32;
+      CUDA a kernel larger than 1×1 needs half the cost: the margin was measured on an H200 when
+      cuDNN ran the per-sample convolutions in TF32; relprop now runs them in full float32 unless
+      ``allow_tf32=True``, and the margin has not been re-measured since;
     * ``"unfolded"`` (ungrouped 1×1 kernels without padding, whose fields are a view of the input):
       the virtual kernels as batched matrix products;
     * ``"virtual kernels"``: per-sample (grouped) convolutions.
