@@ -41,7 +41,7 @@ def activity(a: Tensor, ramp: float = ACTIVITY_RAMP) -> Tensor:
     continuous in ``a`` moves only by the rounding.  (N, ...) -> same shape and dtype.
     """
     top = a.reshape(a.shape[0], -1).amax(dim=1).clamp(min=0).view(-1, *[1] * (a.dim() - 1))
-    return safe_divide(a, top * ramp).clamp_(0, 1)
+    return (a * safe_divide(torch.ones_like(top), top * ramp)).clamp_(0, 1)  # one scale per sample: 2 passes
 
 
 def shift_(c: Tensor, total: Tensor, support: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ def rsp_conv(
     if not sectional:
         return c
     if structural_support:
-        support = activity(a) * geometry.reach(relevance != 0, a.shape, kernel_shape)
+        support = activity(a).mul_(geometry.reach(relevance != 0, a.shape, kernel_shape))
     else:
         support = c != 0
     return shift_(c.mul_(2), sample_sum(relevance), support)
