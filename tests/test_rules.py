@@ -644,3 +644,32 @@ def test_degenerate_outputs_never_nan():
             finite(ae_conv(a, r, AE_W, G1, ratio, sectional=sectional, keep_mass=keep))
         finite(z_rule(a.clamp(min=0), AE_W.abs(), r, G1))
         finite(zbox_conv(a, r, AE_W, G1, a.amin().reshape(1, 1, 1, 1), a.amax().reshape(1, 1, 1, 1)))
+
+
+def test_activity_is_a_per_sample_ramp_up_to_one_percent_of_the_maximum():
+    from relprop.rules.common import activity
+
+    a = torch.tensor([[-1.0, 0.0, 0.05, 0.1, 5.0, 10.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=D).view(2, 1, 2, 3)
+    # sample 0: max 10, ramp ends at 0.1 -> [0, 0, 0.5, 1, 1, 1]; sample 1: nothing active -> zeros
+    expected = torch.tensor([[0.0, 0.0, 0.5, 1.0, 1.0, 1.0], [0.0] * 6], dtype=D).view(2, 1, 2, 3)
+    torch.testing.assert_close(activity(a), expected, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("rule", ["rsp", "ae"])
+def test_a_unit_within_rounding_of_zero_moves_the_result_by_rounding_only(rule):
+    """With the indicator 1[a > 0] a unit at a = 1e-12 took a whole share of the re-centring (and of AE's
+    positive term) that it loses at a = 0; with the activity weights the two results agree."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(1, 4, 6, 6, generator=g, dtype=D) + 0.5
+    a[0, 2, 3, 3] = 1e-12
+    relevance = torch.randn(1, 3, 4, 4, generator=g, dtype=D)
+    weight = torch.randn(3, 4, 3, 3, generator=g, dtype=D)
+    geometry = ConvGeometry((1, 1), (0, 0), (1, 1), 1)
+    zeroed = a.clone()
+    zeroed[0, 2, 3, 3] = 0.0
+    if rule == "rsp":
+        run = lambda x: rsp_conv(x, relevance, geometry, tuple(weight.shape))  # noqa: E731
+    else:
+        run = lambda x: ae_conv(x, relevance, weight, geometry, 2.0)  # noqa: E731
+    scale = run(a).abs().max()
+    assert (run(a) - run(zeroed)).abs().max() / scale < 1e-9
