@@ -204,17 +204,22 @@ def test_refuses_foreign_or_different_output_folders(
     assert "differs in: pointing" in capsys.readouterr().err
 
 
-def test_a_second_writer_on_the_same_records_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind, name, message", [
+    ("RecordWriter", "records.jsonl", "another relprop evaluate"),  # a second writer on the same records
+    ("OutLock", "out", "in use by another relprop evaluate"),  # a second run on a folder in use
+])
+def test_a_second_holder_of_a_lock_is_refused(tmp_path: Path, kind: str, name: str, message: str) -> None:
     from relprop.errors import RelpropError
-    from relprop.evaluation.store import RecordWriter
+    from relprop.evaluation import store
 
-    first = RecordWriter(tmp_path / "records.jsonl")
+    lock = getattr(store, kind)
+    first = lock(tmp_path / name)
     try:
-        with pytest.raises(RelpropError, match="another relprop evaluate"):
-            RecordWriter(tmp_path / "records.jsonl")
+        with pytest.raises(RelpropError, match=message):
+            lock(tmp_path / name)
     finally:
         first.close()
-    RecordWriter(tmp_path / "records.jsonl").close()  # free again once the first is closed
+    lock(tmp_path / name).close()  # free again once the first is closed
 
 
 def test_unreadable_image_is_reported_skipped_and_counted(shared_data: Path, tmp_path: Path) -> None:

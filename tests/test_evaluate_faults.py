@@ -141,19 +141,6 @@ def test_force_on_a_live_run_is_refused_and_sigterm_keeps_its_work(shared_data: 
     assert json.loads((out / "results.json").read_text())["center"] == straight["center"]
 
 
-def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path: Path) -> None:
-    from relprop.errors import RelpropError
-    from relprop.evaluation.store import OutLock
-
-    first = OutLock(tmp_path / "out")
-    try:
-        with pytest.raises(RelpropError, match="in use by another relprop evaluate"):
-            OutLock(tmp_path / "out")
-    finally:
-        first.close()
-    OutLock(tmp_path / "out").close()  # free again once the first run is over
-
-
 def test_the_resume_message_counts_every_rank(shared_data: Path, tmp_path: Path) -> None:
     """Under torchrun the resume message counted rank 0's share only ("2 done" where 3 were)."""
     root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
