@@ -23,9 +23,8 @@ class _Plan:
     order: list[Op]  # the ops between the image and the seed, in forward order
     rules: dict[str, Rule]
     needs: dict[str, Needs]
-    keep: set[str]
     replay: set[str]
-    uses: dict[str, int]  # how many rules read each kept activation
+    uses: dict[str, int]  # how many rules read each activation the forward pass must keep
     gains: dict[str, float]
 
 
@@ -59,20 +58,18 @@ class Engine:
         order = [op for op in g.ops if op.name in path]
         rules = self._rules_for([op for op in order if op.kind != INPUT])
         self.seed.check_path(g, order, self.seed_layer)
-        keep: set[str] = set()
         replay: set[str] = set()
         uses: dict[str, int] = {}
         gains: dict[str, float] = {}
         needs_of = {name: rule.needs(g.by_name[name]) for name, rule in rules.items()}
         for name, rule in rules.items():
             needs = needs_of[name]
-            keep.update(needs.values)
             replay.update(needs.replays)
             for value in needs.values:
                 uses[value] = uses.get(value, 0) + 1
             for target, gain in rule.prepare(g.by_name[name], g).items():
                 gains[target] = gains.get(target, 1.0) * gain
-        return _Plan(order, rules, needs_of, keep, replay, uses, gains)
+        return _Plan(order, rules, needs_of, replay, uses, gains)
 
     def _rules_for(self, ops: list[Op]) -> dict[str, Rule]:
         """The rule of every op; if some have none, the error names the first unsupported *module* (what
@@ -94,7 +91,7 @@ class Engine:
         self._check_compatible(x)
         self.graph.refuse_bypassed_hooks()
         with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32):
-            record = record_forward(self.graph, x, self.seed_op, self._plan.keep, self._plan.replay)
+            record = record_forward(self.graph, x, self.seed_op, set(self._plan.uses), self._plan.replay)
             targets = resolve_targets(target, record.logits.detach())
             seed = self.seed.relevance(record, targets, self.graph, self.seed_layer)
             record.logits = record.logits.detach()
