@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,18 @@ def efficientnet_lite0(shared: Path) -> torch.nn.Module:
     state = torch.load(shared / "weights" / "efficientnet-lite0-57934424.pth", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
+
+
+VOC_IDS = ["000027", "000068", "000175", "000243"]  # the first VOC07 test images of the shared subset
+
+
+def voc_subset(shared: Path, root: Path, ids: list[str] = VOC_IDS) -> Path:
+    """A VOC2007 layout at ``root`` holding the shared images ``ids`` (JPEG, XML, ImageSets/Main/test.txt)."""
+    source = shared / "voc2007"
+    for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    for image_id in ids:
+        shutil.copy(source / "JPEGImages" / f"{image_id}.jpg", root / "JPEGImages")
+        shutil.copy(source / "Annotations" / f"{image_id}.xml", root / "Annotations")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
+    return root

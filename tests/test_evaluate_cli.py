@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -16,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+
+from conftest import voc_subset
 
 from relprop.cli import main
 from relprop.evaluation import runner
@@ -223,15 +224,7 @@ def test_a_second_holder_of_a_lock_is_refused(tmp_path: Path, kind: str, name: s
 
 
 def test_unreadable_image_is_reported_skipped_and_counted(shared_data: Path, tmp_path: Path) -> None:
-    root = tmp_path / "voc"
-    source = shared_data / "voc2007"
-    ids = ["000027", "000068", "000175"]
-    for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (root / folder).mkdir(parents=True)
-    for image_id in ids:
-        shutil.copy(source / "JPEGImages" / f"{image_id}.jpg", root / "JPEGImages")
-        shutil.copy(source / "Annotations" / f"{image_id}.xml", root / "Annotations")
-    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
+    root = voc_subset(shared_data, tmp_path / "voc", ["000027", "000068", "000175"])
     broken = root / "JPEGImages" / "000068.jpg"
     broken.write_bytes(b"not a jpeg")
     out = tmp_path / "out"

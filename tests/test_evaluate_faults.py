@@ -20,22 +20,10 @@ import pytest
 import torch
 import torchvision
 
+from conftest import VOC_IDS, voc_subset
+
 from relprop.cli import main
 from relprop.evaluation import runner
-
-VOC_IDS = ["000027", "000068", "000175", "000243"]  # the first VOC07 test images of the shared subset
-
-
-def _voc_copy(shared_data: Path, root: Path, ids: list[str] = VOC_IDS) -> Path:
-    source = shared_data / "voc2007"
-    for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (root / folder).mkdir(parents=True)
-    for image_id in ids:
-        shutil.copy(source / "JPEGImages" / f"{image_id}.jpg", root / "JPEGImages")
-        shutil.copy(source / "Annotations" / f"{image_id}.xml", root / "Annotations")
-    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
-    return root
-
 
 def _imagenet_copy(shared_data: Path, root: Path, count: int) -> Path:
     source = shared_data / "imagenet"
@@ -117,7 +105,7 @@ def test_force_on_a_live_run_is_refused_and_sigterm_keeps_its_work(shared_data: 
     (held in its second batch) now keeps --out: the --force run is refused and deletes nothing. SIGTERM
     then ends the live run with exit 130 and its finished batch kept; the resumed run's results equal
     an uninterrupted run's."""
-    root, out, gate = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out", tmp_path / "gate"
+    root, out, gate = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out", tmp_path / "gate"
     script = tmp_path / "gated_run.py"
     script.write_text(GATED_RUN)
     args = _center("voc2007", root, out, "--batch-size", "1")
@@ -143,7 +131,7 @@ def test_force_on_a_live_run_is_refused_and_sigterm_keeps_its_work(shared_data: 
 
 def test_the_resume_message_counts_every_rank(shared_data: Path, tmp_path: Path) -> None:
     """Under torchrun the resume message counted rank 0's share only ("2 done" where 3 were)."""
-    root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
+    root, out = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out"
     assert main(_center("voc2007", root, out, "--limit", "3")) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
@@ -159,7 +147,7 @@ def test_the_resume_message_counts_every_rank(shared_data: Path, tmp_path: Path)
 def test_changed_weights_refuse_the_resume(shared_data: Path, voc_weights: Path, tmp_path: Path, capsys) -> None:
     """Issue 16 item 2: a resume after one conv layer of --weights changed mixed two models silently (the
     method does not matter here: the model is loaded, checked and fingerprinted for every run)."""
-    root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
+    root, out = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out"
     weights = tmp_path / "weights.pth"
     shutil.copy(voc_weights, weights)
     assert main(_model_args(root, weights, out, "--limit", "2", methods="center")) == 0
@@ -177,7 +165,7 @@ def test_changed_weights_refuse_the_resume(shared_data: Path, voc_weights: Path,
 
 
 def test_changed_annotations_refuse_the_resume(shared_data: Path, tmp_path: Path, capsys) -> None:
-    root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
+    root, out = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out"
     assert main(_center("voc2007", root, out, "--limit", "2")) == 0
     xml = root / "Annotations" / f"{VOC_IDS[0]}.xml"
     text = xml.read_text()
@@ -251,7 +239,7 @@ def _first_class(root: Path) -> str:
                          ids=["outside", "inverted", "NaN"])
 def test_invalid_voc_boxes_are_named_skipped_and_counted(box, shared_data, tmp_path, capsys) -> None:
     """Issue 16 item 4 for VOC XML: the person of 000027 (its only object) gets a box that cannot be scored."""
-    root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
+    root, out = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out"
     xml = root / "Annotations" / f"{VOC_IDS[0]}.xml"
     _edit_voc_box(xml, box)
     capsys.readouterr()
@@ -291,7 +279,7 @@ def test_a_coco_file_without_required_keys_is_named(damage, message, shared_data
 
 def test_an_unreadable_image_is_read_again_on_resume(shared_data: Path, tmp_path: Path, capsys) -> None:
     """Issue 16 item 6: an image recorded as unreadable stayed so after the file was fixed."""
-    root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
+    root, out = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out"
     image = root / "JPEGImages" / f"{VOC_IDS[1]}.jpg"
     image.write_bytes(image.read_bytes()[:300])
     assert main(_center("voc2007", root, out)) == 1
@@ -323,7 +311,7 @@ def _bomb(path: Path) -> Path:
 
 def test_a_decompression_bomb_is_an_unreadable_image(shared_data: Path, tmp_path: Path, capsys) -> None:
     """PIL's DecompressionBombError is not an OSError: evaluate (and sanity) crashed at that image on every rerun."""
-    root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
+    root, out = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out"
     bomb = _bomb(root / "JPEGImages" / f"{VOC_IDS[2]}.jpg")
     assert main(_center("voc2007", root, out)) == 1
     assert str(bomb) in capsys.readouterr().err
@@ -346,7 +334,7 @@ def test_a_decompression_bomb_is_an_unreadable_image(shared_data: Path, tmp_path
 )
 def test_a_damaged_record_line_is_named_and_can_be_dropped(line, problem, shared_data, tmp_path, capsys) -> None:
     """Issue 16: JSON lines that are not records gave a traceback, a NUL line a utf-32-be codec message."""
-    root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
+    root, out = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out"
     assert main(_center("voc2007", root, out, "--limit", "2")) == 0
     records = out / "records.jsonl"
     good = records.read_bytes().splitlines()
@@ -376,7 +364,7 @@ def test_a_damaged_record_line_is_named_and_can_be_dropped(line, problem, shared
 def test_a_bad_command_writes_nothing(extra, message, shared_data, tmp_path, capsys) -> None:
     """Issue 16: these left a config.json behind, so that the corrected command was refused as "another
     configuration" (--device tpu: a RuntimeError traceback)."""
-    root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
+    root, out = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out"
     assert main(_center("voc2007", root, out, *extra)) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
@@ -385,7 +373,7 @@ def test_a_bad_command_writes_nothing(extra, message, shared_data, tmp_path, cap
 
 def test_nan_weights_are_refused_before_anything_is_written(voc_weights: Path, shared_data, tmp_path, capsys):
     """Issue 16: NaN weights gave "relevance overflowed… explain in float64" and left an empty --out."""
-    root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
+    root, out = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out"
     weights = tmp_path / "nan.pth"
     state = torch.load(voc_weights, weights_only=True)
     state["fc.weight"][0, 0] = float("nan")
@@ -421,7 +409,7 @@ def test_an_interrupt_keeps_the_finished_methods_of_the_batch_in_flight(
 ) -> None:
     """Issue 15: Ctrl-C lost the whole batch in flight. Interrupted in the second method of the second
     batch, the first method's results of that batch are kept and only the second is computed on resume."""
-    root = _voc_copy(shared_data, tmp_path / "voc")
+    root = voc_subset(shared_data, tmp_path / "voc")
     assert main(_model_args(root, voc_weights, tmp_path / "straight")) == 0
     original = runner.Evaluator._method_results
     calls: list[tuple[str, tuple[int, ...]]] = []
@@ -453,7 +441,7 @@ def test_an_interrupt_keeps_the_finished_methods_of_the_batch_in_flight(
 
 def test_progress_off_a_terminal_never_mixes_with_messages(shared_data: Path, tmp_path: Path, capsys) -> None:
     """Issue 15: off a terminal tqdm's carriage-return updates interleaved with the per-image lines."""
-    root = _voc_copy(shared_data, tmp_path / "voc")
+    root = voc_subset(shared_data, tmp_path / "voc")
     (root / "JPEGImages" / f"{VOC_IDS[1]}.jpg").write_bytes(b"not a jpeg")
     args = [a for a in _center("voc2007", root, tmp_path / "out", "--batch-size", "1") if a != "--no-progress"]
     assert main(args) == 1
@@ -469,7 +457,7 @@ def test_progress_off_a_terminal_never_mixes_with_messages(shared_data: Path, tm
 
 def test_random_weights_are_flagged_on_the_console_and_in_the_report(shared_data: Path, tmp_path: Path, capsys):
     """Issue 15: without --weights, evaluate said "random weights" nowhere but "weights": null."""
-    root, out = _voc_copy(shared_data, tmp_path / "voc"), tmp_path / "out"
+    root, out = voc_subset(shared_data, tmp_path / "voc"), tmp_path / "out"
     args = ["--model", "resnet18", "--num-classes", "20", "--methods", "gradient", "--input-size", "32",
             "--limit", "1"]
     assert main(_center("voc2007", root, out, *args)) == 0
