@@ -7,7 +7,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..errors import UnsupportedLayerError
+from ..competitors import Hostile, check_hostile, resolve_competitors
+from ..errors import InputError, UnsupportedLayerError
+from ..rules.hostile import hostile_seed
 from ..rules.rap import rap_logit_split
 from .forward import ForwardRecord
 from .graph import ADD, BATCHNORM, CAT, CONV, INPUT_CONV, LAYOUT, LINEAR, POINTWISE, ModelGraph, Op
@@ -58,17 +60,15 @@ class Seed:
         raise NotImplementedError
 
 
-class ChannelContributionSeed(Seed):
-    """The channel contribution map ``A ⊙ mean_hw(∂y_t/∂A)`` at a convolutional layer, normalised per sample.
+class FeatureMapSeed(Seed):
+    """A seed at a convolutional layer's (N, C, h, w) output, computed from channel contribution maps.
 
     ``layer_name``: a module path or None (automatic: :func:`default_seed_layer`, or with
     ``authors_layers`` the layer the authors' scripts use for the architecture).
     """
 
-    def __init__(
-        self, normalise: Callable[[Tensor], Tensor], layer_name: str | None = None, authors_layers: bool = False
-    ) -> None:
-        self.normalise, self.layer_name, self.authors_layers = normalise, layer_name, authors_layers
+    def __init__(self, layer_name: str | None = None, authors_layers: bool = False) -> None:
+        self.layer_name, self.authors_layers = layer_name, authors_layers
 
     def layer(self, graph: ModelGraph) -> str:
         if self.layer_name is not None:
@@ -84,17 +84,66 @@ class ChannelContributionSeed(Seed):
                 "so its output is no (N, C, h, w) feature map; choose a convolutional block."
             )
 
-    def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
+    def contributions(self, record: ForwardRecord, classes: Tensor, display: str) -> Tensor:
+        """The channel contribution maps of K classes per sample: classes (N, K) -> (N, K, C, h, w).
+
+        One gradient per column: samples are independent, so the gradient of a column's summed logits
+        gives every sample's map at once.
+        """
+        grads = []
         with torch.enable_grad():
-            picked = record.logits.gather(1, targets[:, None]).sum()
-            (grad,) = torch.autograd.grad(picked, record.seed, allow_unused=True)
-        if grad is None:
-            raise ValueError(f"seed layer '{display}' does not feed the model's logits.")
+            for j in range(classes.shape[1]):
+                picked = record.logits.gather(1, classes[:, j:j + 1]).sum()
+                last = j == classes.shape[1] - 1
+                (grad,) = torch.autograd.grad(picked, record.seed, allow_unused=True, retain_graph=not last)
+                if grad is None:
+                    raise ValueError(f"seed layer '{display}' does not feed the model's logits.")
+                grads.append(grad)
         if record.seed.dim() != 4:
             raise ValueError(
                 f"seed layer '{display}' outputs shape {tuple(record.seed.shape)}; a (N, C, h, w) feature map is needed."
             )
-        return self.normalise(channel_contribution(record.seed.detach(), grad))
+        return torch.stack([channel_contribution(record.seed.detach(), g) for g in grads], dim=1)
+
+
+class ChannelContributionSeed(FeatureMapSeed):
+    """The channel contribution map ``A ⊙ mean_hw(∂y_t/∂A)`` of the target at a convolutional layer,
+    normalised per sample by ``normalise`` (layer choice: :class:`FeatureMapSeed`)."""
+
+    def __init__(
+        self, normalise: Callable[[Tensor], Tensor], layer_name: str | None = None, authors_layers: bool = False
+    ) -> None:
+        super().__init__(layer_name, authors_layers)
+        self.normalise = normalise
+
+    def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
+        return self.normalise(self.contributions(record, targets[:, None], display)[:, 0])
+
+
+class HostileSeed(FeatureMapSeed):
+    """RSP's hostile-factor seed (:func:`relprop.rules.hostile.hostile_seed`): the target's channel
+    contribution map contrasted against those of competing classes (layer choice: :class:`FeatureMapSeed`).
+
+    ``hostile``: an int k (the k classes with the highest logits, the target excluded) or one list of
+    competing class indices per sample (:func:`relprop.competitors.check_hostile`).
+    """
+
+    def __init__(self, hostile: Hostile, layer_name: str | None = None) -> None:
+        checked = check_hostile(hostile)
+        if checked is None:
+            raise ValueError("HostileSeed needs competing classes: an int k or one list of classes per sample.")
+        super().__init__(layer_name)
+        self.hostile = checked
+
+    def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
+        if record.seed.dim() == 4 and record.seed[0, 0].numel() == 1:
+            raise InputError(
+                f"the hostile seed contrasts the positions of the seed layer's map, and '{display}' gives a 1×1 map "
+                "for this input, where the contrast is 0 by construction; use a larger input or an earlier seed_layer."
+            )
+        competitors, weights = resolve_competitors(self.hostile, record.logits.detach(), targets)
+        maps = self.contributions(record, torch.cat([targets[:, None], competitors], dim=1), display)
+        return hostile_seed(maps[:, 0], maps[:, 1:], weights)
 
 
 class LogitSeed(Seed):

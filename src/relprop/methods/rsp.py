@@ -7,14 +7,15 @@ from typing import Sequence
 import torch.nn as nn
 from torch import Tensor
 
+from ..competitors import Hostile
 from ..engine import (
-    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, MAXPOOL, STANDARD_TABLE, Bounds, ChannelContributionSeed, Rule,
-    Step, ZBox,
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, MAXPOOL, STANDARD_TABLE, Bounds, ChannelContributionSeed,
+    HostileSeed, Rule, Seed, Step, ZBox,
 )
 from ..engine.standard import AddSplit, CatSlice, MaskZeros, MaxPoolRoute, ProportionalPool
 from ..registry import register
-from ..rules.common import safe_divide
-from ..rules.rsp import rsp_conv
+from ..rules.common import by_max_abs
+from ..rules.rsp import purge, rsp_conv
 from .propagation import Mode, PropagationMethod, Variant, select_mode
 
 NO_LINEAR_RULE = (
@@ -33,36 +34,40 @@ class RSPConv(Rule):
 
     ``authors_1x1``: kernels of height 1 skip the doubling and re-centring, as the released code does;
     ``structural_support``: re-centre over ``a > 0`` with relevance in the receptive field (else over
-    the non-zero entries, as the released code does).
+    the non-zero entries, as the released code does); ``purge``: first keep, per sample and position,
+    only the part of the relevance that agrees in sign with its channel sum (:func:`relprop.rules.rsp.purge`).
     """
 
     keeps = "first"
 
-    def __init__(self, authors_1x1: bool = False, structural_support: bool = True) -> None:
-        self.authors_1x1, self.structural_support = authors_1x1, structural_support
+    def __init__(self, authors_1x1: bool = False, structural_support: bool = True, purge: bool = False) -> None:
+        self.authors_1x1, self.structural_support, self.purge = authors_1x1, structural_support, purge
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         conv = step.op.conv
         shape = tuple(conv.weight().shape)  # type: ignore[union-attr]
         sectional = not (self.authors_1x1 and shape[2] == 1)
-        return [rsp_conv(step.input(), step.relevance, conv.geometry, shape, sectional=sectional,  # type: ignore[union-attr]
+        relevance = purge(step.relevance) if self.purge else step.relevance
+        return [rsp_conv(step.input(), relevance, conv.geometry, shape, sectional=sectional,  # type: ignore[union-attr]
                          structural_support=self.structural_support)]
-
-
-def _by_max_abs(seed: Tensor) -> Tensor:
-    return safe_divide(seed, seed.reshape(seed.shape[0], -1).abs().max(dim=1).values.view(-1, 1, 1, 1))
 
 
 def _by_max_plus_tiny(seed: Tensor) -> Tensor:
     return seed / (seed.reshape(seed.shape[0], -1).max(dim=1).values.view(-1, 1, 1, 1) + 1e-9)
 
 
-def _default(seed_layer: str | None, bounds: Bounds) -> Variant:
-    table = STANDARD_TABLE.override({CONV: RSPConv(), INPUT_CONV: ZBox(bounds)}, hints={LINEAR: NO_LINEAR_RULE})
-    return ChannelContributionSeed(_by_max_abs, seed_layer), table, OVERFLOW
+def _default(seed_layer: str | None, bounds: Bounds, hostile: Hostile = None, purge: bool = False) -> Variant:
+    table = STANDARD_TABLE.override({CONV: RSPConv(purge=purge), INPUT_CONV: ZBox(bounds)}, hints={LINEAR: NO_LINEAR_RULE})
+    seed: Seed = ChannelContributionSeed(by_max_abs, seed_layer) if hostile is None else HostileSeed(hostile, seed_layer)
+    return seed, table, OVERFLOW
 
 
-def _reference(seed_layer: str | None, bounds: Bounds) -> Variant:
+def _reference(seed_layer: str | None, bounds: Bounds, hostile: Hostile = None, purge: bool = False) -> Variant:
+    if hostile is not None or purge:
+        raise ValueError(
+            "hostile and purge are not part of the authors' released code, which mode='reference' reproduces; "
+            "use them with mode='default'."
+        )
     _, table, _ = _default(seed_layer, bounds)
     table = table.override({
         CONV: RSPConv(authors_1x1=True, structural_support=False),
@@ -104,17 +109,29 @@ class RSP(PropagationMethod):
             default: each sample's minimum and maximum over all channels and pixels.
         allow_tf32: let CUDA run convolutions and matrix products in TF32 (faster, about 1 % of max|R|
             off); default False: full float32, whatever the global torch settings.
+        hostile: the paper's hostile-factor seed (docs/methods.md, "RSP: hostile seed and purging"):
+            the target's channel contribution map contrasted against competing classes, then made
+            spatial with positive to negative mass 2 : 1.  ``None`` (default): the plain seed; an int
+            k ≥ 0: the k classes with the highest logits, the target excluded; or one list of class
+            indices per sample (the target must not be in it).  Default mode only.
+        purge: at every hidden convolution, keep per sample and position only the part of the
+            relevance whose sign agrees with its sum over channels (removes mass: ``Σ R`` is no
+            longer conserved).  Default False.  Default mode only.
     """
 
     name = "RSP"
 
     def __init__(
         self, model: nn.Module, seed_layer: str | None = None, mode: Mode = "default", input_bounds: Bounds = None,
-        allow_tf32: bool = False,
+        allow_tf32: bool = False, hostile: Hostile = None, purge: bool = False,
     ) -> None:
-        self.mode = mode
-        seed, table, hint = select_mode({"default": _default, "reference": _reference}, mode)(seed_layer, input_bounds)
+        if not isinstance(purge, bool):
+            raise ValueError(f"purge must be True or False; got {purge!r}.")
+        self.mode, self.hostile, self.purge = mode, hostile, purge
+        variant = select_mode({"default": _default, "reference": _reference}, mode)
+        seed, table, hint = variant(seed_layer, input_bounds, hostile, purge)
         super().__init__(model, seed, table, failure_hint=hint, allow_tf32=allow_tf32)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({type(self.model).__name__}, seed_layer={self.seed_layer!r}, mode={self.mode!r})"
+        options = (f", hostile={self.hostile!r}" if self.hostile is not None else "") + (", purge=True" if self.purge else "")
+        return f"{type(self).__name__}({type(self.model).__name__}, seed_layer={self.seed_layer!r}, mode={self.mode!r}{options})"

@@ -22,6 +22,11 @@ def safe_divide_(num: Tensor, den: Tensor) -> Tensor:
     return num.div_(den).masked_fill_(den == 0, 0)
 
 
+def by_max_abs(t: Tensor) -> Tensor:
+    """Each sample divided by its largest magnitude ``max_s |t|`` (an all-zero sample stays 0): (N, ...) -> same."""
+    return safe_divide(t, t.abs().amax(dim=tuple(range(1, t.dim())), keepdim=True))
+
+
 def sample_sum(t: Tensor) -> Tensor:
     """Sum over every dimension but the first, kept for broadcasting: (N, ...) -> (N, 1, ..., 1)."""
     return t.sum(dim=tuple(range(1, t.dim())), keepdim=True)

@@ -48,6 +48,13 @@ def rsp_conv(
     return shift_(c.mul_(2), sample_sum(relevance), support)
 
 
+def purge(relevance: Tensor) -> Tensor:
+    """Keep, per sample and position, only the part of the relevance whose sign agrees with the channel sum
+    ``s = Σ_c R`` there: ``1[s > 0]·P − 1[s ≤ 0]·N``.  (N, C, h, w) -> same."""
+    s = relevance.sum(dim=1, keepdim=True)
+    return torch.where(s > 0, relevance.clamp(min=0), relevance.clamp(max=0))
+
+
 def _split_by_sign(relevance: Tensor, groups: int) -> Tensor:
     """``P`` and ``N`` side by side as 2·O channels, ordered (g, {P, N}, O/g) so that each of the
     layer's groups keeps its own channels: (N, O, h, w) -> (N, 2·O, h, w)."""
