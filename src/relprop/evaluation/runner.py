@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ class Evaluator:
         samples: list[Sample],
         units: list[Unit],
         per_method: dict[str, dict[str, list]],
-        mosaics: list[dict] = (),  # type: ignore[assignment]
+        mosaics: Sequence[dict] = (),
         per_mosaic: dict[str, list[list[float | None]]] | None = None,
     ) -> list[dict]:
         out = []
