@@ -588,7 +588,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--grid-cell",
         type=int,
         help="grid pointing: side of a cell in pixels (default: the input size, 224 -> 448x448 mosaics, as the "
-        "papers; every map then costs about 4x an image's; 112 makes a mosaic cost one image)",
+        "papers; every map then costs about 4x an image's; with 112 a map costs one image's)",
     )
     discrimination.add_argument("--grid-seed", type=int, default=0, help="grid pointing: seed of the mosaic draw")
     discrimination.add_argument(
