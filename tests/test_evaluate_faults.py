@@ -414,11 +414,11 @@ def test_an_interrupt_keeps_the_finished_methods_of_the_batch_in_flight(
     original = runner.Evaluator._method_results
     calls: list[tuple[str, tuple[int, ...]]] = []
 
-    def interrupted(self, spec, units):  # type: ignore[no-untyped-def]
+    def interrupted(self, spec, units, *others):  # type: ignore[no-untyped-def]
         calls.append((spec.label, tuple(sorted({u.sample.index for u in units}))))
         if len(calls) == 4:  # batch 2, method 2
             raise KeyboardInterrupt
-        return original(self, spec, units)
+        return original(self, spec, units, *others)
 
     monkeypatch.setattr(runner.Evaluator, "_method_results", interrupted)
     out = tmp_path / "out"
@@ -427,9 +427,9 @@ def test_an_interrupt_keeps_the_finished_methods_of_the_batch_in_flight(
     assert [(r["index"], sorted(r["methods"])) for r in lines] == [
         (0, ["center", "gradient"]), (1, ["center", "gradient"]), (2, ["gradient"]), (3, ["gradient"])]
 
-    def counted(self, spec, units):  # type: ignore[no-untyped-def]
+    def counted(self, spec, units, *others):  # type: ignore[no-untyped-def]
         calls.append((spec.label, tuple(sorted({u.sample.index for u in units}))))
-        return original(self, spec, units)
+        return original(self, spec, units, *others)
 
     calls.clear()
     monkeypatch.setattr(runner.Evaluator, "_method_results", counted)

@@ -65,3 +65,25 @@ def test_quantus_pointing_game_with_rsp(data):
                   explain_func_kwargs={"method": "rsp"}, device="cpu")
     assert list(metric(s_batch=masks, **kwargs)) == [True] * 4
     assert list(metric(s_batch=1.0 - masks, **kwargs)) == [False] * 4
+
+
+def test_target_sensitivity_spearman_matches_quantus_random_logit(data):
+    """With two classes Quantus's RandomLogit and relprop's random class are both "the other class";
+    Quantus's Spearman similarity must then equal relprop's target-sensitivity Spearman per image."""
+    import quantus
+
+    from relprop.evaluation.contrast import random_class, target_similarity
+
+    x, _, _ = data
+    y = np.array([0, 1, 0, 1])
+    model = BlobDetector().eval()
+    maps = {t: relprop.explain(model, x, np.full(4, t), method="rsp")[:, 0] for t in (0, 1)}
+    metric = quantus.RandomLogit(num_classes=2, similarity_func=quantus.similarity_func.correlation_spearman,
+                                 disable_warnings=True, display_progressbar=False)
+    a = np.stack([maps[t][i] for i, t in enumerate(y)])[:, None]
+    theirs = metric(model=model, x_batch=x, y_batch=y, a_batch=a, explain_func=relprop.explain,
+                    explain_func_kwargs={"method": "rsp"}, device="cpu")
+    others = [random_class({int(t)}, 2, seed=0, index=i, label=int(t)) for i, t in enumerate(y)]
+    assert others == [1, 0, 1, 0]
+    ours = [target_similarity(maps[t][i], maps[o][i])["spearman"] for i, (t, o) in enumerate(zip(y, others))]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12)

@@ -1,4 +1,5 @@
-"""``relprop evaluate``: pointing game, mIoU, model sensitivity and insertion/deletion on a data set.
+"""``relprop evaluate``: pointing game, mIoU, model sensitivity, insertion/deletion, grid pointing game
+and target sensitivity on a data set.
 
 Resumable (one JSONL record per image in ``--out``), batched, and distributed under ``torchrun``
 (each rank evaluates a disjoint shard; rank 0 writes ``results.json`` and the report). Everything
@@ -143,6 +144,12 @@ def _protocol(args: argparse.Namespace, dataset_name: str, preprocess: Preproces
         sensitivity_images=args.sensitivity_images,
         insdel_step=args.insdel_step,
         insdel_score="sigmoid" if multilabel else "softmax",
+        grid_mosaics=args.grid_mosaics,
+        grid_pool=args.grid_pool,
+        grid_candidates=args.grid_candidates,
+        grid_cell=args.grid_cell,
+        grid_seed=args.grid_seed,
+        target_seed=args.target_seed,
     )
 
 
@@ -166,6 +173,10 @@ class Plan:
     explainers: dict[str, Any]
     config: dict
     inputs: Inputs
+    mosaics: dict | None = None
+    """The grid pointing game's pool and mosaics (:func:`relprop.evaluation.runner.select_mosaics`)."""
+    mosaics_saved: bool = False
+    """Whether ``mosaics`` were read from ``--out`` (a resumed run) rather than drawn now."""
 
 
 def _setup(args: argparse.Namespace, device: torch.device) -> Plan:
@@ -214,7 +225,27 @@ def _setup(args: argparse.Namespace, device: torch.device) -> Plan:
         "batch_size": args.batch_size,
         "device": device.type,
     }
-    return Plan(dataset, model, methods, protocol, explainers, config, Inputs(digest, dataset.annotation_files()))
+    plan = Plan(dataset, model, methods, protocol, explainers, config, Inputs(digest, dataset.annotation_files()))
+    if "grid_pointing" in protocol.metrics:
+        _plan_mosaics(plan, args, device)
+    return plan
+
+
+def _plan_mosaics(plan: Plan, args: argparse.Namespace, device: torch.device) -> None:
+    """The mosaics of an earlier run in ``--out`` (resume), or drawn now: the model classifies the
+    candidate images first (one forward pass each)."""
+    from ..evaluation.runner import select_mosaics
+    from ..evaluation.store import CONFIG, load_mosaics
+
+    out = Path(args.out)
+    if not args.force and (out / CONFIG).is_file():
+        plan.mosaics = load_mosaics(out)
+        plan.mosaics_saved = plan.mosaics is not None
+    if plan.mosaics is None:
+        try:
+            plan.mosaics = select_mosaics(plan.dataset, plan.model, plan.protocol, device, args.batch_size)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise RelpropError(f"{exc} Give more candidates (--grid-candidates, --grid-pool) or another model.") from exc
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -302,6 +333,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.progress import ProgressBar
     from ..evaluation.runner import Evaluator
     from ..evaluation.store import OutLock, RecordWriter, is_complete, load_records, merge_record, prepare_out
+    from ..evaluation.store import save_mosaics
     from ..evaluation.store import records_name
 
     ctx = init_context(args.device)
@@ -318,9 +350,12 @@ def evaluate(args: argparse.Namespace) -> int:
                 prepare_out(out, plan.config, args.force, plan.inputs)
             except RelpropError as exc:
                 problem = str(exc)
+        if ctx.main and plan.mosaics is not None and not plan.mosaics_saved and problem is None:
+            save_mosaics(out, plan.mosaics)
         problem = ctx.broadcast(problem)
         if problem:
             raise RelpropError(problem)
+        plan.mosaics = ctx.broadcast(plan.mosaics)
         own = records_name(ctx.rank, ctx.world)
         writer = RecordWriter(out / own)
         labels = [m.label for m in plan.methods]
@@ -332,7 +367,14 @@ def evaluate(args: argparse.Namespace) -> int:
             mine = ctx.shard(indices)
             todo = [i for i in mine if not is_complete(existing.get(i), labels)]
             evaluator = Evaluator(
-                plan.dataset, plan.model, plan.methods, plan.protocol, ctx.device, args.batch_size, plan.explainers
+                plan.dataset,
+                plan.model,
+                plan.methods,
+                plan.protocol,
+                ctx.device,
+                args.batch_size,
+                plan.explainers,
+                None if plan.mosaics is None else plan.mosaics["mosaics"],
             )
             message = _resume_message(existing, indices, labels, out)
             if ctx.main and message:
@@ -357,7 +399,7 @@ def evaluate(args: argparse.Namespace) -> int:
         timings = ctx.gather([(len(new), elapsed, evaluator.seconds)])
         code = EXIT_OK
         if ctx.main:
-            code = _finish(args, out, evaluator, plan.config, records, indices)
+            code = _finish(args, out, evaluator, plan.config, records, indices, plan.mosaics)
             _write_run_info(out, timings, resumed=resumed, device=plan.config["device"])
         code = ctx.broadcast(code)
         ctx.barrier()
@@ -369,11 +411,17 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _finish(
-    args: argparse.Namespace, out: Path, evaluator: Evaluator, config: dict, records: list[dict], indices: list[int]
+    args: argparse.Namespace,
+    out: Path,
+    evaluator: Evaluator,
+    config: dict,
+    records: list[dict],
+    indices: list[int],
+    mosaics: dict | None = None,
 ) -> int:
     """Aggregate every rank's records into results.json and write the report (rank 0); the exit status."""
     from ..evaluation.examples import example_figures
-    from ..evaluation.report import write_report
+    from ..evaluation.report import table_rows, write_report
     from ..evaluation.results import aggregate
 
     by_index = {r["index"]: r for r in records}
@@ -390,11 +438,23 @@ def _finish(
         "invalid_boxes": len(invalid),
     }
     labels = [m.label for m in evaluator.methods]
-    results = aggregate(records, labels, {**config, "data": data}, evaluator.dataset.class_names)
+    config = {**config, "data": data}
+    if mosaics is not None:
+        evaluated = [r["mosaic"] for r in records if r["status"] == "ok" and "mosaic" in r]
+        config["grid_pointing"] = {
+            **config["grid_pointing"],
+            "candidates_classified": mosaics["candidates"],
+            "correct": mosaics["correct"],
+            "pool_size": len(mosaics["pool"]),
+            "mosaics_evaluated": evaluated,
+        }
+    results = aggregate(records, labels, config, evaluator.dataset.class_names)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     command = "relprop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     examples = example_figures(evaluator, records, args.examples) if args.examples > 0 else {}
     md, page = write_report(out, results, skipped, examples, command, invalid)
+    header, rows = table_rows(results)
+    print("\n".join(" | ".join(row) for row in [header, *rows]))
     print(f"wrote {out / 'results.json'}, {md}, {page}")
     return EXIT_SKIPPED if skipped or invalid else EXIT_OK
 
@@ -427,10 +487,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "evaluate",
-        help="pointing game, mIoU, model sensitivity, insertion/deletion on VOC07 / COCO14 / ImageNet",
+        help="pointing game, mIoU, model sensitivity, insertion/deletion, grid pointing, target sensitivity on "
+        "VOC07 / COCO14 / ImageNet",
         description=textwrap.fill(
             "Evaluate attribution methods with the protocols of docs/evaluation.md (TorchRay's pointing game, "
-            "mIoU, model sensitivity, insertion/deletion). VOC 2007 and COCO need a multi-label classifier with "
+            "mIoU, model sensitivity, insertion/deletion) and two class-discrimination metrics: the grid pointing "
+            "game (2x2 mosaics of four correctly classified images, each cell's class explained on the whole mosaic) "
+            "and target sensitivity (similarity to the map of another class). VOC 2007 and COCO need a multi-label classifier with "
             "20 / 80 outputs (--weights FILE, --num-classes N for torchvision architectures); ImageNet a "
             "1000-class one. Interrupted runs resume when rerun with the same --out; under torchrun each process "
             "takes a shard.",
@@ -501,6 +564,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--sensitivity-images", type=int, default=200, help="model sensitivity on the first N images (default 200)"
     )
     proto.add_argument("--insdel-step", type=int, default=224, help="pixels per insertion/deletion step (default 224)")
+    discrimination = parser.add_argument_group("class discrimination (grid_pointing, target_sensitivity)")
+    discrimination.add_argument(
+        "--grid-mosaics",
+        type=int,
+        default=100,
+        help="grid pointing: number of 2x2 mosaics; mosaic k is evaluated with image k, so at most --limit (default 100)",
+    )
+    discrimination.add_argument(
+        "--grid-pool",
+        type=int,
+        default=200,
+        help="grid pointing: the mosaics' images are the N most confident correctly classified ones, one per class "
+        "(default 200)",
+    )
+    discrimination.add_argument(
+        "--grid-candidates",
+        type=int,
+        help="grid pointing: classify only the first N images of the data set to find the pool (default: all; "
+        "one forward pass each, before the run)",
+    )
+    discrimination.add_argument(
+        "--grid-cell",
+        type=int,
+        help="grid pointing: side of a cell in pixels (default: the input size, 224 -> 448x448 mosaics, as the "
+        "papers; every map then costs about 4x an image's; with 112 a map costs one image's)",
+    )
+    discrimination.add_argument("--grid-seed", type=int, default=0, help="grid pointing: seed of the mosaic draw")
+    discrimination.add_argument(
+        "--target-seed", type=int, default=0, help="target sensitivity: seed of the random other class per image"
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, help="output folder (empty, or a run of the same configuration to resume)")
     run.add_argument(

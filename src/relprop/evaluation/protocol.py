@@ -8,7 +8,7 @@ from .methods import MethodSpec
 from .segmentation import Threshold
 from .sensitivity import MEASURES
 
-METRICS = ("pointing", "energy", "miou", "sensitivity", "insdel")
+METRICS = ("pointing", "energy", "miou", "sensitivity", "insdel", "grid_pointing", "target_sensitivity")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ class Protocol:
     sensitivity_images: int = 200
     insdel_step: int = 224
     insdel_score: str = "softmax"
+    grid_mosaics: int = 100
+    grid_pool: int = 200
+    grid_candidates: int | None = None
+    grid_cell: int | None = None
+    grid_seed: int = 0
+    target_seed: int = 0
     thresholds: tuple[Threshold, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +75,18 @@ class Protocol:
             raise ValueError("sensitivity modes must be among: cascading, independent.")
         if self.insdel_step < 1:
             raise ValueError(f"insertion/deletion step must be >= 1 pixel; got {self.insdel_step}.")
+        if self.grid_mosaics < 1 or self.grid_pool < 4 or (self.grid_candidates is not None and self.grid_candidates < 4):
+            raise ValueError(
+                "the grid pointing game needs --grid-mosaics >= 1, --grid-pool >= 4 and --grid-candidates >= 4; "
+                f"got {self.grid_mosaics}, {self.grid_pool}, {self.grid_candidates}."
+            )
+        if self.grid_cell is not None and self.grid_cell < 8:
+            raise ValueError(f"--grid-cell must be at least 8 pixels; got {self.grid_cell}.")
+
+    @property
+    def cell_size(self) -> int:
+        """Side of a grid-pointing cell in pixels (default: the input size)."""
+        return self.input_size if self.grid_cell is None else self.grid_cell
 
     def smoothing_for(self, spec: MethodSpec) -> float:
         return spec.default_smoothing if self.smoothing is None else self.smoothing
@@ -121,6 +139,31 @@ class Protocol:
                 "deletion_substrate": "zero",
                 "insertion_substrate": "blur (11x11, sigma 5)",
                 "order": "decreasing signed map, ties row-major",
+            }
+        if "grid_pointing" in self.metrics:
+            config["grid_pointing"] = {
+                "mosaics": self.grid_mosaics,
+                "pool": self.grid_pool,
+                "candidates": "every image" if self.grid_candidates is None else f"the first {self.grid_candidates}",
+                "cell_px": self.cell_size,
+                "seed": self.grid_seed,
+                "layout": "2x2; cell k at row k // 2, column k % 2; each image resized to cell_px x cell_px",
+                "pool_rule": "top-1 = the image's only ground-truth class at cell_px; most confident (softmax) "
+                "image per class; the `pool` most confident of those",
+                "draw": "numpy default_rng(seed), 4 different pool images per mosaic; list in mosaics.json",
+                "score": "positive relevance inside the class's cell / positive relevance of the mosaic",
+                "undefined": "a map without positive relevance scores 0 (counted as undefined)",
+                "record": "mosaic k is evaluated with the record of image k",
+            }
+        if "target_sensitivity" in self.metrics:
+            config["target_sensitivity"] = {
+                "seed": self.target_seed,
+                "other_classes": {
+                    "random": "uniform over the classes absent from the image, numpy default_rng([seed, index, class])",
+                    "second": "the absent class the model ranks highest (its second choice when top-1 is right)",
+                },
+                "measures": ["ssim", "spearman"],
+                "maps": "channel reduction as for the other metrics",
             }
         return _plain(config)
 

@@ -50,6 +50,14 @@ def _columns(results: dict) -> list[tuple[str, str, str, str]]:
         for mode in config["sensitivity"]["modes"]:
             measure = config["sensitivity"]["measures"][0]
             columns.append((f"Sensitivity {mode}, {measure} ↓", f"sensitivity_{mode}", "all", "frac"))
+    if "grid_pointing" in metrics:
+        columns += [("Grid pointing ↑", "grid_pointing", "all", "frac"), ("Grid median", "grid_pointing", "median", "frac")]
+    if "target_sensitivity" in metrics:
+        for name, what in (("random", "random class"), ("second", "2nd choice")):
+            columns += [
+                (f"Target sens. {what}, SSIM ↓", f"target_sensitivity_{name}", "ssim", "frac"),
+                (f"Target sens. {what}, Spearman ↓", f"target_sensitivity_{name}", "spearman", "frac"),
+            ]
     return columns
 
 
@@ -59,6 +67,12 @@ def _cell(value: object, style: str, missing: str = "–") -> str:
     return f"{value:.1f}" if style == "pct" else f"{value:.3f}"
 
 
+def _field(values: dict, field: str) -> object:
+    """``values[field]``, or its mean where it is a per-measure summary (target sensitivity)."""
+    value = values.get(field)
+    return value.get("mean") if isinstance(value, dict) else value
+
+
 def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     """Header and one row per method of the summary table."""
     columns = _columns(results)
@@ -66,7 +80,7 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for method in (k for k in results if k != "config"):
         entry = results[method]
-        rows.append([method] + [_cell(entry.get(key, {}).get(field), style) for _, key, field, style in columns])
+        rows.append([method] + [_cell(_field(entry.get(key, {}), field), style) for _, key, field, style in columns])
     return header, rows
 
 
@@ -108,6 +122,22 @@ def notes(results: dict, skipped: Sequence[dict], invalid: Sequence[str] = ()) -
         undefined = entry.get("energy", {}).get("undefined")
         if undefined:
             lines.append(f"{method}: energy undefined for {undefined} unit(s) (no positive relevance).")
+        undefined = entry.get("grid_pointing", {}).get("undefined")
+        if undefined:
+            lines.append(f"{method}: {undefined} grid cell map(s) without positive relevance, scored 0.")
+    grid = config.get("grid_pointing")
+    if grid:
+        first = next((results[m]["grid_pointing"] for m in results if m != "config"), {})
+        lines.append(
+            f"Grid pointing game: {first.get('mosaics', 0)} mosaic(s) of 2×2 cells of {grid['cell_px']} px from a pool "
+            f"of the {grid['pool']} most confident correctly classified images (seed {grid['seed']}; list in "
+            "mosaics.json); score = share of the positive relevance in the explained class's cell, 0.25 = uniform."
+        )
+    if config.get("target_sensitivity"):
+        lines.append(
+            "Target sensitivity: SSIM / Spearman between the map of the ground-truth class and that of a random "
+            "absent class and of the model's highest-ranked absent class; lower = more class-sensitive, 1 = identical."
+        )
     return lines
 
 

@@ -2,7 +2,8 @@
 
 Schema: ``{"<method>": {"<metric>": {"all": float, "difficult": float | None, "per_class": {...}, ...}},
 "config": {...}}``. Pointing game, energy and mIoU are in percent; insertion/deletion AUCs are
-fractions in [0, 1]; sensitivity values are similarities in [−1, 1]. ``difficult`` is None when
+fractions in [0, 1]; sensitivity and target-sensitivity values are similarities in [−1, 1]; the grid
+pointing game is a fraction in [0, 1] (``all`` = the mean cell score, 0.25 for a uniform map). ``difficult`` is None when
 the run has no difficult flags (ImageNet, or no flag file).
 """
 
@@ -13,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import contrast, grid
 from .pointing import PointingUnit, pointing_accuracy
 from .segmentation import SegmentationUnit, miou_scores
 from .sensitivity import summarise
@@ -162,6 +164,15 @@ def aggregate(records: list[dict], methods: Sequence[str], config: dict, class_n
                 summary = _sensitivity(units, mode, config["sensitivity"]["measures"])
                 if summary is not None:
                     entry[f"sensitivity_{mode}"] = summary
+        if "grid_pointing" in metrics:
+            scores = [
+                s for r in records if r["status"] == "ok" for s in r["methods"][method].get("grid_pointing", [])
+            ]
+            entry["grid_pointing"] = grid.summarise(scores)
+        if "target_sensitivity" in metrics:
+            units = [value for _, value in _units(records, method, "target_sensitivity")]
+            for name in contrast.CONTRASTS:
+                entry[f"target_sensitivity_{name}"] = contrast.summarise(units, name)
         results[method] = entry
     results["config"] = config
     return results

@@ -2,7 +2,9 @@
 
 A record holds the image's units (one per ground-truth class, with its difficult flag) and, per
 method, the per-unit raw results (pointing hit and point, energy proportion, confusion counts per
-mIoU threshold, AP, insertion/deletion AUC, sensitivity curves). Aggregation happens later from the
+mIoU threshold, AP, insertion/deletion AUC, sensitivity curves, similarity to the maps of other
+classes). The record of image k also carries grid-pointing mosaic k (``mosaic``) and, per method,
+its four cell scores (``grid_pointing``). Aggregation happens later from the
 records alone (:mod:`relprop.evaluation.results`), so an interrupted run can resume from them.
 """
 
@@ -10,14 +12,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .datasets import EvaluationDataset, Sample
+from . import grid
+from .contrast import CONTRASTS, random_class, second_choice, target_similarity
+from .datasets import DataError, EvaluationDataset, Sample
 from .insdel import auc, causal_curve
 from .maps import gaussian_smooth, input_shape, to_grid, to_input, to_original
 from .methods import MethodSpec, explain
@@ -44,7 +48,7 @@ def _none_if_nan(value: float) -> float | None:
     return None if value != value else float(value)
 
 
-MODEL_METRICS = ("insdel", "sensitivity")
+MODEL_METRICS = ("insdel", "sensitivity", "grid_pointing", "target_sensitivity")
 """Metrics that run the model itself (so need one even for the ``center`` baseline)."""
 
 
@@ -84,9 +88,14 @@ class Evaluator:
         device: torch.device,
         batch_size: int = 8,
         explainers: dict[str, Any] | None = None,
+        mosaics: list[dict] | None = None,
     ) -> None:
-        """``explainers``: the :func:`build_explainers` result when already built (else built here)."""
+        """``explainers``: the :func:`build_explainers` result when already built (else built here);
+        ``mosaics``: the grid-pointing mosaics (:func:`select_mosaics`), needed for that metric."""
         self.dataset, self.model, self.methods, self.protocol = dataset, model, methods, protocol
+        if "grid_pointing" in protocol.metrics and mosaics is None:
+            raise ValueError("the grid pointing game needs its mosaics (select_mosaics).")
+        self.mosaics = mosaics or []
         self.device, self.batch_size = device, batch_size
         check_model_needed(methods, protocol.metrics, model is not None)
         self.explainers = build_explainers(methods, model) if explainers is None else explainers
@@ -104,20 +113,37 @@ class Evaluator:
         of ``batch_size`` units. Interrupted (KeyboardInterrupt), it raises :class:`BatchInterrupted`
         holding the records of the methods already finished."""
         units = self.units(samples)
+        others = self._other_classes(units) if "target_sensitivity" in self.protocol.metrics else []
+        mosaics = [self.mosaics[s.index] for s in samples if s.index < len(self.mosaics)]
+        cells = self._mosaic_units(samples, mosaics) if mosaics else []
         per_method: dict[str, dict[str, list[Any]]] = {}
+        per_mosaic: dict[str, list[list[float | None]]] = {}
         try:
             for spec in self.methods if methods is None else methods:
                 started = time.perf_counter()
-                per_method[spec.label] = self._method_results(spec, units)
+                results = self._method_results(spec, units, others)
+                if cells:
+                    per_mosaic[spec.label] = self._grid_scores(spec, cells)
+                per_method[spec.label] = results
                 self.seconds[spec.label] += time.perf_counter() - started
         except KeyboardInterrupt as exc:
-            raise BatchInterrupted(self._records(samples, units, per_method) if per_method else []) from exc
-        return self._records(samples, units, per_method)
+            finished = self._records(samples, units, per_method, mosaics, per_mosaic) if per_method else []
+            raise BatchInterrupted(finished) from exc
+        return self._records(samples, units, per_method, mosaics, per_mosaic)
 
-    def _records(self, samples: list[Sample], units: list[Unit], per_method: dict[str, dict[str, list]]) -> list[dict]:
+    def _records(
+        self,
+        samples: list[Sample],
+        units: list[Unit],
+        per_method: dict[str, dict[str, list]],
+        mosaics: Sequence[dict] = (),
+        per_mosaic: dict[str, list[list[float | None]]] | None = None,
+    ) -> list[dict]:
         out = []
+        mosaic_of = {m["number"]: position for position, m in enumerate(mosaics)}
         for sample in samples:
             mine = [i for i, u in enumerate(units) if u.sample is sample]
+            position = mosaic_of.get(sample.index)
             record = {
                 "index": sample.index,
                 "id": sample.image_id,
@@ -128,6 +154,10 @@ class Evaluator:
                     label: {k: [v[i] for i in mine] for k, v in res.items()} for label, res in per_method.items()
                 },
             }
+            if position is not None:
+                record["mosaic"] = mosaics[position]
+                for label, scores in (per_mosaic or {}).items():
+                    record["methods"][label]["grid_pointing"] = scores[position]
             if sample.invalid:
                 record["invalid_boxes"] = [sample.invalid[label] for label in sorted(sample.invalid)]
             out.append(record)
@@ -179,10 +209,12 @@ class Evaluator:
 
     # ------------------------------------------------------------------------------------ metrics
 
-    def _method_results(self, spec: MethodSpec, units: list[Unit]) -> dict[str, list[Any]]:
+    def _method_results(self, spec: MethodSpec, units: list[Unit], others: list[dict[str, int]]) -> dict[str, list[Any]]:
         p = self.protocol
         maps = self.maps(spec, units)
         results: dict[str, list[Any]] = {}
+        if "target_sensitivity" in p.metrics:
+            results["target_sensitivity"] = self._target_sensitivity(spec, units, maps, others)
         if "pointing" in p.metrics:
             smoothing = p.smoothing_for(spec)
             results["pointing"] = [self._pointing(spec, u, m, smoothing) for u, m in zip(units, maps)]
@@ -197,6 +229,69 @@ class Evaluator:
         if "sensitivity" in p.metrics:
             results["sensitivity"] = self._sensitivity(spec, units, maps)
         return results
+
+    # ------------------------------------------------------------------------ class discrimination
+
+    def _other_classes(self, units: list[Unit]) -> list[dict[str, int]]:
+        """Per unit, the classes its map is compared with: ``{"random": c, "second": c}`` (:mod:`.contrast`)."""
+        assert self.model is not None
+        logits: dict[int, Tensor] = {}
+        by_shape: dict[tuple[int, int], dict[int, Tensor]] = {}
+        for u in units:
+            by_shape.setdefault(u.shape, {})[u.sample.index] = u.x
+        for images in by_shape.values():
+            order = list(images)
+            for chunk in batches(order, self.batch_size):
+                with torch.no_grad():
+                    rows = self.model(torch.stack([images[i] for i in chunk])).cpu()
+                logits.update(zip(chunk, rows))
+        out = []
+        for u in units:
+            present = set(u.sample.labels) | set(u.sample.segmentation or ())
+            scores = logits[u.sample.index]
+            out.append(
+                {
+                    "random": random_class(present, scores.numel(), self.protocol.target_seed, u.sample.index, u.label),
+                    "second": second_choice(scores, present),
+                }
+            )
+        return out
+
+    def _target_sensitivity(
+        self, spec: MethodSpec, units: list[Unit], maps: list[Tensor], others: list[dict[str, int]]
+    ) -> list[dict]:
+        contrast_units = [Unit(u.sample, o[c], u.x) for u, o in zip(units, others) for c in CONTRASTS]
+        contrast_maps = self.maps(spec, contrast_units)
+        out = []
+        for i, (reference, classes) in enumerate(zip(maps, others)):
+            out.append(
+                {
+                    c: {"class": classes[c], **target_similarity(reference, contrast_maps[len(CONTRASTS) * i + j])}
+                    for j, c in enumerate(CONTRASTS)
+                }
+            )
+        return out
+
+    def _mosaic_units(self, samples: list[Sample], mosaics: list[dict]) -> list[Unit]:
+        """Four units per mosaic (one per cell, in cell order), each the whole mosaic with its cell's class."""
+        size = self.protocol.cell_size
+        anchors = {s.index: s for s in samples}
+        units = []
+        for mosaic in mosaics:
+            cells = torch.stack([self._cell_image(i, size) for i in mosaic["images"]])
+            x = grid.assemble(cells).to(self.device)
+            units += [Unit(anchors[mosaic["number"]], label, x) for label in mosaic["labels"]]
+        return units
+
+    def _cell_image(self, index: int, size: int) -> Tensor:
+        p = self.protocol
+        return to_input(self.dataset[index].image, (size, size), p.mean, p.std)
+
+    def _grid_scores(self, spec: MethodSpec, cells: list[Unit]) -> list[list[float | None]]:
+        """Per mosaic, its four cell scores (None: a map without positive relevance)."""
+        maps = self.maps(spec, cells)
+        scores = [_none_if_nan(grid.cell_share(m, i % grid.CELLS)) for i, m in enumerate(maps)]
+        return [scores[k : k + grid.CELLS] for k in range(0, len(scores), grid.CELLS)]
 
     def _pointing(self, spec: MethodSpec, unit: Unit, saliency: Tensor, smoothing: float) -> dict | None:
         s = unit.sample
@@ -311,3 +406,47 @@ def batches(indices: Iterable[int], size: int) -> Iterable[list[int]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def mosaic_candidates(
+    dataset: EvaluationDataset, model: nn.Module, protocol: Protocol, device: torch.device, batch_size: int = 8
+) -> list[grid.Candidate]:
+    """The model's top-1 and confidence for every image with exactly one ground-truth class among the
+    first ``protocol.grid_candidates`` images (all by default), each resized to the grid's cell size;
+    unreadable images are left out."""
+    p, size = protocol, protocol.cell_size
+    count = len(dataset) if p.grid_candidates is None else min(p.grid_candidates, len(dataset))
+    out: list[grid.Candidate] = []
+    for chunk in batches(range(count), batch_size):
+        kept, xs = [], []
+        for index in chunk:
+            try:
+                sample = dataset[index]
+            except DataError:
+                continue
+            if len(set(sample.labels)) == 1:
+                kept.append((index, sample.labels[0]))
+                xs.append(to_input(sample.image, (size, size), p.mean, p.std))
+        if not xs:
+            continue
+        with torch.no_grad():
+            probabilities = model(torch.stack(xs).to(device)).softmax(dim=1).cpu()
+        for (index, label), row in zip(kept, probabilities):
+            out.append(grid.Candidate(index, label, int(row.argmax()), float(row[label])))
+    return out
+
+
+def select_mosaics(
+    dataset: EvaluationDataset, model: nn.Module, protocol: Protocol, device: torch.device, batch_size: int = 8
+) -> dict:
+    """``{"pool": [...], "mosaics": [...]}``: the grid pool (:func:`grid.select_pool`) with each image's
+    confidence, and ``protocol.grid_mosaics`` mosaics drawn from it (:func:`grid.draw_mosaics`)."""
+    candidates = mosaic_candidates(dataset, model, protocol, device, batch_size)
+    pool = grid.select_pool(candidates, protocol.grid_pool)
+    mosaics = grid.draw_mosaics(pool, protocol.grid_mosaics, protocol.grid_seed)
+    return {
+        "candidates": len(candidates),
+        "correct": sum(c.correct for c in candidates),
+        "pool": [{"index": c.index, "label": c.label, "confidence": c.confidence} for c in pool],
+        "mosaics": mosaics,
+    }

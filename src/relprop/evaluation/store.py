@@ -2,7 +2,8 @@
 
 ``--out`` holds ``config.json`` (the run's configuration and the fingerprints of its inputs),
 ``records.jsonl`` (one line per image, appended and flushed as soon as its batch is done;
-``records.rank{R}.jsonl`` per process under ``torchrun``), then ``results.json``, ``results.md``,
+``records.rank{R}.jsonl`` per process under ``torchrun``), ``mosaics.json`` (the grid pointing
+game's pool and mosaics, written before the first record), then ``results.json``, ``results.md``,
 ``report.html`` and ``run.json`` (timings). A folder that is not empty is used only for a resumable
 run of the same configuration and inputs (the image limit, batch size and device may change), or
 with ``force`` — which removes only the files listed here, never anything else.
@@ -24,7 +25,9 @@ from .fingerprint import Inputs
 
 CONFIG = "config.json"
 RECORDS_GLOB = "records*.jsonl"
-OUTPUTS = ("results.json", "results.md", "report.html", "run.json")
+OUTPUTS = ("results.json", "results.md", "report.html", "run.json", "mosaics.json")
+MOSAIC_RESULTS = ("grid_pointing",)
+"""Per-method results with one value per cell of the record's ``mosaic`` (not one per unit)."""
 VOLATILE = ("limit", "batch_size", "device")
 """Config keys that may differ between a run and its resumption."""
 INPUTS = "inputs"
@@ -155,9 +158,14 @@ def record_problem(record: object) -> str | None:
         return 'no "units" list'
     if not isinstance(methods, dict) or not methods:
         return 'no "methods"'
+    mosaic = record.get("mosaic")
+    if mosaic is not None and not (isinstance(mosaic, dict) and isinstance(mosaic.get("labels"), list)):
+        return 'a "mosaic" without labels'
+    cells = len(mosaic["labels"]) if mosaic is not None else None
     for label, results in methods.items():
         if not isinstance(results, dict) or any(
-            not isinstance(v, list) or len(v) != len(units) for v in results.values()
+            not isinstance(v, list) or len(v) != (cells if k in MOSAIC_RESULTS else len(units))
+            for k, v in results.items()
         ):
             return f'bad results of method "{label}"'
     return None
@@ -189,7 +197,9 @@ def merge_record(records: dict[int, dict], record: dict) -> str | None:
         return None
     if record["status"] == "error":
         return None  # the image was read on another try
-    if record["id"] != current["id"] or record["units"] != current["units"]:
+    if record["id"] != current["id"] or record["units"] != current["units"] or record.get("mosaic") != current.get(
+        "mosaic"
+    ):
         return f"repeats image {index} with other data; the first record is kept"
     repeated = sorted(set(record["methods"]) & set(current["methods"]))
     records[index] = {**current, "methods": {**record["methods"], **current["methods"]}}
@@ -286,3 +296,26 @@ class RecordWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+# ------------------------------------------------------------------------------------ mosaics
+
+MOSAICS = "mosaics.json"
+
+
+def load_mosaics(out: Path) -> dict | None:
+    """The grid pointing game's pool and mosaics saved in ``out`` by an earlier run, or None."""
+    path = out / MOSAICS
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RelpropError(f"{path} is unreadable ({exc}); use --force to start again.") from exc
+    if not isinstance(saved, dict) or not isinstance(saved.get("mosaics"), list):
+        raise RelpropError(f"{path} holds no mosaic list; use --force to start again.")
+    return saved
+
+
+def save_mosaics(out: Path, selection: dict) -> None:
+    (out / MOSAICS).write_text(json.dumps(selection, indent=1) + "\n")
