@@ -33,20 +33,22 @@ class RSPConv(Rule):
 
     ``authors_1x1``: kernels of height 1 skip the doubling and re-centring, as the released code does;
     ``structural_support``: re-centre over ``a > 0`` with relevance in the receptive field (else over
-    the non-zero entries, as the released code does).
+    the non-zero entries, as the released code does); ``empty_fields``: share the relevance of outputs
+    without a positive input in their receptive field by ``|a|`` (else it is dropped, as the released
+    code does).
     """
 
     keeps = "first"
 
-    def __init__(self, authors_1x1: bool = False, structural_support: bool = True) -> None:
-        self.authors_1x1, self.structural_support = authors_1x1, structural_support
+    def __init__(self, authors_1x1: bool = False, structural_support: bool = True, empty_fields: bool = True) -> None:
+        self.authors_1x1, self.structural_support, self.empty_fields = authors_1x1, structural_support, empty_fields
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         conv = step.op.conv
         shape = tuple(conv.weight().shape)  # type: ignore[union-attr]
         sectional = not (self.authors_1x1 and shape[2] == 1)
         return [rsp_conv(step.input(), step.relevance, conv.geometry, shape, sectional=sectional,  # type: ignore[union-attr]
-                         structural_support=self.structural_support)]
+                         structural_support=self.structural_support, empty_fields=self.empty_fields)]
 
 
 def _by_max_abs(seed: Tensor) -> Tensor:
@@ -65,7 +67,7 @@ def _default(seed_layer: str | None, bounds: Bounds) -> Variant:
 def _reference(seed_layer: str | None, bounds: Bounds) -> Variant:
     _, table, _ = _default(seed_layer, bounds)
     table = table.override({
-        CONV: RSPConv(authors_1x1=True, structural_support=False),
+        CONV: RSPConv(authors_1x1=True, structural_support=False, empty_fields=False),
         INPUT_CONV: ZBox(bounds, fold_batchnorm=False),
         BATCHNORM: MaskZeros(),
         CAT: CatSlice(mask_zeros=True),
