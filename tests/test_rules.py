@@ -215,9 +215,15 @@ def test_rsp_conv_degenerate_inputs_give_zeros(sectional):
     # all-zero relevance
     out = rsp_conv(RSP_A, torch.zeros_like(RSP_R), G1, (1, 1, 2, 2), sectional=sectional)
     close(out, 0.0)
-    # all-zero input activation: no virtual kernel, empty support -> zeros, no NaN
+    # all-zero input activation: no virtual kernel, every field empty -> each output's R split evenly over
+    # its 4 inputs: F = [[1, 1, 0], [1, 1 − 0.5, −0.5], [0, −0.5, −0.5]]; sectional: 2F − Σ R = 2 taken evenly
+    # from the 7 inputs in reach (all but (0, 2) and (2, 0)), since no input is active; no NaN
     out = rsp_conv(torch.zeros_like(RSP_A), RSP_R, G1, (1, 1, 2, 2), sectional=sectional)
-    close(out, 0.0)
+    spread = img([1, 1, 0], [1, 0.5, -0.5], [0, -0.5, -0.5])
+    reach = img([1, 1, 0], [1, 1, 1], [0, 1, 1])
+    close(out, 2 * spread - 2 / 7 * reach if sectional else spread)
+    # reference behaviour (empty_fields=False): nothing to share by, empty support -> zeros
+    close(rsp_conv(torch.zeros_like(RSP_A), RSP_R, G1, (1, 1, 2, 2), sectional=sectional, empty_fields=False), 0.0)
 
 
 # --------------------------------------------------------------------------------------------- AE

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import ModelError
+from .errors import ModelError, UnsupportedLayerError
 
 _PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")  # with the trailing separator
 
@@ -58,6 +58,39 @@ def _caller_stacklevel() -> int:
     return level
 
 
+PARALLEL_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The module a ``DataParallel`` / ``DistributedDataParallel`` wrapper runs (``model.module``, nested
+    wrappers included); any other model as it is.  relprop explains the wrapped module on its own device:
+    layer paths are those of ``model.module`` (``'layer4'``, not ``'module.layer4'``)."""
+    while isinstance(model, PARALLEL_WRAPPERS):
+        model = model.module
+    return model
+
+
+def is_attention(module: nn.Module) -> bool:
+    """``nn.MultiheadAttention``, or a module whose class name contains "Attention" (timm's ``Attention``,
+    torchvision's ``ShiftedWindowAttention``, MaxViT's ``RelativePositionalMultiHeadAttention``, ...)."""
+    return isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__
+
+
+def refuse_attention(model: nn.Module, method: str) -> None:
+    """Raise :class:`~relprop.errors.UnsupportedLayerError` naming the first attention module of ``model``
+    (:func:`is_attention`), wherever it sits: relevance rules for convolutional networks explain neither
+    attention nor what lies above it, and a seed below the attention (a ViT's patch embedding) would leave
+    the whole transformer to the seed's gradient."""
+    found = next(((path, m) for path, m in model.named_modules() if is_attention(m)), None)
+    if found is not None:
+        path, module = found
+        raise UnsupportedLayerError(
+            path or type(model).__name__, type(module).__name__, method,
+            "relprop's rules cover convolutional networks; models with attention (vision transformers such as "
+            "ViT, DeiT, Swin, MaxViT) are out of scope.",
+        )
+
+
 def check_model_tensors(model: nn.Module) -> None:
     """Refuse a model that relprop cannot explain correctly, before any work is done.
 
@@ -68,12 +101,17 @@ def check_model_tensors(model: nn.Module) -> None:
     """
     named = [("parameter", n, t) for n, t in model.named_parameters()]
     named += [("buffer", n, t) for n, t in model.named_buffers()]
-    inference = [f"{kind} '{name}'" for kind, name, t in named if t.is_inference()]
+    attributes = [
+        ("tensor attribute", f"{path}.{name}" if path else name, value)
+        for path, module in model.named_modules() for name, value in vars(module).items() if isinstance(value, Tensor)
+    ]
+    inference = [f"{kind} '{name}'" for kind, name, t in named + attributes if t.is_inference()]
     if inference:
         raise ModelError(
             f"{_listing(inference)} of {type(model).__name__} were made under torch.inference_mode(), which "
-            "autograd cannot record through. Build or load the model outside inference_mode (or replace each "
-            "tensor by a clone made outside it: p.data = p.data.clone())."
+            "autograd cannot record through. Build the model outside inference_mode and copy the weights in with "
+            "model.load_state_dict(state_dict), or replace each such tensor by a clone made outside it "
+            "(t.data = t.data.clone())."
         )
     damaged = [
         f"{kind} '{name}'"

@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import InputError, RelpropError, UnsupportedLayerError
-from ..model_state import check_model_tensors, evaluation_mode
+from ..model_state import check_model_tensors, evaluation_mode, refuse_attention, unwrap_parallel
 from ..targets import Target, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
 from .graph import INPUT, INPUT_CONV, ModelGraph, Op
@@ -32,7 +32,9 @@ class Engine:
     """Explains a model with one method: a :class:`Seed` plus a :class:`RuleTable`.
 
     Construction traces the model and checks that every op between the image and the seed layer has
-    a rule (raising :class:`~relprop.UnsupportedLayerError` before any computation).
+    a rule (raising :class:`~relprop.UnsupportedLayerError` before any computation); a model with
+    attention is refused before tracing.  A ``DataParallel`` / ``DistributedDataParallel`` wrapper is
+    explained through its ``.module``.
     ``failure_hint`` completes the error raised when relevance stops being finite.
     """
 
@@ -42,6 +44,8 @@ class Engine:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        model = unwrap_parallel(model)
+        refuse_attention(model, method)
         check_model_tensors(model)
         self.model, self.seed, self.table, self.method = model, seed, table, method
         self.failure_hint, self.allow_tf32 = failure_hint, allow_tf32

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..errors import RelpropError
 from ..engine import ModelGraph, default_seed_layer
+from ..model_state import refuse_attention, unwrap_parallel
 from ..registry import register
 from .gradient import AutogradMethod
 
@@ -33,15 +34,18 @@ class ClassActivationMap(AutogradMethod):
             back through single-input operations (DenseNet: ``"features"``, the activations
             before that ReLU). The chosen path is stored in ``self.layer``. A module called several
             times in one forward pass (EfficientNet's shared ``_swish``) contributes its last call,
-            as in Captum.
+            as in Captum.  A model with attention (a vision transformer) is refused when ``layer`` is
+            not given: its only convolutional layer is the patch embedding, below the whole transformer.
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None) -> None:
+        if layer is None and isinstance(model, nn.Module):
+            refuse_attention(unwrap_parallel(model), self.name)
         super().__init__(model)
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"layer must be a module path (a str such as 'layer4'); got {type(layer).__name__}.")
-        self.layer = layer if layer is not None and _is_module_path(model, layer) else _module_layer(model, layer)
-        self.layer_module = model.get_submodule(self.layer)
+        self.layer = layer if layer is not None and _is_module_path(self.model, layer) else _module_layer(self.model, layer)
+        self.layer_module = self.model.get_submodule(self.layer)
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         cam = self._layer_map(x, targets)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import InputError, RelpropError
 from ..engine import POINTWISE, ModelGraph
-from ..model_state import evaluation_mode
+from ..model_state import check_model_tensors, evaluation_mode, unwrap_parallel
 from ..registry import register
 from ..targets import Target, check_input, resolve_targets
 
@@ -29,7 +29,9 @@ class AutogradMethod:
     """Base class of the autograd baselines: ``Method(model).attribute(x, target=None)``.
 
     Subclasses implement ``_attribute(x, targets)`` on a private copy of ``x`` that requires grad,
-    with ``targets`` a LongTensor (N,), and return a tensor of ``x``'s shape.
+    with ``targets`` a LongTensor (N,), and return a tensor of ``x``'s shape.  A ``DataParallel`` /
+    ``DistributedDataParallel`` wrapper is explained through its ``.module``; a model holding tensors made
+    under ``torch.inference_mode()`` is refused at construction.
     """
 
     name = "autograd method"
@@ -37,7 +39,8 @@ class AutogradMethod:
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-        self.model = model
+        self.model = unwrap_parallel(model)
+        check_model_tensors(self.model)
 
     def attribute(self, x: Tensor, target: Target = None) -> Tensor:
         """Attribution of every input element for the target class.

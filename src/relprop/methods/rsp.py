@@ -34,14 +34,19 @@ class RSPConv(Rule):
 
     ``authors_1x1``: kernels of height 1 skip the doubling and re-centring, as the released code does;
     ``structural_support``: re-centre over ``a > 0`` with relevance in the receptive field (else over
-    the non-zero entries, as the released code does); ``purge``: first keep, per sample and position,
-    only the part of the relevance that agrees in sign with its channel sum (:func:`relprop.rules.rsp.purge`).
+    the non-zero entries, as the released code does); ``empty_fields``: share the relevance of outputs
+    without a positive input in their receptive field by ``|a|`` (else it is dropped, as the released
+    code does); ``purge``: first keep, per sample and position, only the part of the relevance that
+    agrees in sign with its channel sum (:func:`relprop.rules.rsp.purge`).
     """
 
     keeps = "first"
 
-    def __init__(self, authors_1x1: bool = False, structural_support: bool = True, purge: bool = False) -> None:
-        self.authors_1x1, self.structural_support, self.purge = authors_1x1, structural_support, purge
+    def __init__(
+        self, authors_1x1: bool = False, structural_support: bool = True, empty_fields: bool = True, purge: bool = False
+    ) -> None:
+        self.authors_1x1, self.structural_support = authors_1x1, structural_support
+        self.empty_fields, self.purge = empty_fields, purge
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         conv = step.op.conv
@@ -49,7 +54,7 @@ class RSPConv(Rule):
         sectional = not (self.authors_1x1 and shape[2] == 1)
         relevance = purge(step.relevance) if self.purge else step.relevance
         return [rsp_conv(step.input(), relevance, conv.geometry, shape, sectional=sectional,  # type: ignore[union-attr]
-                         structural_support=self.structural_support)]
+                         structural_support=self.structural_support, empty_fields=self.empty_fields)]
 
 
 def _by_max_plus_tiny(seed: Tensor) -> Tensor:
@@ -70,7 +75,7 @@ def _reference(seed_layer: str | None, bounds: Bounds, hostile: Hostile = None, 
         )
     _, table, _ = _default(seed_layer, bounds)
     table = table.override({
-        CONV: RSPConv(authors_1x1=True, structural_support=False),
+        CONV: RSPConv(authors_1x1=True, structural_support=False, empty_fields=False),
         INPUT_CONV: ZBox(bounds, fold_batchnorm=False),
         BATCHNORM: MaskZeros(),
         CAT: CatSlice(mask_zeros=True),

@@ -13,7 +13,7 @@ from .conv_ops import ConvGeometry
 
 def rsp_conv(
     a: Tensor, relevance: Tensor, geometry: ConvGeometry, kernel_shape: tuple[int, ...],
-    *, sectional: bool = True, structural_support: bool = True,
+    *, sectional: bool = True, structural_support: bool = True, empty_fields: bool = True,
 ) -> Tensor:
     """RSP rule for a hidden convolution; the layer's own weights are not used.
 
@@ -26,6 +26,12 @@ def rsp_conv(
     returned.  The support is either structural (the :func:`~relprop.rules.common.activity` of ``a``,
     on inputs with an output with ``R ≠ 0`` in the receptive field) or, as in the authors' code, the
     non-zero entries of the difference.
+
+    With ``empty_fields``, an output with ``R ≠ 0`` whose receptive field holds no positive input (a
+    convolution reading a signed map, as in linear bottlenecks) has nothing to share its relevance by;
+    it goes to its field in proportion to ``|a|`` instead (evenly over the field's non-padding inputs
+    where ``a`` is 0 there), see :func:`_empty_field_shares`.  Without it (the authors' code) that
+    relevance is dropped, and the re-centring, which takes the full ``Σ_s R``, doubles the loss.
     """
     x = a.clamp(min=0)
     both = _split_by_sign(relevance, geometry.groups)
@@ -39,10 +45,17 @@ def rsp_conv(
         per_sample = 2 * fields + 2 * d * positions + 4 * o * positions + x[0].numel()
         contrast = partial(_contrast_unfolded, geometry=geometry, kernel_size=kernel_shape[2:], gram=strategy == "gram")
     c = in_chunks(contrast, (x, both), per_sample)
+    if empty_fields:
+        shares = _empty_field_shares(a, x, relevance, geometry, kernel_shape)
+        if shares is not None:
+            c.add_(shares)
     if not sectional:
         return c
     if structural_support:
-        support = activity(a).mul_(geometry.reach(relevance != 0, a.shape, kernel_shape))
+        reach = geometry.reach(relevance != 0, a.shape, kernel_shape)
+        support = activity(a).mul_(reach)
+        if empty_fields:  # a sample without an active input in reach is re-centred over the reach
+            support = torch.where(sample_sum(support) > 0, support, reach.to(support.dtype))
     else:
         support = c != 0
     return shift_(c.mul_(2), sample_sum(relevance), support)
@@ -53,6 +66,42 @@ def purge(relevance: Tensor) -> Tensor:
     ``s = Σ_c R`` there: ``1[s > 0]·P − 1[s ≤ 0]·N``.  (N, C, h, w) -> same."""
     s = relevance.sum(dim=1, keepdim=True)
     return torch.where(s > 0, relevance.clamp(min=0), relevance.clamp(max=0))
+
+
+def _empty_field_shares(
+    a: Tensor, x: Tensor, relevance: Tensor, geometry: ConvGeometry, kernel_shape: tuple[int, ...],
+) -> Tensor | None:
+    """The relevance of the outputs whose receptive field holds no positive input, shared over that field
+    in proportion to ``|a|``, or evenly over its non-padding inputs where ``a`` is 0 on the whole field.
+
+    a: layer input (N, C, H, W); x: ``a⁺``; relevance: (N, O, h, w); returns a's shape, or None when every
+    output with relevance has a positive input.  The shares do not depend on the output channel, so the
+    relevance is summed per group and position and spread with all-ones kernels, one channel per group.
+    """
+    n, c = a.shape[:2]
+    o, g = relevance.shape[1], geometry.groups
+    ones = torch.ones(g, 1, *kernel_shape[2:], dtype=a.dtype, device=a.device)
+
+    def field_sums(t: Tensor) -> Tensor:
+        """Σ of t over each output's receptive field, per group: (N, C, H, W) -> (N, g, h, w)."""
+        return geometry.conv(t.reshape(n, g, c // g, *t.shape[2:]).sum(dim=2), ones)
+
+    def spread(per_field: Tensor) -> Tensor:
+        """Each field's value added to every input of the field: (N, g, h, w) -> (N, C, H, W)."""
+        back = geometry.conv_t(per_field, ones, torch.Size((n, g, *a.shape[2:])))
+        return back.repeat_interleave(c // g, dim=1)
+
+    grouped = relevance.reshape(n, g, o // g, *relevance.shape[2:])
+    orphaned = (grouped * (field_sums(x) == 0).unsqueeze(2)).sum(dim=2)  # (N, g, h, w)
+    if not orphaned.any():
+        return None
+    weight = a.abs()
+    total = field_sums(weight)
+    shares = weight.mul_(spread(safe_divide(orphaned, total)))
+    flat = orphaned * (total == 0)
+    if flat.any():
+        shares.add_(spread(safe_divide(flat, field_sums(torch.ones_like(a)))))
+    return shares
 
 
 def _split_by_sign(relevance: Tensor, groups: int) -> Tensor:

@@ -1,0 +1,181 @@
+"""What relprop accepts as a model: attention is refused up front, parallel wrappers are explained through
+their ``.module``, and tensors made under ``torch.inference_mode()`` are refused with a fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torchvision
+
+import relprop
+import relprop.engine.graph as graph_module
+from relprop import UnsupportedLayerError
+from relprop.errors import ModelError
+
+RELEVANCE_METHODS = ["rsp", "ae", "rap", "lrp_composite", "lrp_epsilon"]
+
+
+def tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=1, num_heads=1, hidden_dim=8, mlp_dim=8, num_classes=3
+    ).eval()
+
+
+class TokenAttention(nn.Module):
+    """Self-attention over the positions of a feature map (the kind of block a hybrid CNN puts on top)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).flatten(2).chunk(3, dim=1)
+        weights = torch.softmax(q.transpose(1, 2) @ k, dim=-1)
+        return (v @ weights.transpose(1, 2)).reshape(x.shape)
+
+
+class HybridNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(TokenAttention(4))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.stem(x)).mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def no_tracing(monkeypatch):
+    """Fail if anything traces the model (the refusal must come before any work)."""
+
+    def trace(model):
+        raise AssertionError("the model was traced")
+
+    monkeypatch.setattr(graph_module, "_trace", trace)
+
+
+@pytest.mark.parametrize("name", RELEVANCE_METHODS + ["gradcam", "gradcampp"])
+def test_vision_transformer_is_refused_before_any_work(name, no_tracing):
+    model = tiny_vit()
+    calls = []
+    model.conv_proj.register_forward_pre_hook(lambda m, i: calls.append(1))
+    with pytest.raises(UnsupportedLayerError) as info:
+        relprop.get_method(name)(model)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "MultiheadAttention at 'encoder.layers.encoder_layer_0.self_attention'" in message
+    assert "convolutional networks" in message
+    assert info.value.path == "encoder.layers.encoder_layer_0.self_attention"
+    assert calls == []
+
+
+def test_seed_below_the_attention_is_refused_too(no_tracing):
+    """The patch embedding is a convolution; seeding there would leave the transformer to the seed's gradient."""
+    with pytest.raises(UnsupportedLayerError, match="MultiheadAttention"):
+        relprop.RSP(tiny_vit(), seed_layer="conv_proj")
+
+
+@pytest.mark.parametrize("name", ["rsp", "lrp_composite", "gradcam"])
+def test_attention_module_named_by_its_class(name, no_tracing):
+    with pytest.raises(UnsupportedLayerError, match=r"TokenAttention at 'head\.0'\. relprop's rules cover convolutional"):
+        relprop.get_method(name)(HybridNet().eval())
+
+
+def test_gradient_methods_and_chosen_cam_layer_still_run_on_a_transformer():
+    """Gradients are model-agnostic; a Grad-CAM layer the user names is the user's choice."""
+    model = tiny_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for method in (relprop.get_method("gradient")(model), relprop.get_method("gradcam")(model, layer="conv_proj")):
+        result = method.attribute(x, target=1)
+        assert result.shape == x.shape and torch.isfinite(result).all()
+
+
+# ------------------------------------------------------------------------------------------ parallel wrappers
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU()
+        )
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def _small() -> nn.Module:
+    torch.manual_seed(0)
+    return SmallNet().eval()
+
+
+X = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("name", relprop.list_methods())
+def test_data_parallel_is_explained_through_its_module(name):
+    model = _small()
+    wrapped = nn.DataParallel(model)
+    torch.manual_seed(1)  # SmoothGrad draws noise
+    through_wrapper = relprop.get_method(name)(wrapped).attribute(X, target=[1, 2])
+    torch.manual_seed(1)
+    direct = relprop.get_method(name)(model).attribute(X, target=[1, 2])
+    assert torch.equal(through_wrapper, direct)
+
+
+def test_distributed_data_parallel_is_explained_through_its_module(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = _small()
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        for name in ("rsp", "gradcam"):
+            method = relprop.get_method(name)(wrapped)
+            assert method.model is model
+            assert torch.equal(method.attribute(X, target=0), relprop.get_method(name)(model).attribute(X, target=0))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_layer_paths_of_a_wrapped_model_are_those_of_its_module():
+    method = relprop.RSP(nn.DataParallel(_small()), seed_layer="features.2")
+    assert method.seed_layer == "features.2"
+
+
+# ---------------------------------------------------------------------------------------------- inference mode
+
+
+@pytest.mark.parametrize("name", ["rsp", "lrp_composite", "gradient", "gradcam", "integrated_gradients"])
+def test_model_made_under_inference_mode_is_refused_with_the_fix(name):
+    with torch.inference_mode():
+        model = _small()
+    with pytest.raises(ModelError, match=r"inference_mode\(\).*load_state_dict") as info:
+        relprop.get_method(name)(model)
+    assert "parameter 'features.0.weight'" in str(info.value)
+    fixed = SmallNet().eval()
+    fixed.load_state_dict(model.state_dict())  # the fix the message gives
+    assert torch.isfinite(relprop.get_method(name)(fixed).attribute(X, target=0)).all()
+
+
+class PlainKernel(nn.Module):
+    """A convolution whose kernel is a plain tensor attribute (neither parameter nor buffer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel = torch.ones(2, 3, 3, 3) / 27
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(nn.functional.conv2d(x, self.kernel, padding=1)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("name", ["rsp", "gradient"])
+def test_plain_tensor_attribute_made_under_inference_mode_is_named(name):
+    with torch.inference_mode():
+        model = PlainKernel().eval()
+    with pytest.raises(ModelError, match=r"tensor attribute 'kernel'.*inference_mode"):
+        relprop.get_method(name)(model)
