@@ -8,14 +8,14 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..engine import (
-    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, MAXPOOL, STANDARD_TABLE, Bounds, ChannelContributionSeed, Rule,
-    Step, ZBox,
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, MAXPOOL, STANDARD_TABLE, Bounds, ChannelContributionSeed, Needs,
+    Op, Rule, Step, ZBox,
 )
 from ..engine.standard import AddSplit, CatSlice, MaskZeros, MaxPoolRoute, ProportionalPool
 from ..registry import register
 from ..rules.common import safe_divide
 from ..rules.rsp import rsp_conv
-from .propagation import Mode, PropagationMethod, Variant, select_mode
+from .propagation import Mode, PropagationMethod, Variant, explicit_padding, select_mode
 
 NO_LINEAR_RULE = (
     "RSP and AE start at a convolutional seed layer and have no rule for a Linear layer between the seed "
@@ -38,17 +38,19 @@ class RSPConv(Rule):
     code does).
     """
 
-    keeps = "first"
-
     def __init__(self, authors_1x1: bool = False, structural_support: bool = True, empty_fields: bool = True) -> None:
         self.authors_1x1, self.structural_support, self.empty_fields = authors_1x1, structural_support, empty_fields
+
+    def needs(self, op: Op) -> Needs:
+        return Needs(op.inputs[:1], op.pads_before if self.empty_fields else ())
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         conv = step.op.conv
         shape = tuple(conv.weight().shape)  # type: ignore[union-attr]
         sectional = not (self.authors_1x1 and shape[2] == 1)
         return [rsp_conv(step.input(), step.relevance, conv.geometry, shape, sectional=sectional,  # type: ignore[union-attr]
-                         structural_support=self.structural_support, empty_fields=self.empty_fields)]
+                         structural_support=self.structural_support, empty_fields=self.empty_fields,
+                         padding=explicit_padding(step) if self.empty_fields else None)]
 
 
 def _by_max_abs(seed: Tensor) -> Tensor:
