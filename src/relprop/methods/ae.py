@@ -16,7 +16,7 @@ from ..engine.standard import CatSlice, DropSkipAdd, MaskZeros, MaxPoolRoute, Pr
 from ..registry import register
 from ..rules.ae import ae_conv
 from ..rules.common import safe_divide, sample_sum
-from .propagation import Mode, PropagationMethod, Variant, select_mode
+from .propagation import Mode, PropagationMethod, Variant, explicit_padding, select_mode
 from .rsp import NO_LINEAR_RULE, OVERFLOW, REFERENCE_FAILURE
 
 
@@ -42,20 +42,7 @@ class AEConv(Rule):
         sectional = not (self.authors_1x1 and weight.shape[2] == 1)
         return [ae_conv(step.input(), step.relevance, weight, conv.geometry, self.ratio, sectional=sectional,  # type: ignore[union-attr]
                         structural_support=self.structural_support, keep_mass=self.keep_mass,
-                        padding=_padding_mask(step))]
-
-
-def _padding_mask(step: Step) -> Tensor | None:
-    """Where the input of the op's convolution is explicit zero padding (its pad ops replayed on ones):
-    bool (1, C, H, W), or None without pad ops."""
-    op = step.op
-    if not op.pads_before:
-        return None
-    r = step.relevance
-    units = torch.ones((1, *step.shape(op.unpadded)[1:]), dtype=r.dtype, device=r.device)
-    for name in op.pads_before:
-        units = step.replay(name)(units)
-    return units == 0
+                        padding=explicit_padding(step))]
 
 
 def _by_abs_sum(seed: Tensor) -> Tensor:

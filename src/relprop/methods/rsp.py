@@ -10,13 +10,13 @@ from torch import Tensor
 from ..competitors import Hostile
 from ..engine import (
     ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, MAXPOOL, STANDARD_TABLE, Bounds, ChannelContributionSeed,
-    HostileSeed, Rule, Seed, Step, ZBox,
+    HostileSeed, Needs, Op, Rule, Seed, Step, ZBox,
 )
 from ..engine.standard import AddSplit, CatSlice, MaskZeros, MaxPoolRoute, ProportionalPool
 from ..registry import register
 from ..rules.common import by_max_abs
 from ..rules.rsp import purge, rsp_conv
-from .propagation import Mode, PropagationMethod, Variant, select_mode
+from .propagation import Mode, PropagationMethod, Variant, explicit_padding, select_mode
 
 NO_LINEAR_RULE = (
     "RSP and AE start at a convolutional seed layer and have no rule for a Linear layer between the seed "
@@ -40,13 +40,14 @@ class RSPConv(Rule):
     agrees in sign with its channel sum (:func:`relprop.rules.rsp.purge`).
     """
 
-    keeps = "first"
-
     def __init__(
         self, authors_1x1: bool = False, structural_support: bool = True, empty_fields: bool = True, purge: bool = False
     ) -> None:
         self.authors_1x1, self.structural_support = authors_1x1, structural_support
         self.empty_fields, self.purge = empty_fields, purge
+
+    def needs(self, op: Op) -> Needs:
+        return Needs(op.inputs[:1], op.pads_before if self.empty_fields else ())
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         conv = step.op.conv
@@ -54,7 +55,8 @@ class RSPConv(Rule):
         sectional = not (self.authors_1x1 and shape[2] == 1)
         relevance = purge(step.relevance) if self.purge else step.relevance
         return [rsp_conv(step.input(), relevance, conv.geometry, shape, sectional=sectional,  # type: ignore[union-attr]
-                         structural_support=self.structural_support, empty_fields=self.empty_fields)]
+                         structural_support=self.structural_support, empty_fields=self.empty_fields,
+                         padding=explicit_padding(step) if self.empty_fields else None)]
 
 
 def _by_max_plus_tiny(seed: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -14,6 +15,7 @@ from .conv_ops import ConvGeometry
 def rsp_conv(
     a: Tensor, relevance: Tensor, geometry: ConvGeometry, kernel_shape: tuple[int, ...],
     *, sectional: bool = True, structural_support: bool = True, empty_fields: bool = True,
+    padding: Optional[Tensor] = None,
 ) -> Tensor:
     """RSP rule for a hidden convolution; the layer's own weights are not used.
 
@@ -30,7 +32,8 @@ def rsp_conv(
     With ``empty_fields``, an output with ``R ≠ 0`` whose receptive field holds no positive input (a
     convolution reading a signed map, as in linear bottlenecks) has nothing to share its relevance by;
     it goes to its field in proportion to ``|a|`` instead (evenly over the field's non-padding inputs
-    where ``a`` is 0 there), see :func:`_empty_field_shares`.  Without it (the authors' code) that
+    where ``a`` is 0 there), see :func:`_empty_field_shares`; ``padding``: None or bool (1, C, H, W), the
+    entries of ``a`` that are explicit zero padding (a pad op before the convolution), which take no share.  Without it (the authors' code) that
     relevance is dropped, and the re-centring, which takes the full ``Σ_s R``, doubles the loss.
     """
     x = a.clamp(min=0)
@@ -46,7 +49,7 @@ def rsp_conv(
         contrast = partial(_contrast_unfolded, geometry=geometry, kernel_size=kernel_shape[2:], gram=strategy == "gram")
     c = in_chunks(contrast, (x, both), per_sample)
     if empty_fields:
-        shares = _empty_field_shares(a, x, relevance, geometry, kernel_shape)
+        shares = _empty_field_shares(a, x, relevance, geometry, kernel_shape, padding)
         if shares is not None:
             c.add_(shares)
     if not sectional:
@@ -70,11 +73,13 @@ def purge(relevance: Tensor) -> Tensor:
 
 def _empty_field_shares(
     a: Tensor, x: Tensor, relevance: Tensor, geometry: ConvGeometry, kernel_shape: tuple[int, ...],
+    padding: Optional[Tensor] = None,
 ) -> Tensor | None:
     """The relevance of the outputs whose receptive field holds no positive input, shared over that field
     in proportion to ``|a|``, or evenly over its non-padding inputs where ``a`` is 0 on the whole field.
 
-    a: layer input (N, C, H, W); x: ``a⁺``; relevance: (N, O, h, w); returns a's shape, or None when every
+    a: layer input (N, C, H, W); x: ``a⁺``; relevance: (N, O, h, w); padding: None or bool (1, C, H, W),
+    explicit zero padding in ``a`` (no input unit); returns a's shape, or None when every
     output with relevance has a positive input.  The shares do not depend on the output channel, so the
     relevance is summed per group and position and spread with all-ones kernels, one channel per group.
     """
@@ -100,7 +105,8 @@ def _empty_field_shares(
     shares = weight.mul_(spread(safe_divide(orphaned, total)))
     flat = orphaned * (total == 0)
     if flat.any():
-        shares.add_(spread(safe_divide(flat, field_sums(torch.ones_like(a)))))
+        units = torch.ones_like(a) if padding is None else (~padding).to(a.dtype).expand_as(a)
+        shares.add_(units * spread(safe_divide(flat, field_sums(units))))
     return shares
 
 
