@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.nn as nn
 from torch import Tensor
 
 from ..errors import UnsupportedLayerError
 from ..rules.rap import rap_logit_split
 from .forward import ForwardRecord
-from .graph import ADD, BATCHNORM, CAT, CONV, INPUT_CONV, LAYOUT, LINEAR, POINTWISE, ModelGraph, Op
+from .graph import ADD, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, NORM, POINTWISE, ModelGraph, Op
 
 # The authors' seed layers where they differ from the automatic choice.
 _AUTHORS_SEED_LAYERS = {"DenseNet": "features", "AlexNet": "features"}
@@ -18,7 +19,8 @@ _AUTHORS_SEED_LAYERS = {"DenseNet": "features", "AlexNet": "features"}
 
 def default_seed_layer(graph: ModelGraph) -> str:
     """Output of the last convolutional block: the last conv, followed forward through BatchNorm,
-    activations, residual adds and concatenations, stopping before pooling or flattening.
+    normalisations, activations, gates, residual adds and concatenations (and out of a channels-last
+    layout), stopping before pooling or flattening.
 
     VGG-16 gives ``features.29`` (before the last max-pool), ResNet the output of ``layer4``,
     DenseNet the ReLU after ``features.norm5``, Inception-v3 ``Mixed_7c``.
@@ -30,7 +32,8 @@ def default_seed_layer(graph: ModelGraph) -> str:
     current = convs[-1].name
     while True:
         users = [u for u in graph.consumers[current] if u in feeds_output]
-        if len(users) != 1 or graph.by_name[users[0]].kind not in (BATCHNORM, POINTWISE, ADD, CAT):
+        channels_last = graph.by_name[current].channels_last
+        if len(users) != 1 or not (channels_last or graph.by_name[users[0]].kind in (BATCHNORM, NORM, POINTWISE, GATE, ADD, CAT)):
             return current
         current = users[0]
 
@@ -117,7 +120,10 @@ class LogitSplitSeed(Seed):
     its input contributions and balanced (:func:`relprop.rules.rap.rap_logit_split`)."""
 
     def _logit_layer(self, graph: ModelGraph) -> Op:
+        """The Linear layer producing the logits (behind flattens and identities, as in timm's heads)."""
         op = graph.by_name[graph.by_name[graph.output_name].inputs[0]]
+        while op.inputs and (op.kind == LAYOUT or op.kind == POINTWISE and isinstance(op.module, (nn.Identity, nn.Dropout))):
+            op = graph.by_name[op.inputs[0]]
         if op.kind != LINEAR:
             raise UnsupportedLayerError(
                 op.path, op.type_name, "RAP",
@@ -130,5 +136,5 @@ class LogitSplitSeed(Seed):
         return self._logit_layer(graph).inputs[0]
 
     def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
-        weight = self._logit_layer(graph).module.weight  # type: ignore[union-attr]
+        weight = self._logit_layer(graph).linear.weight()  # type: ignore[union-attr]
         return rap_logit_split(record.seed.detach(), one_hot(record.logits.detach(), targets), weight)
