@@ -5,7 +5,8 @@ type → :class:`Rule`); see docs/methods.md, section "The pipeline".
 """
 
 from .graph import (
-    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LAYOUT, LINEAR, MAXPOOL, PAD, POINTWISE, STRUCTURAL, ModelGraph, Op,
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, MAXPOOL, NORM, PAD, POINTWISE, STRUCTURAL,
+    ModelGraph, Op,
 )
 from .seeds import ChannelContributionSeed, FeatureMapSeed, HostileSeed, LogitSeed, LogitSplitSeed, Seed, default_seed_layer
 from .standard import STANDARD_TABLE, Bounds, ZBox
@@ -13,7 +14,8 @@ from .table import Needs, Rule, RuleTable, Step
 from .walk import Engine
 
 __all__ = [
-    "ADD", "AVGPOOL", "BATCHNORM", "CAT", "CONV", "INPUT_CONV", "LAYOUT", "LINEAR", "MAXPOOL", "PAD", "POINTWISE", "STRUCTURAL",
+    "ADD", "AVGPOOL", "BATCHNORM", "CAT", "CONV", "GATE", "INPUT_CONV", "LAYOUT", "LINEAR", "MAXPOOL", "NORM", "PAD",
+    "POINTWISE", "STRUCTURAL",
     "Bounds", "ChannelContributionSeed", "Engine", "FeatureMapSeed", "HostileSeed", "LogitSeed", "LogitSplitSeed", "ModelGraph", "Needs", "Op", "Rule",
     "RuleTable", "STANDARD_TABLE", "Seed", "Step", "ZBox", "default_seed_layer",
 ]

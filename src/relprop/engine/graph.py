@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import functools
 import operator
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -33,11 +34,14 @@ from ..rules import lrp as lrp_rules
 CONV = "conv"
 INPUT_CONV = "input conv"  # a convolution reading the image (through padding / activations only)
 LINEAR = "linear"
-BATCHNORM = "batchnorm"
-POINTWISE = "pointwise"  # activations, dropout, identity: relevance passes unchanged
+BATCHNORM = "batchnorm"  # BatchNorm2d and F.batch_norm
+NORM = "norm"  # LayerNorm, GroupNorm (channels-first or channels-last): a fixed per-sample affine map
+POINTWISE = "pointwise"  # activations, dropout, identity, scaling by a constant: relevance passes unchanged
+GATE = "gate"  # x * g: a signal times a gate (sigmoid-type); relevance goes to the signal only
 MAXPOOL = "maxpool"
 AVGPOOL = "avgpool"  # any linear averaging pool (avg, adaptive avg)
-LAYOUT = "layout"  # flatten, view, reshape: relevance follows the adjoint
+LAYOUT = "layout"  # flatten, view, reshape, permute, slicing: relevance follows the adjoint
+SPLIT = "split"  # chunk / split into a tuple: its items are sliced views (LAYOUT ops reading the input)
 PAD = "pad"  # zero padding: relevance follows the adjoint, the map stays (N, C, H, W)
 ADD = "add"
 CAT = "cat"
@@ -46,24 +50,63 @@ OUTPUT = "output"
 STRUCTURAL = "structural"  # parameters, shapes, sizes, shape arithmetic: no relevance
 UNKNOWN = "unknown"
 
+_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh)
+_GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.tanh, F.tanh}
+_GATE_METHODS = {"sigmoid", "sigmoid_", "tanh", "tanh_"}
 _POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU, nn.GELU,
-    nn.Hardswish, nn.Mish, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish,
+    nn.Softplus, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity, *_GATE_MODULES,
 )
 _POINTWISE_FUNCTIONS = {
-    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu,
-    F.silu, F.gelu, F.hardswish, F.mish, F.dropout, F.dropout2d, torch.dropout,
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.silu, F.gelu,
+    F.hardswish, F.mish, F.softplus, F.hardtanh, torch.clamp, F.dropout, F.dropout2d, torch.dropout,
+    *_GATE_FUNCTIONS,
 }
-_POINTWISE_METHODS = {"relu", "relu_", "contiguous", "clone"}
+_POINTWISE_METHODS = {"relu", "relu_", "contiguous", "clone", "clamp", "clamp_", "clamp_min", "clamp_min_", *_GATE_METHODS}
+_SCALE_FUNCTIONS = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div, operator.sub, torch.sub}
+_SCALE_METHODS = {"mul", "mul_", "div", "div_"}
 _MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
-_AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d}
-_LAYOUT_FUNCTIONS = {torch.flatten, torch.reshape}
-_LAYOUT_METHODS = {"view", "reshape", "flatten"}
+_GLOBAL_MAX_FUNCTIONS = {F.adaptive_max_pool2d, torch.amax}
+_AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d, torch.mean}
+_AVGPOOL_METHODS = {"mean"}
+_NORM_FUNCTIONS = {F.layer_norm, F.group_norm}
+_LINEAR_FUNCTIONS = {F.linear}
+_LAYOUT_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze, operator.getitem}
+_LAYOUT_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as"}
+_SPLIT_FUNCTIONS = {torch.chunk, torch.split, torch.tensor_split}
+_SPLIT_METHODS = {"chunk", "split", "tensor_split"}
+_CHANNELS_LAST = (0, 2, 3, 1)
+# Functions of other libraries, by (module, name): torchvision's stochastic depth (identity in eval mode) and
+# timm's dynamic "same" padding (traced as one call, see _trace).
+_THIRD_PARTY_POINTWISE = {("torchvision.ops.stochastic_depth", "stochastic_depth")}
+_THIRD_PARTY_PAD = {("timm.layers.padding", "pad_same")}
 _STRUCTURAL_METHODS = {"size", "dim", "numel", "type_as", "element_size"}
 _STRUCTURAL_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
 _CONV_FUNCTIONS = {F.conv2d, torch.conv2d}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _INPLACE_FUNCTION_TWINS = {operator.iadd: operator.add, F.relu_: F.relu, torch.relu_: torch.relu}
+
+
+@dataclass(frozen=True)
+class BatchNormSpec:
+    """Eval-mode BatchNorm parameters of an ``F.batch_norm`` call, read at call time; it has the attributes
+    of an ``nn.BatchNorm2d`` that folding reads (``running_mean``, ``running_var``, ``weight``, ``bias``, ``eps``)."""
+
+    getters: dict[str, Callable[[], Any]]
+
+    def __getattr__(self, name: str) -> Any:
+        getters = object.__getattribute__(self, "getters")
+        if name in getters:
+            return getters[name]()
+        raise AttributeError(name)
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """Parameter getters of a dense layer (``nn.Linear`` or ``F.linear``): weight (out, in), bias (out,) or None."""
+
+    weight: Callable[[], Tensor]
+    bias: Callable[[], Optional[Tensor]]
 
 
 @dataclass(frozen=True)
@@ -78,7 +121,7 @@ class ConvSpec:
     geometry: ConvGeometry
     weight: Callable[[], Tensor]
     bias: Callable[[], Optional[Tensor]]
-    batchnorm: Optional[nn.BatchNorm2d] = None
+    batchnorm: Optional[Any] = None  # an nn.BatchNorm2d or a BatchNormSpec
 
     def parameters(self, fold_batchnorm: bool) -> tuple[Tensor, Optional[Tensor]]:
         """Kernel (O, C/g, kh, kw) and bias (O,) or None; with ``fold_batchnorm`` those of ``bn(conv(x))``."""
@@ -94,13 +137,17 @@ class Op:
     """One traced, canonical operation.
 
     ``inputs`` are the ops whose activations feed this op, in argument order (repeats kept):
-    relevance flows back to exactly these.  ``reads`` are all ops it reads, structural ones
-    included.  ``module`` is the leaf module of a module call.  Canonical attributes: ``conv``
-    (convolutions), ``pool`` (max pooling windows), ``dim`` (concatenation), ``image_chain`` (for an
-    input convolution: the ops between the image and it, in forward order), ``pads_before`` (for a
-    convolution: the zero-padding ops feeding it directly, in forward order, and ``unpadded``, the op
-    they pad), ``unsupported`` (why no
-    rule can apply, e.g. a non-zero padding mode).
+    relevance flows back to these, except to the ``gate`` input of a multiplicative gate.  ``reads``
+    are all ops it reads, structural ones included.  ``module`` is the leaf module of a module call.
+    Canonical attributes: ``conv`` (convolutions), ``linear`` (dense layers), ``norm`` (an
+    ``F.batch_norm`` call), ``pool`` (max pooling windows), ``dim`` (concatenation), ``gate`` (the
+    index in ``inputs`` of a gate's multiplier), ``channels_last`` (the output is laid out (N, H, W, C);
+    on a convolution: a Linear over the channels of such a map, which rules see as a 1×1 convolution
+    on (N, C, H, W)), ``via`` (an item of a chunk / split: the op that splits ``inputs[0]``),
+    ``image_chain`` (for an input convolution: the ops between the image and it, in forward order),
+    ``pads_before`` (for a convolution: the zero-padding ops feeding it directly, in forward order,
+    and ``unpadded``, the op they pad), ``unsupported`` (why no rule can apply, e.g. a non-zero
+    padding mode).
     """
 
     name: str
@@ -111,13 +158,23 @@ class Op:
     reads: tuple[str, ...]
     module: nn.Module | None = None
     conv: ConvSpec | None = None
+    linear: LinearSpec | None = None
+    norm: BatchNormSpec | None = None
     pool: PoolWindows | None = None
     dim: int = 0
+    gate: int = -1
+    channels_last: bool = False
+    via: str = ""
     pads_before: tuple[str, ...] = ()
     unpadded: str = ""
-    image_chain: tuple[str, ...] = ()
+    image_chain: tuple["Op", ...] = ()
     unsupported: str = ""
     _node: fx.Node | None = field(default=None, repr=False)
+
+    @property
+    def relevance_inputs(self) -> tuple[str, ...]:
+        """The inputs relevance flows back to (all but a gate's multiplier)."""
+        return tuple(name for i, name in enumerate(self.inputs) if i != self.gate)
 
 
 class ModelGraph:
@@ -134,6 +191,7 @@ class ModelGraph:
                 structural.add(op.name)
             self.ops.append(op)
         self.by_name: dict[str, Op] = {op.name: op for op in self.ops}
+        self._resolve_split_items()
         self.index: dict[str, int] = {op.name: i for i, op in enumerate(self.ops)}
         self.consumers: dict[str, list[str]] = {op.name: [] for op in self.ops}
         for op in self.ops:
@@ -157,29 +215,73 @@ class ModelGraph:
 
     # ----------------------------------------------------------------- canonicalisation
 
+    def _resolve_split_items(self) -> None:
+        """An item ``pieces[i]`` of ``pieces = x.chunk(...)`` becomes a slicing op of ``x`` (relevance goes
+        straight to ``x``); it also reads what the split reads, so those values live until it runs."""
+        for op in self.ops:
+            source = self.by_name[op.inputs[0]] if op.inputs else None
+            if source is not None and source.kind == SPLIT and op._node.target is operator.getitem:  # type: ignore[union-attr]
+                op.kind, op.via = LAYOUT, source.name
+                op.inputs = source.inputs[:1]
+                op.reads = tuple(dict.fromkeys(op.reads + source.reads))
+
     def _canonicalise(self) -> None:
-        """Resolve BatchNorm readers of convolutions and mark the convolutions reading the image."""
+        """Resolve layouts, Linear layers over channels, BatchNorm readers of convolutions and the
+        convolutions reading the image."""
+        for op in self.ops:
+            self._resolve_layout(op)
         for op in self.ops:
             if op.conv is None:
                 continue
             users = self.consumers[op.name]
             if len(users) == 1 and self.by_name[users[0]].kind == BATCHNORM:
-                bn = self.by_name[users[0]].module
-                op.conv = ConvSpec(op.conv.geometry, op.conv.weight, op.conv.bias, bn)  # type: ignore[arg-type]
+                reader = self.by_name[users[0]]
+                bn = reader.module if reader.module is not None else reader.norm
+                op.conv = ConvSpec(op.conv.geometry, op.conv.weight, op.conv.bias, bn)
             pads: list[str] = []
             current = self.by_name[op.inputs[0]]
             while current.kind == PAD:
                 pads.insert(0, current.name)
                 current = self.by_name[current.inputs[0]]
             op.pads_before, op.unpadded = tuple(pads), current.name if pads else ""
-            chain: list[str] = []
-            current = self.by_name[op.inputs[0]]
-            while current.kind in (PAD, LAYOUT, POINTWISE) and current.inputs:
-                chain.insert(0, current.name)
-                current = self.by_name[current.inputs[0]]
-            if current.kind == INPUT:
+            chain = self._image_chain(op)
+            if chain is not None:
                 op.kind = INPUT_CONV
-                op.image_chain = tuple(chain)
+                op.image_chain = chain
+
+    def _resolve_layout(self, op: Op) -> None:
+        """Whether ``op``'s output is channels-last (a ``permute(0, 2, 3, 1)`` and what follows it up to the
+        ``permute(0, 3, 1, 2)`` back); a Linear over the channels of such a map becomes a 1×1 convolution."""
+        if op.kind == LAYOUT and op._node.target in ("permute", torch.permute):  # type: ignore[union-attr]
+            op.channels_last = _permutation(op._node) == _CHANNELS_LAST  # type: ignore[arg-type]
+            return
+        if op.kind not in (POINTWISE, NORM, GATE, ADD, LINEAR) or not op.inputs:
+            return
+        op.channels_last = self.by_name[op.relevance_inputs[0]].channels_last
+        if op.kind == LINEAR and op.channels_last and op.linear is not None:
+            linear = op.linear
+            geometry = ConvGeometry((1, 1), (0, 0), (1, 1), 1)
+            op.kind = CONV
+            op.conv = ConvSpec(geometry, lambda: linear.weight()[:, :, None, None], linear.bias)
+
+    def _image_chain(self, op: Op) -> tuple[Op, ...] | None:
+        """The ops between the image and convolution ``op`` in forward order, if they are only padding,
+        layout, pointwise ops and concatenations (e.g. the per-channel affine map of ``transform_input``);
+        None if anything else lies between."""
+        chain: dict[str, Op] = {}
+        stack, reaches_image = [op.inputs[0]], False
+        while stack:
+            current = self.by_name[stack.pop()]
+            if current.kind == INPUT:
+                reaches_image = True
+            elif current.name not in chain:
+                if current.kind not in (PAD, LAYOUT, POINTWISE, CAT) or not current.inputs:
+                    return None
+                chain[current.name] = current
+                stack.extend(current.inputs)
+        if not reaches_image:
+            return None
+        return tuple(sorted(chain.values(), key=lambda o: self.index[o.name]))
 
     # ----------------------------------------------------------------- queries
 
@@ -198,6 +300,10 @@ class ModelGraph:
     def ancestors(self, name: str) -> set[str]:
         """Names of all ops ``name`` depends on, itself included."""
         return self._closure(name, lambda op: op.reads)
+
+    def relevance_ancestors(self, name: str) -> set[str]:
+        """Names of the ops relevance can flow back to from ``name`` (not into gate multipliers), itself included."""
+        return self._closure(name, lambda op: op.relevance_inputs)
 
     def descendants(self, name: str) -> set[str]:
         """Names of all ops that depend on ``name``, itself included."""
@@ -272,20 +378,27 @@ class ModelGraph:
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: env[n.name])  # type: ignore[union-attr]
         return self._call(op, args, kwargs, inplace_ok=inplace_ok)
 
-    def replayer(self, op: Op, env: dict[str, Any]) -> Callable[[Tensor], Tensor]:
-        """``t -> op(t)`` with the op's first activation input replaced by ``t`` and every other argument
-        fixed to its value in ``env``."""
+    def replayer(self, op: Op, env: dict[str, Any]) -> Callable[..., Tensor]:
+        """``(t₀, t₁, …) -> op(t₀, t₁, …)``: the op with its first distinct activation inputs replaced by
+        the ``t``s (``t -> op(t)`` with one) and every other argument fixed to its value in ``env``."""
+        if op.via:  # an item of a split: split the new input the same way, take the same item
+            split, index = self.replayer(self.by_name[op.via], env), op._node.args[1]  # type: ignore[union-attr]
+            return lambda t: split(t)[index]
         node = op._node
-        data = op.inputs[0]
-        hole = object()
+        names = list(dict.fromkeys(op.inputs))
+        slots = {name: _Slot(name, env[name] if i else None) for i, name in enumerate(names)}
         args, kwargs = fx.node.map_arg(  # type: ignore[union-attr]
-            (node.args, node.kwargs), lambda n: hole if n.name == data else env[n.name]
+            (node.args, node.kwargs), lambda n: slots.get(n.name) or env[n.name]
         )
 
-        def run(t: Tensor) -> Tensor:
-            a = tuple(t if v is hole else v for v in args)
-            kw = {k: t if v is hole else v for k, v in kwargs.items()}
-            return self._call(op, a, kw, inplace_ok=False)
+        def run(*ts: Tensor) -> Tensor:
+            given = dict(zip(names, ts))
+
+            def fill(v: Any) -> Any:
+                return given.get(v.name, v.value) if isinstance(v, _Slot) else v
+
+            a, kw = fx.node.map_aggregate((args, kwargs), fill)
+            return self._call(op, tuple(a), dict(kw), inplace_ok=False)
 
         return run
 
@@ -306,12 +419,37 @@ class ModelGraph:
         return target(*args, **kwargs)  # type: ignore[operator]
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """An activation argument of a replayed op: replaced by a new tensor, or else its recorded ``value``."""
+
+    name: str
+    value: Any
+
+
+def _third_party(names: set[tuple[str, str]]) -> list[Callable[..., Any]]:
+    """The functions named ``(module, name)`` of libraries the model has already imported."""
+    found = []
+    for module_name, name in names:
+        module = sys.modules.get(module_name)
+        if module is not None and callable(getattr(module, name, None)):
+            found.append(getattr(module, name))
+    return found
+
+
+def _target_key(target: Any) -> tuple[str, str]:
+    return getattr(target, "__module__", "") or "", getattr(target, "__name__", "")
+
+
 def _trace(model: nn.Module) -> fx.Graph:
-    """Symbolically trace ``model`` in eval mode (restoring every module's flag afterwards)."""
+    """Symbolically trace ``model`` in eval mode (restoring every module's flag afterwards).
+
+    timm's dynamic "same" padding (which reads the input size) is traced as one call.
+    """
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        return fx.Tracer().trace(model)
+        return fx.Tracer(autowrap_functions=tuple(_third_party(_THIRD_PARTY_PAD))).trace(model)
     except Exception as exc:  # tracing failures come in many exception types
         raise RelpropError(
             f"relprop could not trace {type(model).__name__} with torch.fx ({exc}). Models with "
@@ -401,28 +539,37 @@ def _classify(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
     if not inputs:  # computed from shapes, sizes or parameters only
         return make(STRUCTURAL, _written_name(node))
     written = _written_name(node)
-    if node.op == "call_method":
-        if node.target in _POINTWISE_METHODS:
-            return make(POINTWISE, written)
-        if node.target in _LAYOUT_METHODS:
-            return make(LAYOUT, written)
-        return make(UNKNOWN, written)
     target = node.target
+    if target in _SCALE_FUNCTIONS or (node.op == "call_method" and target in _SCALE_METHODS):
+        return _classify_product(node, model, inputs, written, make)
+    if node.op == "call_method":
+        for kind, methods in _METHOD_KINDS:
+            if target in methods:
+                return make(kind, written)
+        return make(UNKNOWN, written)
     if target in _CONV_FUNCTIONS:
         return make(CONV, written, **_conv_of_call(node, model))
-    if target in _POINTWISE_FUNCTIONS:
+    if target in _LINEAR_FUNCTIONS:
+        return _linear_of_call(node, model, written, make)
+    if target is F.batch_norm:
+        return _batchnorm_of_call(node, model, written, make)
+    if target is F.interpolate:
+        return _classify_resize(str(_argument(node, 3, "mode", "nearest")), written, make)
+    key = _target_key(target)
+    if target in _POINTWISE_FUNCTIONS or key in _THIRD_PARTY_POINTWISE:
         return make(POINTWISE, written)
+    if key in _THIRD_PARTY_PAD:
+        return make(PAD, written) if not _argument(node, 4, "value", 0) else make(UNKNOWN, f"{written} with value != 0")
+    for kind, functions in _FUNCTION_KINDS:
+        if target in functions:
+            return make(kind, written)
     if target in _MAXPOOL_FUNCTIONS:
         bound = dict(zip(["input", "kernel_size", "stride", "padding", "dilation"], node.args))
         bound.update(node.kwargs)
         pool = _pool_windows(bound["kernel_size"], bound.get("stride"), bound.get("padding", 0), bound.get("dilation", 1))
         return make(MAXPOOL, written, pool=pool)
-    if target in _AVGPOOL_FUNCTIONS:
-        return make(AVGPOOL, written)
     if target is F.pad:
         return make(PAD, written) if _pad_value(node) == 0 else make(UNKNOWN, f"{written} with value != 0")
-    if target in _LAYOUT_FUNCTIONS:
-        return make(LAYOUT, written)
     if target in _ADD_FUNCTIONS:
         if "alpha" in node.kwargs:
             return make(UNKNOWN, f"{written}(alpha=...)")
@@ -433,14 +580,120 @@ def _classify(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
     return make(UNKNOWN, written)
 
 
+_METHOD_KINDS = (
+    (POINTWISE, _POINTWISE_METHODS), (LAYOUT, _LAYOUT_METHODS), (AVGPOOL, _AVGPOOL_METHODS),
+    (MAXPOOL, {"amax"}), (SPLIT, _SPLIT_METHODS),
+)
+_FUNCTION_KINDS = (
+    (AVGPOOL, _AVGPOOL_FUNCTIONS), (MAXPOOL, _GLOBAL_MAX_FUNCTIONS), (NORM, _NORM_FUNCTIONS),
+    (LAYOUT, _LAYOUT_FUNCTIONS), (SPLIT, _SPLIT_FUNCTIONS),
+)
+
+
+def _classify_product(node: fx.Node, model: nn.Module, inputs: tuple[str, ...], written: str, make: Callable[..., Op]) -> Op:
+    """``x * c``, ``x / c``, ``x - c`` with a constant or parameter ``c``: pointwise (relevance passes);
+    ``x * g`` with two activations: a gate, ``g`` being the operand computed by a sigmoid-type function
+    (through views and expands), e.g. squeeze-and-excitation, ECA, SiLU written as ``x * sigmoid(x)``."""
+    target = node.target
+    is_product = target in (operator.mul, operator.imul, torch.mul, "mul", "mul_")
+    data_first = isinstance(node.args[0], fx.Node) and node.args[0].name == inputs[0]
+    if len(inputs) == 1 and (is_product or data_first):
+        return make(POINTWISE, written)
+    if len(inputs) == 2 and is_product and inputs[0] != inputs[1]:
+        gates = [i for i, arg in enumerate(node.args[:2]) if isinstance(arg, fx.Node) and _is_gate_output(arg, model)]
+        if len(gates) == 1:
+            return make(GATE, written, gate=gates[0])
+        return make(UNKNOWN, written, unsupported=(
+            f"{written} multiplies two feature maps, "
+            + ("both" if gates else "neither") + " computed by a sigmoid-type gate (Sigmoid, Hardsigmoid, Tanh); "
+            "relprop explains products of a signal and one such gate."
+        ))
+    return make(UNKNOWN, written)
+
+
+def _is_gate_output(node: fx.Node, model: nn.Module) -> bool:
+    """Whether ``node`` is a sigmoid-type activation, possibly followed by views / expands / reshapes."""
+    while True:
+        if node.op == "call_module":
+            return isinstance(model.get_submodule(str(node.target)), _GATE_MODULES)
+        if node.target in _GATE_FUNCTIONS or node.target in _GATE_METHODS:
+            return True
+        if node.target not in _LAYOUT_METHODS and node.target not in _LAYOUT_FUNCTIONS:
+            return False
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return False
+        node = node.args[0]
+
+
+def _classify_resize(mode: str, type_name: str, make: Callable[..., Op], module: nn.Module | None = None) -> Op:
+    """Nearest upsampling copies inputs (relevance follows the adjoint); bilinear averages them with
+    non-negative weights (relevance shared like average pooling)."""
+    if mode == "nearest":
+        return make(LAYOUT, type_name, module=module)
+    if mode == "bilinear":
+        return make(AVGPOOL, type_name, module=module)
+    return make(UNKNOWN, f"{type_name}(mode={mode!r})", module=module)
+
+
+def _argument(node: fx.Node, position: int, name: str, default: Any) -> Any:
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
+
+
+def _permutation(node: fx.Node) -> tuple[int, ...] | None:
+    """The dimension order of a 4-d ``permute`` (``x.permute(0, 2, 3, 1)`` or ``torch.permute(x, [0, 2, 3, 1])``);
+    None if unknown."""
+    dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = tuple(dims[0])
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return tuple(d % 4 for d in dims) if len(dims) == 4 else None
+
+
+def _parameter_getter(node: Any, model: nn.Module) -> Callable[[], Any]:
+    if isinstance(node, fx.Node):
+        return lambda: functools.reduce(getattr, str(node.target).split("."), model)
+    return lambda: node
+
+
+def _linear_of_call(node: fx.Node, model: nn.Module, written: str, make: Callable[..., Op]) -> Op:
+    weight, bias = _argument(node, 1, "weight", None), _argument(node, 2, "bias", None)
+    computed = [n for n in (weight, bias) if isinstance(n, fx.Node) and n.op != "get_attr"]
+    if computed or not isinstance(weight, fx.Node):
+        return make(UNKNOWN, written, unsupported=f"{written} whose weight is computed in forward(); relprop needs it as a parameter.")
+    return make(LINEAR, written, linear=LinearSpec(_parameter_getter(weight, model), _parameter_getter(bias, model)))
+
+
+def _batchnorm_of_call(node: fx.Node, model: nn.Module, written: str, make: Callable[..., Op]) -> Op:
+    """``F.batch_norm`` (timm's ``BatchNormAct2d`` calls it) in eval mode: a BatchNorm like ``nn.BatchNorm2d``."""
+    names = ("running_mean", "running_var", "weight", "bias")
+    values = [_argument(node, i + 1, name, None) for i, name in enumerate(names)]
+    training, eps = _argument(node, 5, "training", False), _argument(node, 7, "eps", 1e-5)
+    if training or any(isinstance(v, fx.Node) and v.op != "get_attr" for v in values) or values[1] is None:
+        return make(UNKNOWN, written, unsupported=(
+            f"{written} in training mode or without running statistics; relprop explains eval-mode BatchNorm."
+        ))
+    getters = {name: _parameter_getter(v, model) for name, v in zip(names, values)}
+    getters["eps"] = lambda: eps
+    return make(BATCHNORM, written, norm=BatchNormSpec(getters))
+
+
 def _classify_module(module: nn.Module, make: Callable[..., Op]) -> Op:
     type_name = type(module).__name__
     if isinstance(module, nn.Conv2d):
         return make(CONV, type_name, module=module, **_conv_of_module(module))
     if isinstance(module, nn.Linear):
-        return make(LINEAR, type_name, module=module)
+        return make(LINEAR, type_name, module=module, linear=LinearSpec(lambda: module.weight, lambda: module.bias))
     if isinstance(module, nn.BatchNorm2d):
         return make(BATCHNORM, type_name, module=module)
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        return make(NORM, type_name, module=module)
+    if isinstance(module, nn.Upsample):
+        return _classify_resize(module.mode, type_name, make, module)
+    if isinstance(module, (nn.AdaptiveMaxPool2d,)):
+        return make(MAXPOOL, type_name, module=module)
     if isinstance(module, _POINTWISE_MODULES):
         return make(POINTWISE, type_name, module=module)
     if isinstance(module, nn.MaxPool2d):
@@ -503,11 +756,7 @@ def _conv_of_call(node: fx.Node, model: nn.Module) -> dict[str, Any]:
     bound.update(dict(zip(names, node.args)))
     bound.update(node.kwargs)
 
-    def getter(value: Any) -> Callable[[], Any]:
-        if isinstance(value, fx.Node):
-            return lambda: functools.reduce(getattr, str(value.target).split("."), model)
-        return lambda: value
-
+    getter = functools.partial(_parameter_getter, model=model)
     computed = [k for k in ("weight", "bias") if isinstance(bound[k], fx.Node) and bound[k].op != "get_attr"]
     if computed:
         return {"unsupported": f"F.conv2d whose {computed[0]} is computed in forward(); relprop needs it as a parameter."}

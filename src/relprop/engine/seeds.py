@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.nn as nn
 from torch import Tensor
 
 from ..competitors import Hostile, check_hostile, resolve_competitors
@@ -12,7 +13,7 @@ from ..errors import InputError, UnsupportedLayerError
 from ..rules.hostile import hostile_seed
 from ..rules.rap import rap_logit_split
 from .forward import ForwardRecord
-from .graph import ADD, BATCHNORM, CAT, CONV, INPUT_CONV, LAYOUT, LINEAR, POINTWISE, ModelGraph, Op
+from .graph import ADD, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, NORM, POINTWISE, ModelGraph, Op
 
 # The authors' seed layers where they differ from the automatic choice.
 _AUTHORS_SEED_LAYERS = {"DenseNet": "features", "AlexNet": "features"}
@@ -20,19 +21,21 @@ _AUTHORS_SEED_LAYERS = {"DenseNet": "features", "AlexNet": "features"}
 
 def default_seed_layer(graph: ModelGraph) -> str:
     """Output of the last convolutional block: the last conv, followed forward through BatchNorm,
-    activations, residual adds and concatenations, stopping before pooling or flattening.
+    normalisations, activations, gates, residual adds and concatenations (and out of a channels-last
+    layout), stopping before pooling or flattening.
 
     VGG-16 gives ``features.29`` (before the last max-pool), ResNet the output of ``layer4``,
     DenseNet the ReLU after ``features.norm5``, Inception-v3 ``Mixed_7c``.
     """
-    feeds_output = graph.ancestors(graph.output_name)
+    feeds_output = graph.relevance_ancestors(graph.output_name)  # not the ops computing a gate
     convs = [op for op in graph.ops if op.kind in (CONV, INPUT_CONV) and op.name in feeds_output]
     if not convs:
         raise ValueError(f"{type(graph.model).__name__} has no Conv2d layer: no seed layer can be chosen.")
     current = convs[-1].name
     while True:
         users = [u for u in graph.consumers[current] if u in feeds_output]
-        if len(users) != 1 or graph.by_name[users[0]].kind not in (BATCHNORM, POINTWISE, ADD, CAT):
+        channels_last = graph.by_name[current].channels_last
+        if len(users) != 1 or not (channels_last or graph.by_name[users[0]].kind in (BATCHNORM, NORM, POINTWISE, GATE, ADD, CAT)):
             return current
         current = users[0]
 
@@ -163,11 +166,17 @@ class LogitSeed(Seed):
 
 class LogitSplitSeed(Seed):
     """RAP: the walk starts below the Linear layer producing the logits, with the target logit split into
-    its input contributions and balanced (:func:`relprop.rules.rap.rap_logit_split`)."""
+    its input contributions and balanced (:func:`relprop.rules.rap.rap_logit_split`).  A 1×1 convolution
+    on a 1×1 map that is flattened into the logits (DLA's classifier) counts as that Linear layer."""
 
     def _logit_layer(self, graph: ModelGraph) -> Op:
+        """The layer producing the logits (behind flattens and identities, as in timm's heads)."""
         op = graph.by_name[graph.by_name[graph.output_name].inputs[0]]
-        if op.kind != LINEAR:
+        while op.inputs and (op.kind == LAYOUT or op.kind == POINTWISE and isinstance(op.module, (nn.Identity, nn.Dropout))):
+            op = graph.by_name[op.inputs[0]]
+        pointwise_conv = op.kind == CONV and op.conv is not None and tuple(op.conv.weight().shape[2:]) == (1, 1) \
+            and op.conv.geometry.groups == 1
+        if op.kind != LINEAR and not pointwise_conv:
             raise UnsupportedLayerError(
                 op.path, op.type_name, "RAP",
                 "RAP splits the target logit at the Linear layer that produces the logits; this model's "
@@ -179,5 +188,11 @@ class LogitSplitSeed(Seed):
         return self._logit_layer(graph).inputs[0]
 
     def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
-        weight = self._logit_layer(graph).module.weight  # type: ignore[union-attr]
-        return rap_logit_split(record.seed.detach(), one_hot(record.logits.detach(), targets), weight)
+        layer, a = self._logit_layer(graph), record.seed.detach()
+        hot = one_hot(record.logits.detach(), targets)
+        if layer.linear is not None:
+            return rap_logit_split(a, hot, layer.linear.weight())
+        if a.dim() != 4 or a.shape[2:] != (1, 1):
+            raise ValueError(f"RAP: the 1×1 convolution '{layer.path}' producing the logits reads a {tuple(a.shape)} map; "
+                             "it must be pooled to 1×1 first.")
+        return rap_logit_split(a.flatten(1), hot, layer.conv.weight().flatten(1)).view_as(a)  # type: ignore[union-attr]

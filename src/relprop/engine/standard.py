@@ -17,7 +17,7 @@ from ..rules.structural import (
 )
 from ..rules.zbox import zbox_conv
 from .graph import (
-    ADD, AVGPOOL, BATCHNORM, CAT, LAYOUT, MAXPOOL, PAD, POINTWISE, STRUCTURAL, ModelGraph, Op,
+    ADD, AVGPOOL, BATCHNORM, CAT, GATE, LAYOUT, MAXPOOL, NORM, PAD, POINTWISE, STRUCTURAL, ModelGraph, Op,
 )
 from .table import Needs, Rule, RuleTable, Step
 
@@ -34,6 +34,14 @@ class PassThrough(Rule):
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         return _first(step.op, step.relevance)
+
+
+class GatedSignal(Rule):
+    """``x · g`` with a gate ``g`` (squeeze-and-excitation, ECA, ``x · sigmoid(x)``): the gate is a fixed
+    per-sample multiplier, all relevance goes to the signal ``x`` and none to the gate."""
+
+    def __call__(self, step: Step) -> Sequence[Tensor | None]:
+        return [None if i == step.op.gate else step.relevance for i in range(2)]
 
 
 class NoRelevance(Rule):
@@ -139,7 +147,8 @@ class CatSlice(Rule):
 
 
 class ZBox(Rule):
-    """z^B at a convolution reading the image; the bounds follow the ops in between (padding).
+    """z^B at a convolution reading the image; the bounds follow the ops in between (padding, slicing, the
+    per-channel affine map of ``transform_input``, concatenation), taken elementwise as (min, max) after them.
 
     ``bounds``: ``(low, high)`` floats or per-channel tensors; default each sample's minimum and maximum
     over all channels and pixels.  ``fold_batchnorm``: see the kernel of ``bn(conv(x))`` when a
@@ -150,16 +159,22 @@ class ZBox(Rule):
         self.bounds, self.fold_batchnorm = bounds, fold_batchnorm
 
     def needs(self, op: Op) -> Needs:
-        return Needs(op.inputs[:1], op.image_chain)
+        return Needs(op.inputs[:1], tuple(o.name for o in op.image_chain))
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         op = step.op
-        low, high = self.bound_images(step.x)
-        for name in op.image_chain:
-            replay = step.replay(name)
-            low, high = replay(low), replay(high)
+        low, high = (self.through_chain(step, bound) for bound in self.bound_images(step.x))
+        low, high = torch.minimum(low, high), torch.maximum(low, high)
         weight, _ = op.conv.parameters(self.fold_batchnorm)  # type: ignore[union-attr]
         return [zbox_conv(step.input(), step.relevance, weight, op.conv.geometry, low, high)]  # type: ignore[union-attr]
+
+    @staticmethod
+    def through_chain(step: Step, image: Tensor) -> Tensor:
+        """``image`` (shaped like x) passed through the ops between the image and the convolution."""
+        values: dict[str, Tensor] = {}
+        for chain_op in step.op.image_chain:
+            values[chain_op.name] = step.replay(chain_op.name)(*(values.get(n, image) for n in dict.fromkeys(chain_op.inputs)))
+        return values.get(step.op.inputs[0], image)
 
     def bound_images(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Bound images shaped like ``x`` (N, C, H, W)."""
@@ -179,6 +194,8 @@ STANDARD_TABLE = RuleTable({
     nn.Hardtanh: PassThrough(),
     POINTWISE: PassThrough(),
     BATCHNORM: PassThrough(),
+    NORM: PassThrough(),
+    GATE: GatedSignal(),
     STRUCTURAL: NoRelevance(),
     LAYOUT: LayoutAdjoint(),
     PAD: LayoutAdjoint(),

@@ -15,15 +15,22 @@ from torch import Tensor
 from ..errors import UnsupportedLayerError
 from .forward import ForwardRecord
 from .graph import (
-    ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LAYOUT, LINEAR, MAXPOOL, PAD, POINTWISE, STRUCTURAL, ModelGraph, Op,
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, MAXPOOL, NORM, PAD, POINTWISE, STRUCTURAL,
+    ModelGraph, Op,
 )
 
 Key = Union[str, type]
 
 _DESCRIPTIONS = {
-    CONV: "Conv2d (any stride, padding, dilation, groups)", INPUT_CONV: "", LINEAR: "Linear",
-    BATCHNORM: "BatchNorm2d", POINTWISE: "ReLU-family activations, Dropout, Identity", MAXPOOL: "max pooling",
-    AVGPOOL: "average / adaptive-average pooling", PAD: "zero padding", LAYOUT: "flatten / view / reshape",
+    CONV: "Conv2d (any stride, padding, dilation, groups; also a Linear over the channels of a channels-last map)",
+    INPUT_CONV: "", LINEAR: "Linear",
+    BATCHNORM: "BatchNorm2d / F.batch_norm", NORM: "LayerNorm / GroupNorm",
+    POINTWISE: "elementwise activations (ReLU family, SiLU, GELU, Hardswish, Mish, Sigmoid, Tanh, ...), Dropout, "
+               "Identity, stochastic depth, scaling by a constant or parameter",
+    GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA)",
+    MAXPOOL: "max pooling (also adaptive / global max, amax)",
+    AVGPOOL: "average / adaptive-average pooling, mean, bilinear upsampling", PAD: "zero padding",
+    LAYOUT: "flatten / view / reshape / permute / transpose / slicing / chunk / nearest upsampling",
     ADD: "residual addition", CAT: "torch.cat", STRUCTURAL: "",
 }
 """How messages name the op kinds; empty: not worth listing (covered by another entry, or no relevance)."""
@@ -32,7 +39,10 @@ _DESCRIPTIONS = {
 @dataclass(frozen=True)
 class Step:
     """What a rule sees when the walk reaches its op: the op, the relevance of its output and the forward
-    pass's record (activations the rule asked for, shapes, replays), and the model input ``x``."""
+    pass's record (activations the rule asked for, shapes, replays), and the model input ``x``.
+
+    For a channels-last op (a Linear over the channels of an (N, H, W, C) map) the relevance and
+    :meth:`input` are given as (N, C, H, W), and the rule's results are taken in that layout."""
 
     op: Op
     relevance: Tensor
@@ -41,11 +51,13 @@ class Step:
 
     def input(self, i: int = 0) -> Tensor:
         """The recorded activation of the op's ``i``-th input (the rule must keep it, see :attr:`Rule.keeps`)."""
-        return self.record.values[self.op.inputs[i]]
+        value = self.record.values[self.op.inputs[i]]
+        return value.permute(0, 3, 1, 2) if self.op.channels_last else value
 
     def input_shape(self, i: int = 0) -> tuple[int, ...]:
-        """Shape of the op's ``i``-th input."""
-        return tuple(self.record.shapes[self.op.inputs[i]])
+        """Shape of the op's ``i``-th input (as :meth:`input` gives it)."""
+        n, *rest = self.record.shapes[self.op.inputs[i]]
+        return (n, rest[-1], *rest[:-1]) if self.op.channels_last else (n, *rest)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of the output of op ``name`` in the forward pass."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -58,7 +59,8 @@ class Engine:
 
     def _make_plan(self) -> _Plan:
         g = self.graph
-        path = g.ancestors(self.seed_op) & g.descendants(g.input_name)
+        # ops that only compute a gate's multiplier get no relevance: they are off the path and need no rule
+        path = g.relevance_ancestors(self.seed_op) & g.descendants(g.input_name)
         order = [op for op in g.ops if op.name in path]
         rules = self._rules_for([op for op in order if op.kind != INPUT])
         self.seed.check_path(g, order, self.seed_layer)
@@ -135,7 +137,7 @@ class Engine:
                 result = r
                 continue
             rule = plan.rules[op.name]
-            for inp, contribution in zip(op.inputs, rule(Step(op, r, record, x))):
+            for inp, contribution in zip(op.inputs, _in_op_layout(op, rule(Step(op, _channels_first(op, r), record, x)))):
                 if contribution is not None:
                     relevance[inp] = relevance[inp] + contribution if inp in relevance else contribution
             for value in plan.needs[op.name].values:
@@ -143,3 +145,15 @@ class Engine:
                 if pending[value] == 0 and value != self.graph.input_name:
                     record.values.pop(value, None)
         return torch.zeros_like(x) if result is None else result
+
+
+def _channels_first(op: Op, t: Tensor) -> Tensor:
+    """A channels-last op's tensor (N, H, W, C) as the (N, C, H, W) its rule sees; others unchanged."""
+    return t.permute(0, 3, 1, 2).contiguous() if op.channels_last else t
+
+
+def _in_op_layout(op: Op, relevances: Sequence[Tensor | None]) -> list[Tensor | None]:
+    """A rule's (N, C, H, W) input relevances back in the op's own layout (N, H, W, C) if it is channels-last."""
+    if not op.channels_last:
+        return list(relevances)
+    return [None if r is None else r.permute(0, 2, 3, 1).contiguous() for r in relevances]

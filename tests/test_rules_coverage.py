@@ -1,0 +1,347 @@
+"""The layer types of modern CNNs (EfficientNet, MobileNet-v3, RegNet-Y, ShuffleNet-v2, ConvNeXt, timm):
+elementwise activations, multiplicative gates, normalisations, channels-last Linear layers, layout ops,
+mean / amax pooling and the per-channel affine map of ``transform_input``.
+
+Expected values are derived by hand in the comments, or come from an equivalent model written with the
+layer types relprop already supported (a channel permutation folded into the weights, a 1×1 Conv2d for a
+channels-last Linear, ``nn.BatchNorm2d`` for ``F.batch_norm``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+import relprop
+from relprop.engine import GATE, NORM, ModelGraph
+
+D = torch.float64
+METHODS = {
+    "rsp": relprop.RSP,
+    "ae": relprop.AE,
+    "rap": relprop.RAP,
+    "lrp_composite": relprop.get_method("lrp_composite"),
+}
+
+
+def sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+# ------------------------------------------------------------------ pass-through ops, by hand with LRP-ε
+
+
+class Func(nn.Module):
+    def __init__(self, fn) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fn(h)
+
+
+class ChannelsLast(nn.Module):
+    """``permute(0, 2, 3, 1)`` → ``inner`` → ``permute(0, 3, 1, 2)``, as in ConvNeXt blocks."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.inner(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Squeeze(nn.Module):
+    """``h · sigmoid(mean_hw h)``: squeeze-and-excitation without the bottleneck."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * torch.sigmoid(h.mean((2, 3), keepdim=True))
+
+
+class Eca(nn.Module):
+    """timm's ECA: ``h · sigmoid(conv1d over channels of mean_hw h)`` (kernel 1, weight 0.5), expanded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 1, bias=False)
+        nn.init.constant_(self.conv.weight, 0.5)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        y = self.conv(h.mean((2, 3)).view(h.shape[0], 1, -1))
+        return h * torch.sigmoid(y).view(h.shape[0], -1, 1, 1).expand_as(h)
+
+
+class LayerScale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.tensor([0.5, 3.0]).view(2, 1, 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.gamma * h
+
+
+def _layer_norm(h: tuple[float, float]) -> tuple[float, float]:
+    mean = sum(h) / 2
+    std = math.sqrt(sum((v - mean) ** 2 for v in h) / 2 + 1e-5)
+    return tuple((v - mean) / std for v in h)  # type: ignore[return-value]
+
+
+H = (3.0, -3.0)  # the pre-activations of the tiny net below
+PASS_THROUGH = {
+    # name: (op between conv and fc, its output a = f(H) by hand)
+    "SiLU": (nn.SiLU(), tuple(v * sigmoid(v) for v in H)),
+    "F.silu": (Func(F.silu), tuple(v * sigmoid(v) for v in H)),
+    "x * sigmoid(x)": (Func(lambda h: h * torch.sigmoid(h)), tuple(v * sigmoid(v) for v in H)),
+    "Tensor.sigmoid gate": (Func(lambda h: h.mul(h.sigmoid())), tuple(v * sigmoid(v) for v in H)),
+    "GELU": (nn.GELU(), tuple(v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in H)),
+    "Hardswish": (nn.Hardswish(), tuple(v * min(max(v + 3, 0), 6) / 6 for v in H)),
+    "Mish": (nn.Mish(), tuple(v * math.tanh(math.log1p(math.exp(v))) for v in H)),
+    "ELU": (nn.ELU(), tuple(v if v > 0 else math.exp(v) - 1 for v in H)),
+    "LeakyReLU": (nn.LeakyReLU(0.1), tuple(v if v > 0 else 0.1 * v for v in H)),
+    "Sigmoid": (nn.Sigmoid(), tuple(sigmoid(v) for v in H)),
+    "torch.tanh": (Func(torch.tanh), tuple(math.tanh(v) for v in H)),
+    "Hardsigmoid": (nn.Hardsigmoid(), tuple(min(max(v / 6 + 0.5, 0), 1) for v in H)),
+    "Softplus": (nn.Softplus(), tuple(math.log1p(math.exp(v)) for v in H)),
+    "x / 6 + 1": (Func(lambda h: h / 6 + 1), tuple(v / 6 + 1 for v in H)),
+    "layer scale": (LayerScale(), (0.5 * H[0], 3.0 * H[1])),
+    "stochastic depth (eval)": (torchvision.ops.StochasticDepth(0.5, "row"), H),
+    "squeeze-excite gate": (Squeeze(), tuple(v * sigmoid(v) for v in H)),
+    "ECA gate (Conv1d on the gate)": (Eca(), tuple(v * sigmoid(0.5 * v) for v in H)),
+    "LayerNorm channels-last": (ChannelsLast(nn.LayerNorm(2)), _layer_norm(H)),
+    "F.layer_norm channels-last": (ChannelsLast(Func(lambda h: F.layer_norm(h, (2,)))), _layer_norm(H)),
+    "GroupNorm": (nn.GroupNorm(1, 2), _layer_norm(H)),
+}
+
+
+class TinyNet(nn.Module):
+    """x (N, 2, 1, 1) → 1×1 conv A → op → flatten → fc v, no biases."""
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1, bias=False)
+        self.op = op
+        self.fc = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -2.0]]).view(2, 2, 1, 1))
+            self.fc.weight.copy_(torch.tensor([[1.0, 2.0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.op(self.conv(x)), 1))
+
+
+@pytest.mark.parametrize("name", sorted(PASS_THROUGH))
+def test_lrp_epsilon_passes_relevance_through_the_op_unchanged(name):
+    """x = (1, 2): h = A·x = (3, −3), a = op(h), logit = a₁ + 2a₂.  LRP-ε (ε = 0): the fc gives
+    R_a = (a₁, 2a₂); the op passes it to h unchanged (a gate's multiplier gets nothing); the conv gives
+    R_x1 = x₁(A₁₁ R_h1/h₁ + A₂₁ R_h2/h₂) = (a₁ − 2a₂)/3 and R_x2 = x₂(A₁₂ R_h1/h₁ + A₂₂ R_h2/h₂) = 2(a₁ + 4a₂)/3."""
+    op, (a1, a2) = PASS_THROUGH[name]
+    model = TinyNet(op).double().eval()
+    x = torch.tensor([1.0, 2.0], dtype=D).view(1, 2, 1, 1)
+    out = relprop.LRPEpsilon(model, epsilon=0.0).attribute(x, target=0)
+    expected = torch.tensor([(a1 - 2 * a2) / 3, 2 * (a1 + 4 * a2) / 3], dtype=D).view(1, 2, 1, 1)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_gate_branch_needs_no_rules_and_its_multiplier_is_recognised():
+    """The ops computing an ECA gate (mean, view, Conv1d, sigmoid, expand) are off the relevance path."""
+    graph = ModelGraph(TinyNet(Eca()).eval())
+    gate = next(op for op in graph.ops if op.kind == GATE)
+    assert graph.by_name[gate.inputs[gate.gate]].type_name.startswith("Tensor.expand_as")
+    relprop.RSP(TinyNet(Eca()).eval(), seed_layer="conv")  # the Conv1d has no rule, and blocks nothing
+    off_path = {op.name for op in graph.ops if op.type_name == "Conv1d"}
+    assert off_path and not off_path & graph.relevance_ancestors(graph.output_name)
+
+
+def test_product_of_two_signals_is_refused_with_a_clear_message():
+    class Product(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1)
+            self.fc = nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.flatten(self.a(x) * torch.relu(self.b(x)), 1))
+
+    with pytest.raises(relprop.UnsupportedLayerError, match="multiplies two feature maps, neither"):
+        relprop.LRPEpsilon(Product().eval())
+
+
+def test_normalisations_are_classified_as_norm():
+    kinds = {op.type_name: op.kind for op in ModelGraph(TinyNet(ChannelsLast(nn.LayerNorm(2))).eval()).ops}
+    assert kinds["LayerNorm"] == NORM
+    assert {op.kind for op in ModelGraph(TinyNet(nn.GroupNorm(1, 2)).eval()).ops} >= {NORM}
+
+
+# ------------------------------------------------------------------ z^B through transform_input
+
+
+class TransformInput(nn.Module):
+    """Inception's ``transform_input`` in miniature: t = cat(2·x₂ + 1, −x₁) → 1×1 conv w = (1, 1) → fc 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 1, bias=False)
+        self.fc = nn.Linear(1, 1, bias=False)
+        nn.init.ones_(self.conv.weight), nn.init.ones_(self.fc.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.cat((torch.unsqueeze(x[:, 1], 1) * 2.0 + 1.0, x[:, 0:1] * -1.0), 1)
+        return self.fc(torch.flatten(self.conv(t), 1))
+
+
+def test_zbox_bounds_follow_the_affine_map_of_transform_input():
+    """x = (1, 3): bounds l = 1, h = 3 (the sample's min / max).  t₁ = 2x₂ + 1 = 7 with bounds (3, 7);
+    t₂ = −x₁ = −1 with bounds −1·(1, 3) = (−1, −3), reordered to (−3, −1).  W⁺ = (1, 1), W⁻ = 0:
+    z = (7 − 3) + (−1 − (−3)) = 6, the logit is t₁ + t₂ = 6 = R.  R_t = (4, 2)·R/z = (4, 2); the slicing
+    sends R_t₁ to x₂ and R_t₂ to x₁: R_x = (2, 4)."""
+    model = TransformInput().double().eval()
+    x = torch.tensor([1.0, 3.0], dtype=D).view(1, 2, 1, 1)
+    out = relprop.get_method("lrp_composite")(model, epsilon=0.0).attribute(x, target=0)
+    torch.testing.assert_close(out, torch.tensor([2.0, 4.0], dtype=D).view(1, 2, 1, 1), rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ equivalent models
+
+
+def _features(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+
+
+class Head(nn.Module):
+    """``body`` then a 3×3 conv, ReLU, global average pooling and a Linear classifier."""
+
+    def __init__(self, body: nn.Module, pool=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        torch.manual_seed(7)
+        self.features, self.body = _features(1), body
+        self.last = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        self.pool = pool or (lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.last(self.body(self.features(x))))))
+
+
+def _assert_same_maps(model_a: nn.Module, model_b: nn.Module, methods=METHODS) -> None:  # type: ignore[no-untyped-def]
+    model_a, model_b = model_a.double().eval(), model_b.double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(model_a(x), model_b(x), rtol=1e-12, atol=1e-12)
+    for name, method in methods.items():
+        a, b = method(model_a).attribute(x, target=[0, 2]), method(model_b).attribute(x, target=[0, 2])
+        assert b.abs().max() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * float(b.abs().max()), msg=name)
+
+
+class ChannelsLastMLP(nn.Module):
+    """ConvNeXt's pointwise MLP: permute → Linear → GELU → Linear → permute back."""
+
+    def __init__(self, fc1: nn.Linear, fc2: nn.Linear) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = fc1, fc2
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(h.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+
+
+def test_linear_over_channels_last_is_the_1x1_convolution():
+    torch.manual_seed(3)
+    fc1, fc2 = nn.Linear(4, 6), nn.Linear(6, 4)
+    conv1, conv2 = nn.Conv2d(4, 6, 1), nn.Conv2d(6, 4, 1)
+    with torch.no_grad():
+        for conv, fc in ((conv1, fc1), (conv2, fc2)):
+            conv.weight.copy_(fc.weight[:, :, None, None]), conv.bias.copy_(fc.bias)
+    _assert_same_maps(Head(ChannelsLastMLP(fc1, fc2)), Head(nn.Sequential(conv1, nn.GELU(), conv2)))
+
+
+def test_seed_of_a_channels_last_block_is_its_channels_first_output():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), ChannelsLastMLP(nn.Linear(4, 4), nn.Linear(4, 4)),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    assert relprop.RSP(model.eval()).seed_layer == "1"  # after the permute back, not the Linear's output
+
+
+class FunctionalBatchNorm(nn.BatchNorm2d):
+    """timm's ``BatchNormAct2d`` in miniature: a BatchNorm2d subclass calling ``F.batch_norm``, then ReLU."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(F.batch_norm(h, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS) + ["lrp_epsilon"])
+def test_f_batch_norm_is_explained_like_batchnorm2d_including_folding(name):
+    torch.manual_seed(4)
+    functional, module = FunctionalBatchNorm(4), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        functional.weight.copy_(torch.tensor([1.5, -0.5, 2.0, 0.7]))  # γ < 0: folding swaps W⁺ and W⁻
+        functional.bias.uniform_(-1, 1), functional.running_mean.uniform_(-1, 1), functional.running_var.uniform_(0.5, 2)
+    module.load_state_dict(functional.state_dict())
+    a = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), functional)
+    b = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), module, nn.ReLU())
+    b[0].load_state_dict(a[0].state_dict())
+    graph = ModelGraph(Head(a).eval())
+    assert any(op.conv is not None and op.conv.batchnorm is not None for op in graph.ops), "not folded"
+    _assert_same_maps(Head(a), Head(b), {name: relprop.get_method(name)})
+
+
+def _shuffle(h: torch.Tensor) -> torch.Tensor:
+    """ShuffleNet-v2's channel shuffle with 2 groups: (N, 4, H, W), channels 0 1 2 3 → 0 2 1 3."""
+    n, c, height, width = h.size()
+    h = h.view(n, 2, c // 2, height, width)
+    return torch.transpose(h, 1, 2).contiguous().view(n, -1, height, width)
+
+
+def _swap_halves(h: torch.Tensor) -> torch.Tensor:
+    first, second = h.chunk(2, dim=1)
+    return torch.cat((second, first), dim=1)
+
+
+@pytest.mark.parametrize("layout, order", [(_shuffle, [0, 2, 1, 3]), (_swap_halves, [2, 3, 0, 1])])
+def test_channel_shuffle_and_chunk_route_relevance_like_permuted_weights(layout, order):
+    """A layout op permuting channels explains like the model whose last conv's inputs are permuted instead."""
+    plain = Head(nn.Identity())
+    shuffled = Head(Func(layout))
+    with torch.no_grad():
+        inverse = torch.argsort(torch.tensor(order))
+        shuffled.last.weight.copy_(plain.last.weight[:, inverse])
+    # seed below the layout op for RSP / AE: both models seed at features
+    methods = {n: (lambda m, f=f: f(m, seed_layer="features")) for n, f in METHODS.items() if n in ("rsp", "ae")}
+    methods.update({n: f for n, f in METHODS.items() if n not in methods})
+    _assert_same_maps(shuffled, plain, methods)
+
+
+@pytest.mark.parametrize("pooled, reference", [
+    (lambda h: h.mean((2, 3)), lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1)),
+    (lambda h: torch.mean(h, dim=(-2, -1)), lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1)),
+    (lambda h: h.amax((2, 3)), lambda h: F.max_pool2d(h, 8).flatten(1)),
+    (lambda h: F.adaptive_max_pool2d(h, 1).flatten(1), lambda h: F.max_pool2d(h, 8).flatten(1)),
+])
+def test_mean_and_amax_pool_like_average_and_max_pooling(pooled, reference):
+    _assert_same_maps(Head(nn.Identity(), pool=pooled), Head(nn.Identity(), pool=reference))
+
+
+def test_nearest_upsampling_sums_relevance_over_the_copies():
+    """x (1, 1, 1, 1) = 2 → 1×1 conv (weight 1) → upsample ×2 (nearest) → flatten → fc (1, 2, 3, 4):
+    logit = 2·(1 + 2 + 3 + 4) = 20; LRP-ε gives the copies R = 2·(1, 2, 3, 4), summed back: 20 at x."""
+    model = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.Upsample(scale_factor=2), nn.Flatten(), nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0), model[3].weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    out = relprop.LRPEpsilon(model.double().eval(), epsilon=0.0).attribute(torch.full((1, 1, 1, 1), 2.0, dtype=D), target=0)
+    torch.testing.assert_close(out, torch.full((1, 1, 1, 1), 20.0, dtype=D))
+
+
+def test_timm_padding_same_convolution_is_the_padded_convolution():
+    timm = pytest.importorskip("timm")
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(2)
+    same = Conv2dSame(4, 4, 3, stride=2)
+    padded = nn.Conv2d(4, 4, 3, stride=2)
+    padded.load_state_dict(same.state_dict())
+    # 8×8 input, kernel 3, stride 2: "same" pads 0 before and 1 after in both dimensions
+    _assert_same_maps(Head(same), Head(nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), padded)))
+    assert timm is not None
