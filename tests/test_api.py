@@ -135,13 +135,13 @@ def test_unknown_seed_layer_lists_close_names(net):
 
 
 def test_unsupported_layer_is_named_before_any_work():
-    class Gate(nn.Module):
+    class Wave(nn.Module):  # an elementwise op no rule covers
         def forward(self, x):
-            return x * torch.sigmoid(x)
+            return torch.sin(x)
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), Gate(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Wave(), nn.Conv2d(4, 4, 3), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-    with pytest.raises(relprop.UnsupportedLayerError, match=r"torch\.sigmoid \(in Gate\) at '1'"):
+    with pytest.raises(relprop.UnsupportedLayerError, match=r"torch\.sin \(in Wave\) at '1'"):
         relprop.AE(model)
 
 

@@ -40,9 +40,6 @@ def _timm(name: str):  # type: ignore[no-untyped-def]
 # the same (transformed) input: a float32 conditioning of the model, not of the layers tested here; it is
 # checked in float64 (where batch invariance is exact).
 FLOAT64 = {"inception_v3"}
-# RSP loses relevance at convolutions whose input is signed (the linear bottlenecks of MobileNet-style blocks):
-# a known defect with its own fix, expected to fail here until it lands.
-RSP_LEAK = {"efficientnet_b0", "mobilenet_v3_small"}
 MODELS = {
     "efficientnet_b0": (_torchvision("efficientnet_b0"), 64),
     "mobilenet_v3_small": (_torchvision("mobilenet_v3_small"), 64),
@@ -103,14 +100,6 @@ def test_methods_explain_the_model_family(model_name):
         assert scale > 0, f"{name}: all-zero map"
         alone = method.attribute(x[1:], target=targets[1:])
         assert (alone - out[1:]).abs().max() <= 1e-4 * out[1:].abs().max(), f"{name}: not batch invariant"
-        if name == "RSP" and model_name not in RSP_LEAK:
+        if name == "RSP":
             _assert_rsp_conserves(method, model, x, targets, out)
     assert_unchanged(before, model)
-
-
-@pytest.mark.parametrize("model_name", sorted(RSP_LEAK))
-@pytest.mark.xfail(strict=True, reason="RSP leaks relevance at convolutions with a signed input (separate fix)")
-def test_rsp_conserves_on_linear_bottleneck_models(model_name):
-    model, x, targets = _explain(model_name)
-    method = relprop.RSP(model)
-    _assert_rsp_conserves(method, model, x, targets, method.attribute(x, target=targets))

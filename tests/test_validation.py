@@ -166,18 +166,18 @@ def test_training_model_is_explained_in_eval_mode_with_a_warning(name, net, x):
         assert [w.filename for w in caught] == [__file__]
 
 
-class Gate(nn.Module):
-    """``x · σ(x)`` written as functions: no relevance rule exists for it."""
+class Wave(nn.Module):
+    """``sin(x)``: no relevance rule exists for it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(x)
+        return torch.sin(x)
 
 
-def _gated_model() -> nn.Sequential:
+def _unsupported_op_model() -> nn.Sequential:
     torch.manual_seed(0)
     model = nn.Sequential()
     model.add_module("conv1", nn.Conv2d(3, 4, 3, padding=1))
-    model.add_module("gate", Gate())
+    model.add_module("wave", Wave())
     model.add_module("conv2", nn.Conv2d(4, 4, 3, padding=1))
     model.add_module("relu", nn.ReLU())
     model.add_module("pool", nn.AdaptiveAvgPool2d(1))
@@ -203,13 +203,13 @@ def _count_real_forward_calls(model: nn.Module) -> list[int]:
 def test_layer_without_a_rule_is_named_before_any_work(name):
     """Propagation methods raise UnsupportedLayerError naming the module path and type when they are
     constructed, without running the model; autograd methods need no rule and explain the model."""
-    model = _gated_model()
+    model = _unsupported_op_model()
     calls = _count_real_forward_calls(model)
     before = snapshot(model)
     if issubclass(_method_class(name), PropagationMethod):
         with pytest.raises(relprop.UnsupportedLayerError) as info:
             construct(name, model)
-        assert info.value.path.startswith("gate"), info.value.path
+        assert info.value.path.startswith("wave"), info.value.path
         assert f"'{info.value.path}'" in str(info.value) and info.value.kind in str(info.value)
         assert calls[0] == 0, "the model was run before the unsupported layer was reported"
     else:
