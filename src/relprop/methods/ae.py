@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
