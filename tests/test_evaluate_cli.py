@@ -191,6 +191,36 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(
     assert resumed == straight
 
 
+def test_a_method_added_to_a_finished_run_is_evaluated_alone(
+    shared_data: Path, voc_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    def methods(*labels: str) -> list[str]:
+        args = _args(shared_data, voc_weights, tmp_path / "grown")
+        args[args.index("--methods") + 1] = ",".join(labels)
+        return args
+
+    assert main(methods("rsp", "center")) == 0
+    assert main(_args(shared_data, voc_weights, tmp_path / "straight", "--methods", "gradcam,rsp,center")) == 0
+    original = runner.Evaluator.records
+    asked: list[tuple[list[int], list[str]]] = []
+
+    def counting(self, samples, methods=None):  # type: ignore[no-untyped-def]
+        asked.append(([s.index for s in samples], [m.label for m in methods]))
+        return original(self, samples, methods)
+
+    monkeypatch.setattr(runner.Evaluator, "records", counting)
+    assert main(methods("gradcam", "rsp", "center")) == 0  # gradcam added, in another position
+    assert asked and all(labels == ["gradcam"] for _, labels in asked)
+    assert sorted(i for indices, _ in asked for i in indices) == [0, 1, 2, 3, 4]
+    grown = json.loads((tmp_path / "grown" / "results.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert grown["config"]["methods"] == ["gradcam", "rsp", "center"]
+    assert {m: grown[m] for m in ("gradcam", "rsp", "center")} == {m: straight[m] for m in ("gradcam", "rsp", "center")}
+    capsys.readouterr()
+    assert main(methods("gradcam", "center")) == 2  # a method removed: refused
+    assert "differs in: methods; methods may be added to a run, not removed)" in capsys.readouterr().err
+
+
 def test_refuses_foreign_or_different_output_folders(
     shared_data: Path, voc_weights: Path, tmp_path: Path, capsys
 ) -> None:  # type: ignore[no-untyped-def]

@@ -495,7 +495,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "game (2x2 mosaics of four correctly classified images, each cell's class explained on the whole mosaic) "
             "and target sensitivity (similarity to the map of another class). VOC 2007 and COCO need a multi-label classifier with "
             "20 / 80 outputs (--weights FILE, --num-classes N for torchvision architectures); ImageNet a "
-            "1000-class one. Interrupted runs resume when rerun with the same --out; under torchrun each process "
+            "1000-class one. Interrupted runs resume when rerun with the same --out (which may also add methods to a "
+            "finished run); under torchrun each process "
             "takes a shard.",
             width=100,
         ),
@@ -595,7 +596,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--target-seed", type=int, default=0, help="target sensitivity: seed of the random other class per image"
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--out", required=True, help="output folder (empty, or a run of the same configuration to resume)")
+    run.add_argument("--out", required=True, help="output folder (empty, or a run of the same configuration to resume or to add --methods to)")
     run.add_argument(
         "--force",
         action="store_true",

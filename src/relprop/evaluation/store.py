@@ -5,8 +5,8 @@
 ``records.rank{R}.jsonl`` per process under ``torchrun``), ``mosaics.json`` (the grid pointing
 game's pool and mosaics, written before the first record), then ``results.json``, ``results.md``,
 ``report.html`` and ``run.json`` (timings). A folder that is not empty is used only for a resumable
-run of the same configuration and inputs (the image limit, batch size and device may change), or
-with ``force`` — which removes only the files listed here, never anything else.
+run of the same configuration and inputs (the image limit, batch size and device may change, and
+methods may be added: the images are then evaluated for the new methods alone), or with ``force`` — which removes only the files listed here, never anything else.
 
 While a run uses the folder it holds a lock on it (``flock``, where the platform has it): a second
 run on the same folder, with or without ``force``, is refused instead of mixing or deleting records.
@@ -42,8 +42,26 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in VOLATILE and k != INPUTS}
 
 
+def _without_methods(value: object, labels: set[str], dropped: set[str]) -> object:
+    """``value`` with the entries of the methods ``dropped`` removed from every method-keyed dict
+    (a dict whose keys are all method ``labels``, such as ``channel_reduction``)."""
+    if not isinstance(value, dict):
+        return value
+    if value and set(value) <= labels:
+        return {k: v for k, v in value.items() if k not in dropped}
+    return {k: _without_methods(v, labels, dropped) for k, v in value.items()}
+
+
 def _differences(old: dict, new: dict) -> list[str]:
-    a, b = _comparable(old), _comparable(new)
+    """The config keys in which ``new`` differs from ``old``. Methods added by ``new`` (its method
+    list a superset of the old one, in any order) are no difference: their images are evaluated
+    for them alone, the records of the other methods are kept."""
+    old_methods, new_methods = set(old.get("methods", [])), set(new.get("methods", []))
+    labels, unshared = old_methods | new_methods, old_methods ^ new_methods
+    a: dict = _without_methods(_comparable(old), labels, unshared)  # type: ignore[assignment]
+    b: dict = _without_methods(_comparable(new), labels, unshared)  # type: ignore[assignment]
+    if old_methods <= new_methods:
+        a["methods"] = b["methods"] = sorted(old_methods)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
@@ -107,8 +125,9 @@ def prepare_out(out: Path, config: dict, force: bool, inputs: Inputs) -> bool:
             raise RelpropError(f"{config_path} is unreadable ({exc}); use --force to start again.") from exc
         changed = _differences(old, config)
         if changed:
+            methods = "; methods may be added to a run, not removed" if "methods" in changed else ""
             raise RelpropError(
-                f"--out {out} holds a run with another configuration (differs in: {', '.join(changed)}); "
+                f"--out {out} holds a run with another configuration (differs in: {', '.join(changed)}{methods}); "
                 "use another folder, or --force to replace it."
             )
         if INPUTS not in old:
