@@ -496,8 +496,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "and target sensitivity (similarity to the map of another class). VOC 2007 and COCO need a multi-label classifier with "
             "20 / 80 outputs (--weights FILE, --num-classes N for torchvision architectures); ImageNet a "
             "1000-class one. Interrupted runs resume when rerun with the same --out (which may also add methods to a "
-            "finished run); under torchrun each process "
-            "takes a shard.",
+            "finished run); under torchrun each process takes a shard.",
             width=100,
         ),
         epilog=EXIT_CODES,
@@ -596,7 +595,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--target-seed", type=int, default=0, help="target sensitivity: seed of the random other class per image"
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--out", required=True, help="output folder (empty, or a run of the same configuration to resume or to add --methods to)")
+    run.add_argument(
+        "--out",
+        required=True,
+        help="output folder (empty, or a run of the same configuration to resume or to add --methods to)",
+    )
     run.add_argument(
         "--force",
         action="store_true",

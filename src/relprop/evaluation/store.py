@@ -6,7 +6,8 @@
 game's pool and mosaics, written before the first record), then ``results.json``, ``results.md``,
 ``report.html`` and ``run.json`` (timings). A folder that is not empty is used only for a resumable
 run of the same configuration and inputs (the image limit, batch size and device may change, and
-methods may be added: the images are then evaluated for the new methods alone), or with ``force`` — which removes only the files listed here, never anything else.
+methods may be added: the images are then evaluated for the new methods alone), or with ``force``
+— which removes only the files listed here, never anything else.
 
 While a run uses the folder it holds a lock on it (``flock``, where the platform has it): a second
 run on the same folder, with or without ``force``, is refused instead of mixing or deleting records.
