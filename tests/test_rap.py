@@ -11,10 +11,14 @@ import pytest
 import torch
 import torch.nn as nn
 
+import torchvision
+
 import relprop
+from relprop.engine import LogitSplitSeed, ModelGraph
+from relprop.engine.forward import record_forward
 from relprop.rules.conv_ops import ConvGeometry
 from relprop.rules.lrp import conv_map, dense_map
-from relprop.rules.rap import rap_hidden, rap_logit_split
+from relprop.rules.rap import rap_balance, rap_hidden
 from test_lrp import D, _rel, check_stock_model, small_cnn
 
 W1 = [[1.0, -1.0], [2.0, 1.0]]
@@ -64,7 +68,7 @@ def test_logit_split_by_hand():
     r = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=D)
     w = torch.tensor([[5.0, 5.0, 5.0], [2.0, 1.0, -1.0]], dtype=D)
     expected = torch.tensor([[1.0, -0.4, -0.6], [0.25, -1.0, 0.75]], dtype=D)
-    torch.testing.assert_close(rap_logit_split(a, r, w), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(rap_balance(a * (r @ w)), expected, rtol=0, atol=1e-12)
 
 
 def test_two_layer_net_by_hand():
@@ -116,7 +120,50 @@ def test_stock_models(arch):
     check_stock_model(arch, ["rap"])
 
 
-def test_logits_not_from_a_linear_layer_are_rejected():
-    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    with pytest.raises(relprop.UnsupportedLayerError, match="Linear layer that produces the logits"):
-        relprop.RAP(model)
+def test_logits_from_a_relu_pooled_convolution_by_hand():
+    """SqueezeNet's head, 1×1 conv -> ReLU -> global average pool -> flatten: the seed splits the logit
+    into c_ip = a_ip w_ti 1[z_tp > 0] / hw and balances it.
+
+    An identity 1×1 image conv and a ReLU give a = x: channel 0 = (1, 2), channel 1 = (0.5, 4) on a 1×2
+    map.  Head w = (1, -1), b = 1: z = (1 − 0.5 + 1, 2 − 4 + 1) = (1.5, −1), only position 0 is on;
+    logit = 1.5 / 2 = 0.75.  ∂y/∂a = (0.5, −0.5) at position 0, 0 at position 1, so
+    c = channel 0 (0.5, 0), channel 1 (−0.25, 0) (Σ c = 0.25 = the logit without the bias's 0.5)
+    -> balanced: channel 0 (1, 0), channel 1 (−1, 0).
+    """
+    model = nn.Sequential(nn.Conv2d(2, 2, 1, bias=False), nn.ReLU(), nn.Conv2d(2, 1, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).to(D).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+        model[2].weight.copy_(torch.tensor([1.0, -1.0]).view(1, 2, 1, 1)), model[2].bias.fill_(1.0)
+    x = torch.tensor([[1.0, 2.0], [0.5, 4.0]], dtype=D).view(1, 2, 1, 2)
+    graph = ModelGraph(model)
+    seed = LogitSplitSeed()
+    layer = seed.layer(graph)
+    assert graph.by_name[layer].path == "1"  # the ReLU feeding the head conv: the walk starts below the head
+    record = record_forward(graph, x, layer, set(), set())
+    expected = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=D).view(1, 2, 1, 2)
+    torch.testing.assert_close(seed.relevance(record, torch.tensor([0]), graph, "1"), expected, rtol=0, atol=1e-12)
+
+
+def test_squeezenet_is_explained_and_balanced():
+    """The stock SqueezeNet (logits from conv -> ReLU -> pool): finite, Σ R = 0, batch invariant."""
+    torch.manual_seed(0)
+    model = torchvision.models.squeezenet1_1().to(D).eval()
+    x = torch.randn(3, 3, 64, 64, dtype=D, generator=torch.Generator().manual_seed(2))
+    method = relprop.RAP(model)
+    attr = method.attribute(x, target=[1, 7, 42])
+    mass = attr.abs().sum(dim=(1, 2, 3))
+    assert torch.isfinite(attr).all() and (mass > 0).all()
+    assert (attr.sum(dim=(1, 2, 3)).abs() <= 1e-9 * mass).all()
+    assert _rel(attr[1:2], method.attribute(x[1:2], target=7)) <= 1e-10
+
+
+@pytest.mark.parametrize("head, culprit", [
+    (nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()), "reads the image"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.Sigmoid()), "Sigmoid"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 1), nn.AdaptiveMaxPool2d(1), nn.Flatten()),
+     "AdaptiveMaxPool2d"),
+])
+def test_logits_not_from_a_linear_layer_or_convolution_are_rejected(head, culprit):
+    with pytest.raises(relprop.UnsupportedLayerError, match=culprit):
+        relprop.RAP(head)

@@ -11,9 +11,9 @@ from torch import Tensor
 from ..competitors import Hostile, check_hostile, resolve_competitors
 from ..errors import InputError, UnsupportedLayerError
 from ..rules.hostile import hostile_seed
-from ..rules.rap import rap_logit_split
+from ..rules.rap import rap_balance
 from .forward import ForwardRecord
-from .graph import ADD, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, NORM, POINTWISE, ModelGraph, Op
+from .graph import ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, NORM, POINTWISE, ModelGraph, Op
 
 # The authors' seed layers where they differ from the automatic choice.
 _AUTHORS_SEED_LAYERS = {"DenseNet": "features", "AlexNet": "features"}
@@ -165,22 +165,32 @@ class LogitSeed(Seed):
 
 
 class LogitSplitSeed(Seed):
-    """RAP: the walk starts below the Linear layer producing the logits, with the target logit split into
-    its input contributions and balanced (:func:`relprop.rules.rap.rap_logit_split`).  A 1×1 convolution
-    on a 1×1 map that is flattened into the logits (DLA's classifier) counts as that Linear layer."""
+    """RAP: the walk starts below the layer producing the logits, with the target logit split into its
+    input contributions ``c = a ⊙ ∂y_t/∂a`` and balanced (:func:`relprop.rules.rap.rap_balance`).
+
+    The logit layer is a Linear layer or a hidden convolution, found from the output back through a
+    *head* of piecewise-linear ops with no parameters: flattens and other layout ops, identities,
+    dropouts, ReLUs and average pooling.  Through such a head the logit is linear in ``a`` at this
+    input, so ``Σ c`` is the target logit without its bias terms: for a Linear layer ``c_i = a_i w_ti``;
+    for SqueezeNet's 1×1 convolution → ReLU → global average pool, ``c_ip = a_ip w_ti 1[z_tp > 0] / hw``.
+    """
 
     def _logit_layer(self, graph: ModelGraph) -> Op:
-        """The layer producing the logits (behind flattens and identities, as in timm's heads)."""
+        """The layer producing the logits (behind the head ops of the class docstring)."""
         op = graph.by_name[graph.by_name[graph.output_name].inputs[0]]
-        while op.inputs and (op.kind == LAYOUT or op.kind == POINTWISE and isinstance(op.module, (nn.Identity, nn.Dropout))):
+        while op.inputs and _is_head_op(op):
             op = graph.by_name[op.inputs[0]]
-        pointwise_conv = op.kind == CONV and op.conv is not None and tuple(op.conv.weight().shape[2:]) == (1, 1) \
-            and op.conv.geometry.groups == 1
-        if op.kind != LINEAR and not pointwise_conv:
+        if op.kind == INPUT_CONV:
             raise UnsupportedLayerError(
                 op.path, op.type_name, "RAP",
-                "RAP splits the target logit at the Linear layer that produces the logits; this model's "
-                "logits come from another operation.",
+                "The convolution producing the logits reads the image, so RAP has no layers to propagate through.",
+            )
+        if op.kind not in (LINEAR, CONV):
+            raise UnsupportedLayerError(
+                op.path, op.type_name, "RAP",
+                "RAP splits the target logit at the Linear layer or convolution that produces the logits, "
+                "reached from the output through flattens, identities, dropouts, ReLUs and average pooling "
+                "only; this model's logits come from another operation.",
             )
         return op
 
@@ -188,11 +198,15 @@ class LogitSplitSeed(Seed):
         return self._logit_layer(graph).inputs[0]
 
     def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
-        layer, a = self._logit_layer(graph), record.seed.detach()
-        hot = one_hot(record.logits.detach(), targets)
-        if layer.linear is not None:
-            return rap_logit_split(a, hot, layer.linear.weight())
-        if a.dim() != 4 or a.shape[2:] != (1, 1):
-            raise ValueError(f"RAP: the 1×1 convolution '{layer.path}' producing the logits reads a {tuple(a.shape)} map; "
-                             "it must be pooled to 1×1 first.")
-        return rap_logit_split(a.flatten(1), hot, layer.conv.weight().flatten(1)).view_as(a)  # type: ignore[union-attr]
+        with torch.enable_grad():
+            picked = record.logits.gather(1, targets[:, None]).sum()
+            (grad,) = torch.autograd.grad(picked, record.seed)
+        return rap_balance(record.seed.detach() * grad)
+
+
+def _is_head_op(op: Op) -> bool:
+    """A parameter-free, piecewise-linear op between the logit layer and the output."""
+    if op.kind in (LAYOUT, AVGPOOL):
+        return True
+    relu = isinstance(op.module, nn.ReLU) or op.module is None and op.type_name in ("F.relu", "torch.relu", "Tensor.relu")
+    return op.kind == POINTWISE and (relu or isinstance(op.module, (nn.Identity, nn.Dropout)))

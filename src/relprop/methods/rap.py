@@ -31,9 +31,11 @@ class RAP(PropagationMethod):
     """Relative Attributing Propagation: positive and negative attributions separated by the real
     weights' signs, re-centred at every layer (docs/methods.md, "RAP").
 
-    Seed: the Linear layer producing the logits splits the target logit into its input contributions
-    and balances them: positive and negative parts get unit mass each (the bias is left out, see
-    :func:`relprop.rules.rap.rap_logit_split`); the walk starts at that layer's input.  Every hidden
+    Seed: the Linear layer (or hidden convolution under a ReLU / average-pool head, as SqueezeNet's)
+    producing the logits splits the target logit into its input contributions and balances them:
+    positive and negative parts get unit mass each (the bias is left out, see
+    :class:`relprop.engine.LogitSplitSeed`, :func:`relprop.rules.rap.rap_balance`); the walk starts at
+    that layer's input.  Every hidden
     Linear layer and convolution sends positive relevance through the activating weights (and a share
     through the inhibiting ones), negative relevance through the inhibiting weights, then re-centres so
     that ``Σ R`` is conserved (:func:`relprop.rules.rap.rap_hidden`).  The image layer uses z^B.
@@ -44,7 +46,8 @@ class RAP(PropagationMethod):
     reads a convolution is folded into its kernel; residual adds split by ``|a| / (|a| + |b|)``.
 
     Args:
-        model: a CNN classifier whose logits come from an ``nn.Linear`` layer; never modified.
+        model: a CNN classifier whose logits come from an ``nn.Linear`` layer or a hidden convolution
+            (through flattens, ReLUs and average pooling only); never modified.
         input_bounds: ``(low, high)`` for z^B (floats or per-channel tensors); default: each
             sample's minimum and maximum over all channels and pixels.
         allow_tf32: let CUDA run convolutions and matrix products in TF32 (default False).

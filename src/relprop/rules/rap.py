@@ -13,21 +13,18 @@ from .common import activity, safe_divide, sample_sum, shift_
 from .lrp import LinearMap, generic_rule
 
 
-def rap_logit_split(a: Tensor, relevance: Tensor, weight: Tensor) -> Tensor:
-    """RAP at the layer producing the logits: the target logit split into its input contributions.
+def rap_balance(c: Tensor) -> Tensor:
+    """RAP's seed: the target logit's input contributions balanced, positive and negative mass 1 each.
 
-    a: (N, in) layer input; relevance: (N, out), the one-hot of the target (any weights allowed:
-    the explained output is ``Σ_j R_j y_j``); weight: (out, in).
-    Contributions ``c_i = a_i Σ_j R_j w_ji`` (each belongs to one of the four sign classes
-    ``a⁺w⁺, a⁺w⁻, a⁻w⁺, a⁻w⁻``); the positive and the negative contributions are each rescaled to
-    unit mass, so they balance: ``R_in = c⁺/Σc⁺ − c⁻/Σc⁻`` (Σ R_in = 0, or ±1 if one sign is absent).
+    c: (N, ...) contributions ``c = a ⊙ ∂y_t/∂a`` at the input of the layer producing the logits (for
+    a Linear layer ``c_i = a_i w_ti``; each belongs to one of the sign classes ``a⁺w⁺, a⁺w⁻, a⁻w⁺,
+    a⁻w⁻``).  Returns ``c⁺/Σc⁺ − c⁻/Σc⁻`` per sample (Σ = 0, or ±1 if one sign is absent).
 
     The bias is left out.  Shared over the contributions in proportion to them (signed or by
     magnitude), it scales all positive and all negative contributions by one factor each — which the
     balancing undoes — unless it outweighs them (``|b| > Σ|c|``), where it would flip a whole sign
     class and erase the positive / negative distinction RAP is about.
     """
-    c = a * (relevance @ weight)
     pos, neg = c.clamp(min=0), (-c).clamp(min=0)
     return safe_divide(pos, sample_sum(pos)) - safe_divide(neg, sample_sum(neg))
 
