@@ -65,7 +65,8 @@ CONSERVATION = {
 }
 """method -> (what Σ R equals, relative tolerance, on a bias-free copy).  relprop's claims (docs/methods.md):
 RSP conserves the seed's sum (biases play no part), RAP's total is 0, LRP sums to the target logit on a
-bias-free network (checked with ε = 1e-12 on its Linear layers).  Captum and Zennit make no exactness claim
+bias-free network (checked with ε = 0 on its Linear layers: the ε-rule's stabiliser leaks ε / z, and a
+bias-free random network's logits can be as small as 1e-8).  Captum and Zennit make no exactness claim
 (ε-stabilised denominators); they are held to 1e-2 of the logit on the same bias-free copy."""
 DEFAULT_CACHE = Path(__file__).with_name("coverage_cache.json")
 
@@ -142,7 +143,7 @@ def make_method(key: str, model: nn.Module, model_id: str, conservation: bool = 
             "rsp": lambda: relprop.RSP(model),
             "ae": lambda: relprop.AE(model, ratio=2.0),
             "rap": lambda: relprop.get_method("rap")(model),
-            "lrp": lambda: relprop.LRPComposite(model, epsilon=1e-12 if conservation else 1e-6),
+            "lrp": lambda: relprop.LRPComposite(model, epsilon=0.0 if conservation else 1e-6),
             "gradcam": lambda: relprop.get_method("gradcam")(model),
         }[key]()
         return lambda x, t: method.attribute(x, target=t)
@@ -374,8 +375,10 @@ def render(cache: dict[str, Any]) -> str:
         "input's shape, is finite, is not constant in either sample, and is batch invariant (sample 1 alone",
         f"vs in the batch ≤ {INVARIANCE_TOLERANCE:g} of max|R|); where the method claims conservation it also holds in float64:",
         "RSP keeps the seed's sum (≤ 1e-6 relative), RAP's total is 0 (≤ 1e-6 of Σ|R|), relprop's LRP",
-        "composite (ε = 1e-12) sums to the target logit on a bias-free copy (all biases and BatchNorm running",
-        "means zeroed; ≤ 1e-6). Captum's LRP and Zennit's EpsilonPlusFlat (with `ResNetCanonizer` on",
+        "composite (checked with ε = 0 on its Linear layers) sums to the target logit on a bias-free copy (all",
+        "biases and BatchNorm running means zeroed; ≤ 1e-6); where a hidden convolution reads a signed input",
+        "(linear bottlenecks, ConvNeXt), its z⁺ rule drops the relevance of outputs with no positive",
+        "contribution, as Zennit's ZPlus does, and the cell shows that loss. Captum's LRP and Zennit's EpsilonPlusFlat (with `ResNetCanonizer` on",
         "torchvision ResNets, `VGGCanonizer` on VGGs, `SequentialMergeBatchNorm` elsewhere) make no",
         "exactness claim and are held to 1e-2 of the logit on the same bias-free copy. Otherwise the cell",
         "shows the first failed check or the error. Transformers are outside relprop's scope: their relprop",

@@ -142,6 +142,9 @@ class IntegratedGradients(AutogradMethod):
         method: Captum's quadrature rule ("gausslegendre", "riemann_trapezoid", ...).
         steps_per_pass: interpolation points evaluated per sample in one forward/backward pass
             (memory grows with ``steps_per_pass × N``); None evaluates all ``n_steps`` at once.
+            The maps do not depend on it beyond rounding (≤ 2e-7 of max|R| measured).  On a CPU
+            small passes are faster: 1 took 0.45× the time of 8 for a batch of four 448×448 images
+            on EfficientNet-Lite0 (2 cores); on a GPU larger passes use the device better.
     """
 
     name = "Integrated Gradients"
