@@ -237,6 +237,48 @@ def small_cnn(biases: bool = True) -> nn.Module:
     return model if biases else zero_biases(model)
 
 
+# z+ with own_sign (the composite's z+): a negative output shares by its negative contributions.
+# Same layer, bias b = (0, -3): z = (4, 1 - 3 = -2); out 0 is positive -> (0.5, 0.5) as above; out 1 is
+# negative, its negative contributions are (-1, 0) -> all of R = 2 to input 0: (2, 0).  Total (2.5, 0.5);
+# the bias still gets no share (plain z+ on the same layer: (0.5, 2.5)).
+# Inputs a = (1, -2), no bias: contributions out 0: (-2, -2), z = -4; out 1: (1, -2), z = -1.  own_sign:
+# out 0 shares 1 by (-2, -2) -> (0.5, 0.5); out 1 shares 2 by (0, -2) -> (0, 2): (0.5, 2.5), Σ = 3 = Σ R.
+# Plain z+: out 0 has no positive contribution and passes nothing; out 1 shares 2 by (1, 0): (2, 0), Σ = 2.
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize(
+    "a, bias, own_sign, expected",
+    [
+        ([-1.0, 2.0], [0.0, -3.0], True, [2.5, 0.5]),
+        ([-1.0, 2.0], [0.0, -3.0], False, [0.5, 2.5]),
+        ([1.0, -2.0], None, True, [0.5, 2.5]),
+        ([1.0, -2.0], None, False, [2.0, 0.0]),
+    ],
+)
+def test_zplus_own_sign_by_hand(kind, a, bias, own_sign, expected):
+    _, r, w, layer, flat = _one_layer(kind)
+    a_t = torch.tensor(a, dtype=D).view(r.shape)
+    b_t = None if bias is None else torch.tensor(bias, dtype=D)
+    out = zplus_rule(a_t, r, w, b_t, layer, own_sign=own_sign)
+    torch.testing.assert_close(flat(out), torch.tensor([expected], dtype=D), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, conserves", [("lrp_composite", True), ("lrp_zplus", False)])
+def test_composite_conserves_on_linear_bottlenecks(name, conserves):
+    """MNASNet's projection convolutions have no ReLU after them, so their outputs are signed: the
+    composite's z+ passes a negative output's relevance on (Σ R = logit on a bias-free copy, float64:
+    3e-16 relative); plain z+ drops it, so the same check fails for ``lrp_zplus`` (1e-2)."""
+    torch.manual_seed(0)
+    model = zero_biases(randomise_batchnorm(torchvision.models.mnasnet0_5())).eval().to(D)
+    x = torch.randn(2, 3, 64, 64, dtype=D, generator=torch.Generator().manual_seed(4))
+    logits = model(x).detach()
+    targets = logits.argmax(dim=1)
+    method = relprop.LRPComposite(model, epsilon=0.0) if name == "lrp_composite" else relprop.LRPZPlus(model)
+    sums = method.attribute(x, target=targets).sum(dim=(1, 2, 3))
+    expected = logits.gather(1, targets[:, None]).squeeze(1)
+    error = ((sums - expected).abs() / expected.abs()).max().item()
+    assert (error <= 1e-6) == conserves, error
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -215,6 +215,10 @@ class LRPComposite(LRP):
     """The composite "ε + z⁺ + z^B": LRP-ε for Linear layers, LRP-z⁺ for hidden convolutions, z^B
     at the convolution that reads the image.
 
+    Its z⁺ shares the relevance of a negative output (a convolution with no ReLU after it, as in
+    MobileNet/EfficientNet bottlenecks) by that output's negative contributions, so no relevance is
+    dropped there; on ReLU networks it is the textbook z⁺ (``lrp_zplus`` keeps the plain rule).
+
     Args:
         model: a CNN classifier returning (N, classes) logits; it is never modified.
         epsilon: the stabiliser of the Linear layers (default ``1e-6``).
@@ -229,7 +233,12 @@ class LRPComposite(LRP):
     ) -> None:
         self.epsilon = _check("epsilon", epsilon)
         super().__init__(
-            model, functools.partial(epsilon_rule, epsilon=self.epsilon), zplus_rule, None, input_bounds, allow_tf32
+            model,
+            functools.partial(epsilon_rule, epsilon=self.epsilon),
+            functools.partial(zplus_rule, own_sign=True),
+            None,
+            input_bounds,
+            allow_tf32,
         )
 
     def __repr__(self) -> str:

@@ -101,13 +101,31 @@ def epsilon_rule(
 
 
 def zplus_rule(
-    a: Tensor, relevance: Tensor, weight: Tensor, bias: Optional[Tensor], layer: LinearMap
+    a: Tensor,
+    relevance: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    layer: LinearMap,
+    *,
+    own_sign: bool = False,
 ) -> Tensor:
     """LRP-z⁺ (deep Taylor): relevance shared by the positive contributions ``(a_i w_ij)⁺``; the bias is ignored.
 
-    Conserves ``Σ R`` at every output with a positive contribution.
+    Conserves ``Σ R`` at every output with a positive contribution.  With ``own_sign``, an output
+    that is negative (``z_j = Σ_i a_i w_ij + b_j < 0``, possible where no ReLU follows) shares its
+    relevance by its negative contributions ``(a_i w_ij)⁻`` instead: each output by the
+    contributions that made its sign, so on a network without biases ``Σ R`` is conserved at
+    every output with ``z_j ≠ 0``.
     """
-    return generic_rule(sign_terms(a, weight)[0], None, relevance, layer, 0.0)
+    positive, negative = sign_terms(a, weight)
+    if not own_sign:
+        return generic_rule(positive, None, relevance, layer, 0.0)
+    falling = _with_bias(layer.apply(a, weight), bias) < 0
+    result = generic_rule(positive, None, relevance.masked_fill(falling, 0), layer, 0.0)
+    falling_relevance = relevance * falling
+    if falling_relevance.any():
+        result = result + generic_rule(negative, None, falling_relevance, layer, 0.0)
+    return result
 
 
 def alpha_beta_rule(
