@@ -29,6 +29,40 @@ class GRUInTheMiddle(nn.Module):
         return self.fc(z.mean(dim=(2, 3)))
 
 
+class KeepsSevenBySeven(nn.Module):
+    """Branches on the input's size, as timm's VGG head (``ConvMlp``) does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < 7:
+            x = nn.functional.adaptive_avg_pool2d(x, 7)
+        return self.conv(x).mean(dim=(2, 3))
+
+
+class ShapeBranchNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        self.head = KeepsSevenBySeven()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_untraceable_branch_is_named_by_module_path_type_and_line():
+    model = ShapeBranchNet().train()
+    with pytest.raises(relprop.RelpropError) as caught:
+        relprop.RSP(model)
+    message = str(caught.value)
+    assert "in module 'head' (KeepsSevenBySeven)" in message, message
+    assert "test_engine.py" in message and "`if x.shape[-1] < 7:`" in message, message
+    assert "'gradient'" in message  # what to do instead
+    assert all(module.training for module in model.modules())  # the user's train mode is restored
+
+
 @pytest.mark.parametrize("name", ["rsp", "ae", "lrp_composite"])
 def test_unsupported_module_is_named_by_path_and_type_before_any_forward_work(name):
     model = GRUInTheMiddle().eval()

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import linecache
 import operator
 import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -452,12 +454,28 @@ def _trace(model: nn.Module) -> fx.Graph:
         return fx.Tracer(autowrap_functions=tuple(_third_party(_THIRD_PARTY_PAD))).trace(model)
     except Exception as exc:  # tracing failures come in many exception types
         raise RelpropError(
-            f"relprop could not trace {type(model).__name__} with torch.fx ({exc}). Models with "
-            "data-dependent control flow in forward() are not supported."
+            f"relprop could not trace {type(model).__name__} with torch.fx{_trace_failure_site(model, exc)}: {exc}. "
+            "relprop explains a model through one graph for every input, so forward() must not branch on "
+            "tensor values or shapes; rewrite that branch (in a subclass or a copy of the module), or use "
+            "'gradient' or 'integrated_gradients', which do not trace the model."
         ) from exc
     finally:
         for module, flag in flags.items():
             module.training = flag
+
+
+def _trace_failure_site(model: nn.Module, exc: BaseException) -> str:
+    """`` in module 'path' (Type) at `source` (file:line)``: the innermost module of ``model`` whose
+    forward was running when tracing failed, and the line it failed on; ``""`` if none is found."""
+    paths = {id(module): path for path, module in model.named_modules()}
+    site = ""
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in paths:
+            file = frame.f_code.co_filename
+            source = linecache.getline(file, line).strip()
+            site = f" in module '{paths[id(owner)] or '(the model)'}' ({type(owner).__name__}) at `{source}` ({file}:{line})"
+    return site
 
 
 def _module_stack(node: fx.Node) -> list[str]:
