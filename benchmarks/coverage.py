@@ -214,19 +214,23 @@ def _engine_seed(method: Any, x: torch.Tensor, targets: torch.Tensor) -> torch.T
         return engine.seed.relevance(record, targets, engine.graph, engine.seed_layer)
 
 
-def conservation_error(key: str, model: nn.Module, model_id: str, x: torch.Tensor, targets: torch.Tensor) -> float:
-    """Relative conservation error of method ``key`` in float64 (the model and x already in float64)."""
+def conservation_error(
+    key: str, model: nn.Module, model_id: str, x: torch.Tensor, targets: torch.Tensor
+) -> tuple[float, float | None]:
+    """Relative conservation error of method ``key`` in float64 (the model and x already in float64), and
+    the map's conditioning ``max Σ|R| / |Σ R|`` (None where the expected total is 0): float64 cannot
+    resolve an error below about 1e-16 of ``Σ|R|``."""
     what = CONSERVATION[key][0]
     relevance = make_method(key, model, model_id, conservation=True)(x, targets)
-    sums = relevance.sum(dim=(1, 2, 3))
+    sums, masses = relevance.sum(dim=(1, 2, 3)), relevance.abs().sum(dim=(1, 2, 3))
     if what == "zero":
-        return (sums.abs() / relevance.abs().sum(dim=(1, 2, 3))).max().item()
+        return (sums.abs() / masses).max().item(), None
     if what == "seed":
         expected = seed_sum(model, x, targets)
     else:
         with torch.no_grad():
             expected = model(x).gather(1, targets[:, None]).squeeze(1)
-    return ((sums - expected).abs() / expected.abs()).max().item()
+    return ((sums - expected).abs() / expected.abs()).max().item(), (masses / expected.abs()).max().item()
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -304,13 +308,14 @@ def run_model(model_id: str, methods: list[str]) -> dict[str, Any]:
         model = zero_biases(model.double()) if bias_free else model.double()
         for key in claimed:
             try:
-                error = conservation_error(key, model, model_id, x.double(), targets)
+                error, conditioning = conservation_error(key, model, model_id, x.double(), targets)
             except Exception as exc:  # noqa: BLE001
                 cells[key].update(ok=False, note=f"float64: {short_error(exc)}")
                 continue
-            cells[key]["conservation"] = error
+            cells[key].update(conservation=error, conditioning=conditioning)
             if not error <= CONSERVATION[key][1]:
-                cells[key].update(ok=False, note=f"Σ R off by {error:.1e} (rel.)")
+                mass = "" if conditioning is None else f"; the map's mass is {conditioning:.0e}× its sum"
+                cells[key].update(ok=False, note=f"Σ R off by {error:.1e} (rel.){mass}")
     params = sum(p.numel() for p in model.parameters())
     return {"size": size, "params": params, "seconds": round(time.perf_counter() - start, 1), "cells": cells}
 
@@ -381,7 +386,10 @@ def render(cache: dict[str, Any]) -> str:
         "([methods.md](methods.md)), which conserves Σ R there as well. Captum's LRP and Zennit's EpsilonPlusFlat (with `ResNetCanonizer` on",
         "torchvision ResNets, `VGGCanonizer` on VGGs, `SequentialMergeBatchNorm` elsewhere) make no",
         "exactness claim and are held to 1e-2 of the logit on the same bias-free copy. Otherwise the cell",
-        "shows the first failed check or the error. Transformers are outside relprop's scope: their relprop",
+        "shows the first failed check or the error; a conservation miss also gives the map's mass Σ abs(R) as a",
+        "multiple of its sum, since float64 cannot resolve an error below about 1e-16 of the mass (RSP doubles",
+        "the positive and negative relevance at every convolution with a kernel > 1, so on deep networks the",
+        "mass can exceed 1e10× the sum). Transformers are outside relprop's scope: their relprop",
         "cells show the refusal.",
         "",
         "Regenerate with `python benchmarks/coverage.py --out docs/coverage.md` (results are cached in",

@@ -97,8 +97,10 @@ class RSP(PropagationMethod):
     Seed: the channel contribution map ``A ⊙ mean_hw(∂y_t/∂A)`` at ``seed_layer``.  Every hidden
     convolution redistributes the positive and the negative part of the relevance with per-sample
     virtual kernels built from the relevance and the layer's input (its weights are not used),
-    doubles the signed difference and re-centres it so that ``Σ R`` is conserved layer by layer.
-    The convolution reading the image uses the z^B rule.
+    doubles the signed difference and re-centres it so that ``Σ R`` is conserved layer by layer
+    (exactly in real arithmetic; the doubled masses grow with depth, so on very deep networks such as
+    ResNet-152 the total is only as exact as the dtype resolves them).  The convolution reading the
+    image uses the z^B rule.
 
     ``mode="default"`` (the corrected method): every normalisation per sample, the seed divided by
     ``max |S|``, one rule for every kernel size, a structural re-centring support, residual adds split
