@@ -217,7 +217,8 @@ class LRPComposite(LRP):
 
     Its z⁺ shares the relevance of a negative output (a convolution with no ReLU after it, as in
     MobileNet/EfficientNet bottlenecks) by that output's negative contributions, so no relevance is
-    dropped there; on ReLU networks it is the textbook z⁺ (``lrp_zplus`` keeps the plain rule).
+    dropped there; where a ReLU follows every convolution (VGG, DenseNet) it is the textbook z⁺
+    (``lrp_zplus`` keeps the plain rule everywhere).
 
     Args:
         model: a CNN classifier returning (N, classes) logits; it is never modified.

@@ -120,12 +120,11 @@ def zplus_rule(
     positive, negative = sign_terms(a, weight)
     if not own_sign:
         return generic_rule(positive, None, relevance, layer, 0.0)
-    falling = _with_bias(layer.apply(a, weight), bias) < 0
-    result = generic_rule(positive, None, relevance.masked_fill(falling, 0), layer, 0.0)
-    falling_relevance = relevance * falling
-    if falling_relevance.any():
-        result = result + generic_rule(negative, None, falling_relevance, layer, 0.0)
-    return result
+
+    def own_sign_rule(rising: bool, r: Tensor) -> Tensor:
+        return generic_rule(positive if rising else negative, None, r, layer, 0.0)
+
+    return _by_output_sign(a, relevance, weight, bias, layer, own_sign_rule)
 
 
 def alpha_beta_rule(
@@ -171,17 +170,34 @@ def gamma_rule(
     amplified instead, so ``|z̃_j| ≥ |z_j|`` always (amplifying the positive ones there would push
     the denominator towards 0).  Denominators are stabilised by ``ε``.
     """
-    rising = _with_bias(layer.apply(a, weight), bias) >= 0
     positive, negative = sign_terms(a, weight)
     bias_pos = bias_neg = None
     if bias is not None:
         bias_pos, bias_neg = bias + gamma * bias.clamp(min=0), bias + gamma * bias.clamp(max=0)
+
+    def amplified_rule(rising: bool, r: Tensor) -> Tensor:
+        terms, amplified_bias = (positive, bias_pos) if rising else (negative, bias_neg)
+        return generic_rule([(a, weight), *[(x * gamma, k) for x, k in terms]], amplified_bias, r, layer, epsilon)
+
+    return _by_output_sign(a, relevance, weight, bias, layer, amplified_rule)
+
+
+def _by_output_sign(
+    a: Tensor,
+    relevance: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    layer: LinearMap,
+    rule: Callable[[bool, Tensor], Tensor],
+) -> Tensor:
+    """``rule(True, R at outputs with z ≥ 0) + rule(False, R at outputs with z < 0)``, ``z = lin(a, W) + b``;
+    a sign whose outputs carry no relevance is skipped.  Returns input-shaped relevance."""
+    rising = _with_bias(layer.apply(a, weight), bias) >= 0
     result = torch.zeros_like(a)
-    for terms, amplified_bias, outputs in ((positive, bias_pos, rising), (negative, bias_neg, ~rising)):
+    for sign, outputs in ((True, rising), (False, ~rising)):
         r = relevance * outputs
         if r.any():
-            amplified = [(a, weight), *[(x * gamma, k) for x, k in terms]]
-            result = result + generic_rule(amplified, amplified_bias, r, layer, epsilon)
+            result = result + rule(sign, r)
     return result
 
 
