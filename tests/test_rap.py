@@ -71,6 +71,19 @@ def test_logit_split_by_hand():
     torch.testing.assert_close(rap_balance(a * (r @ w)), expected, rtol=0, atol=1e-12)
 
 
+def test_seed_total_is_exact_and_the_float32_seed_sums_to_it():
+    """The balanced seed's total is 0 where both signs occur, +1 / −1 where one does, 0 for no
+    contribution; in float32 the rounded seed sums to it within the rounding of its entries
+    (~eps·‖R‖₂ ≈ 1e-10 here), not within the rounding of a float32 sum of the masses (1e-7 before)."""
+    total = LogitSplitSeed().total(torch.tensor([[1.0, -2.0], [3.0, 0.0], [0.0, -1.0], [0.0, 0.0]]))
+    assert total.dtype == torch.float64 and total.tolist() == [0.0, 1.0, -1.0, 0.0]
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(4, 25088, generator=g) * torch.rand(4, 25088, generator=g).pow(4) * 10
+    seed = rap_balance(c)
+    assert seed.dtype == torch.float32
+    assert seed.sum(dim=1, dtype=torch.float64).abs().max() < 2e-9
+
+
 def test_two_layer_net_by_hand():
     """x = (1, 2) -> Linear W1 = [[1, -1], [2, 1]], b1 = (2, 0) -> ReLU: h = (1, 4) -> Linear
     W2 = [[1, -1], [2, 1]], b2 = (0, 1).

@@ -11,6 +11,7 @@ from torch import Tensor
 from ..competitors import Hostile, check_hostile, resolve_competitors
 from ..errors import InputError, UnsupportedLayerError
 from ..rules.hostile import hostile_seed
+from ..rules.common import sample_total
 from ..rules.rap import rap_balance
 from .forward import ForwardRecord
 from .graph import ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, NORM, POINTWISE, ModelGraph, Op
@@ -61,6 +62,11 @@ class Seed:
 
     def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
         raise NotImplementedError
+
+    def total(self, relevance: Tensor) -> Tensor:
+        """The seed's per-sample total in exact arithmetic (:attr:`relprop.engine.Step.total`): (N, ...) ->
+        (N,) float64; by default its sum, accumulated in float64."""
+        return sample_total(relevance).view(-1)
 
 
 class FeatureMapSeed(Seed):
@@ -202,6 +208,12 @@ class LogitSplitSeed(Seed):
             picked = record.logits.gather(1, targets[:, None]).sum()
             (grad,) = torch.autograd.grad(picked, record.seed)
         return rap_balance(record.seed.detach() * grad)
+
+    def total(self, relevance: Tensor) -> Tensor:
+        """Exactly 0 where the logit has contributions of both signs (masses 1 and −1), else ±1: the
+        rounded seed's own sum is off by its rounding, and RAP's maps depend strongly on the total."""
+        flat = relevance.reshape(relevance.shape[0], -1)
+        return (flat > 0).any(dim=1).double() - (flat < 0).any(dim=1).double()
 
 
 def _is_head_op(op: Op) -> bool:

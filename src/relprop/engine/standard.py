@@ -32,6 +32,8 @@ def _first(op: Op, relevance: Tensor | None) -> list[Tensor | None]:
 class PassThrough(Rule):
     """Relevance passes unchanged to the first input (activations, dropout, identity, BatchNorm)."""
 
+    conserves = True
+
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         return _first(step.op, step.relevance)
 
@@ -39,6 +41,8 @@ class PassThrough(Rule):
 class GatedSignal(Rule):
     """``x · g`` with a gate ``g`` (squeeze-and-excitation, ECA, ``x · sigmoid(x)``): the gate is a fixed
     per-sample multiplier, all relevance goes to the signal ``x`` and none to the gate."""
+
+    conserves = True
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         return [None if i == step.op.gate else step.relevance for i in range(2)]
@@ -52,9 +56,13 @@ class NoRelevance(Rule):
 
 
 class LayoutAdjoint(Rule):
-    """Padding, flattening, views: relevance follows the op's adjoint (a permutation / selection)."""
+    """Padding, flattening, views: relevance follows the op's adjoint (a permutation / selection).
 
-    replays = True
+    Conserving: the adjoint of padding drops the padded entries' relevance, which no rule of a method
+    that re-centres gives them (they are inputs without activation).
+    """
+
+    replays, conserves = True, True
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         r = step.relevance
@@ -66,7 +74,7 @@ class MaxPoolRoute(Rule):
     """Max pooling: a window's relevance goes to its maximum, split evenly over tied maxima
     (``split_ties=False``: all of it to the first, as the released code does)."""
 
-    keeps, replays = "first", True
+    keeps, replays, conserves = "first", True, True
 
     def __init__(self, split_ties: bool = True) -> None:
         self.split_ties = split_ties
@@ -83,6 +91,7 @@ class ProportionalPool(Rule):
 
     def __init__(self, epsilon: float = 0.0, clamp: bool = True) -> None:
         self.epsilon, self.clamp = epsilon, clamp
+        self.conserves = clamp  # without it a window's a + ε may sum to 0, and its relevance is dropped
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         result = proportional_pool_rule(step.replay(), step.input(), step.relevance, epsilon=self.epsilon, clamp=self.clamp)
@@ -102,7 +111,7 @@ class AddSplit(Rule):
     """Residual addition ``a + b``: ``split="magnitude"`` by ``|a| / (|a| + |b|)``, ``"positive"`` by
     the released code's ``a⁺ + 1e-9`` shares."""
 
-    keeps = "all"
+    keeps, conserves = "all", True
 
     def __init__(self, split: str = "magnitude") -> None:
         self.split = split
@@ -136,6 +145,7 @@ class CatSlice(Rule):
     def __init__(self, mask_zeros: bool = False) -> None:
         self.mask_zeros = mask_zeros
         self.keeps = "all" if mask_zeros else "none"
+        self.conserves = not mask_zeros
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         op = step.op

@@ -39,7 +39,13 @@ _DESCRIPTIONS = {
 @dataclass(frozen=True)
 class Step:
     """What a rule sees when the walk reaches its op: the op, the relevance of its output and the forward
-    pass's record (activations the rule asked for, shapes, replays), and the model input ``x``.
+    pass's record (activations the rule asked for, shapes, replays), the model input ``x``, and the
+    relevance's per-sample ``total``.
+
+    ``total`` (N,) float64 is ``Σ relevance`` as it would be in exact arithmetic: the walk carries it from
+    the seed through every rule that :attr:`Rule.conserves`, so a rule that re-centres its result to a
+    given total can use it instead of summing ``relevance``, whose rounding (about 1e-7 of the mass in
+    float32, where positive and negative parts nearly cancel) would otherwise build up layer by layer.
 
     For a channels-last op (a Linear over the channels of an (N, H, W, C) map) the relevance and
     :meth:`input` are given as (N, C, H, W), and the rule's results are taken in that layout."""
@@ -48,6 +54,7 @@ class Step:
     relevance: Tensor
     record: ForwardRecord
     x: Tensor
+    total: Tensor
 
     def input(self, i: int = 0) -> Tensor:
         """The recorded activation of the op's ``i``-th input (the rule must keep it, see :attr:`Rule.keeps`)."""
@@ -87,6 +94,9 @@ class Rule:
     """Input activations the rule reads: ``"none"``, ``"first"`` or ``"all"``."""
     replays: bool = False
     """Whether the rule calls :meth:`Step.replay` for its own op."""
+    conserves: bool = False
+    """Whether, in exact arithmetic, the input relevances sum to :attr:`Step.total` (per sample); the walk
+    then carries that total to them rather than summing the rounded results."""
 
     def needs(self, op: Op) -> Needs:
         values = {"none": (), "first": op.inputs[:1], "all": op.inputs}[self.keeps]

@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import InputError, RelpropError, UnsupportedLayerError
+from ..rules.common import sample_total
 from ..model_state import check_model_tensors, evaluation_mode, refuse_attention, unwrap_parallel
 from ..targets import Target, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
@@ -125,26 +126,49 @@ class Engine:
     def _walk(self, seed: Tensor, record: ForwardRecord, x: Tensor) -> Tensor:
         plan = self._plan
         relevance: dict[str, Tensor] = {self.seed_op: seed}
+        totals: dict[str, Tensor] = {self.seed_op: self.seed.total(seed)}
         pending = dict(plan.uses)
         result: Tensor | None = None
         for op in reversed(plan.order):
             r = relevance.pop(op.name, None)
             if r is None:
                 continue
+            total = totals.pop(op.name)
             if op.name in plan.gains:
-                r = r * plan.gains[op.name]
+                r, total = r * plan.gains[op.name], total * plan.gains[op.name]
             if op.kind == INPUT:
                 result = r
                 continue
             rule = plan.rules[op.name]
-            for inp, contribution in zip(op.inputs, _in_op_layout(op, rule(Step(op, _channels_first(op, r), record, x)))):
+            contributions = _in_op_layout(op, rule(Step(op, _channels_first(op, r), record, x, total)))
+            for inp, contribution, part in zip(op.inputs, contributions, _carried_totals(contributions, total, rule.conserves)):
                 if contribution is not None:
                     relevance[inp] = relevance[inp] + contribution if inp in relevance else contribution
+                    totals[inp] = totals[inp] + part if inp in totals else part
             for value in plan.needs[op.name].values:
                 pending[value] -= 1
                 if pending[value] == 0 and value != self.graph.input_name:
                     record.values.pop(value, None)
         return torch.zeros_like(x) if result is None else result
+
+
+def _total(t: Tensor) -> Tensor:
+    """:func:`~relprop.rules.common.sample_total` as (N,)."""
+    return sample_total(t).view(-1)
+
+
+def _carried_totals(contributions: Sequence[Tensor | None], total: Tensor, conserves: bool) -> list[Tensor | None]:
+    """The exact totals (N,) of a rule's input relevances.  A conserving rule's inputs share ``total``:
+    each gets its own sum, and the rounding by which those sums miss ``total`` is spread over them in
+    proportion to their masses ``Σ|R|`` (a single input gets ``total`` itself, unless it is all zero).
+    Otherwise each input's total is its sum."""
+    sums = [None if c is None else _total(c) for c in contributions]
+    if not conserves or all(c is None for c in contributions):
+        return sums
+    masses = [None if c is None else _total(c.abs()) for c in contributions]
+    mass = sum(m for m in masses if m is not None)
+    missing = (total - sum(s for s in sums if s is not None)) / torch.where(mass > 0, mass, 1)
+    return [None if s is None else s + missing * m for s, m in zip(sums, masses)]
 
 
 def _channels_first(op: Op, t: Tensor) -> Tensor:

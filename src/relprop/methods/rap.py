@@ -18,12 +18,12 @@ class RAPHidden(Rule):
     """RAP at a hidden Linear layer or convolution (:func:`relprop.rules.rap.rap_hidden`), a convolution seen
     with a BatchNorm that only reads it folded in."""
 
-    keeps = "first"
+    keeps, conserves = "first", True
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         a = step.input()
         weight, _, layer = linear_parameters(step.op, a)
-        return [rap_hidden(a, step.relevance, weight, layer)]
+        return [rap_hidden(a, step.relevance, weight, layer, step.total)]
 
 
 @register("rap")

@@ -32,6 +32,16 @@ def sample_sum(t: Tensor) -> Tensor:
     return t.sum(dim=tuple(range(1, t.dim())), keepdim=True)
 
 
+def sample_total(t: Tensor) -> Tensor:
+    """Sum over every dimension but the first, accumulated in float64: (N, ...) -> (N, 1, ..., 1) float64.
+
+    For totals that must keep their digits in float32: the sum of a map whose positive and negative
+    parts nearly cancel, summed in float32, is off by about 1e-7 of the map's mass, which rules that
+    re-centre to that total would carry and amplify layer after layer.
+    """
+    return t.sum(dim=tuple(range(1, t.dim())), keepdim=True, dtype=torch.float64)
+
+
 ACTIVITY_RAMP = 1e-2
 """Below this fraction of a sample's largest activation a unit counts as partly active (see :func:`activity`)."""
 
