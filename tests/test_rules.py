@@ -226,6 +226,17 @@ def test_rsp_conv_degenerate_inputs_give_zeros(sectional):
     close(rsp_conv(torch.zeros_like(RSP_A), RSP_R, G1, (1, 1, 2, 2), sectional=sectional, empty_fields=False), 0.0)
 
 
+@pytest.mark.parametrize("sectional", [True, False])
+def test_rsp_conv_in_float32_at_tiny_scales_is_the_scaled_result(sectional):
+    """The rule is invariant to the activations' scale and linear in the relevance.  At a 2⁻⁷⁰ scale
+    of ``a`` the virtual kernels' outputs ``~ a²·R`` underflow float32 (they were infinite quotients
+    before); by powers of two the result is exactly the unscaled one (hand values in the test above)."""
+    a, r = RSP_A.float(), RSP_R.float()
+    plain = rsp_conv(a, r, G1, (1, 1, 2, 2), sectional=sectional)
+    assert torch.equal(rsp_conv(a * 2.0**-70, r, G1, (1, 1, 2, 2), sectional=sectional), plain)
+    assert torch.equal(rsp_conv(a * 2.0**-70, r * 2.0**-60, G1, (1, 1, 2, 2), sectional=sectional), plain * 2.0**-60)
+
+
 # --------------------------------------------------------------------------------------------- AE
 # 2×2 conv, W = [[1, −2], [−1, 1]]  ->  K = |W| = [[1, 2], [1, 1]].
 AE_A = img([2, 1, 0],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -40,6 +41,19 @@ def sample_total(t: Tensor) -> Tensor:
     re-centre to that total would carry and amplify layer after layer.
     """
     return t.sum(dim=tuple(range(1, t.dim())), keepdim=True, dtype=torch.float64)
+
+
+def power_of_two_scale(t: Tensor) -> Tensor:
+    """Per sample, the power of two ``2⁻ᵉ`` that brings ``max_s |t| = m·2ᵉ`` (m in [0.5, 1)) into
+    [0.5, 1) (for a subnormal maximum, the dtype's largest power of two); 1 for an all-zero sample.
+    Multiplying by it is exact in floating point, so a rule that is invariant to (or linear in) a
+    per-sample scale can work in a safe range and give bit-identical results.
+    (N, ...) -> (N, 1, ..., 1), t's dtype.
+    """
+    top = t.abs().amax(dim=tuple(range(1, t.dim())), keepdim=True)
+    largest = math.frexp(torch.finfo(t.dtype).max)[1] - 1  # 2^largest is the dtype's largest power of two
+    exponent = (-torch.frexp(top).exponent).clamp(max=largest)  # a subnormal top: as far as representable
+    return torch.ldexp(torch.ones_like(top), exponent)
 
 
 ACTIVITY_RAMP = 1e-2
