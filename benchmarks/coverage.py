@@ -209,9 +209,10 @@ def _engine_seed(method: Any, x: torch.Tensor, targets: torch.Tensor) -> torch.T
     from relprop.engine.forward import record_forward
 
     engine = method._engine
+    traced = engine.trace_for((x.shape, x.dtype, x.device))
     with torch.no_grad():
-        record = record_forward(engine.graph, x, engine.seed_op, set(engine._plan.uses), engine._plan.replay)
-        return engine.seed.relevance(record, targets, engine.graph, engine.seed_layer)
+        record = record_forward(traced.graph, x, traced.seed_op, set(traced.plan.uses), traced.plan.replay)
+        return engine.seed.relevance(record, targets, traced.graph, traced.seed_layer)
 
 
 def conservation_error(

@@ -44,22 +44,76 @@ class KeepsSevenBySeven(nn.Module):
 
 
 class ShapeBranchNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, head: nn.Module | None = None) -> None:
         super().__init__()
+        torch.manual_seed(0)
         self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-        self.head = KeepsSevenBySeven()
+        self.head = head or KeepsSevenBySeven()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
-def test_untraceable_branch_is_named_by_module_path_type_and_line():
-    model = ShapeBranchNet().train()
+class ConvThenMean(nn.Module):
+    """KeepsSevenBySeven without the ``if``: one of its branches, with its convolution."""
+
+    def __init__(self, conv: nn.Conv2d, pool: bool) -> None:
+        super().__init__()
+        self.conv, self.pool = conv, pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(x, 7) if self.pool else x
+        return self.conv(x).mean(dim=(2, 3))
+
+
+class FlipsPositiveInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            x = -x
+        return self.conv(x).mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("name", ["rsp", "ae", "rap", "lrp_composite", "gradcam"])
+def test_a_branch_on_the_input_shape_is_traced_per_shape(name):
+    """timm's VGG head pools inputs smaller than 7×7: relprop traces such a model once per input shape.
+    Each branch gives the maps of the same model written without the ``if`` (float64), the model is
+    not changed (train mode restored, no module added), and later shapes get their own graph."""
+    model = ShapeBranchNet().double().train()
+    modules = dict(model.named_modules())
+    method = relprop.get_method(name)(model)
+    assert all(module.training for module in model.modules()) and dict(model.named_modules()) == modules
+    model.eval()
+    for side, pool in ((8, True), (12, False)):  # feature maps of 6×6 (pooled to 7×7) and 10×10 (not)
+        x = torch.randn(2, 3, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(side))
+        branch = ShapeBranchNet(ConvThenMean(model.head.conv, pool)).double().eval()
+        branch.features = model.features
+        expected = relprop.get_method(name)(branch).attribute(x, target=[1, 3])
+        torch.testing.assert_close(method.attribute(x, target=[1, 3]), expected, rtol=0, atol=1e-12)
+    assert dict(model.named_modules()) == modules
+
+
+class SineBeforeTheBranch(KeepsSevenBySeven):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.sin(x))
+
+
+def test_a_model_that_branches_on_shapes_is_checked_at_construction():
+    """Checked on a 224×224 example: an op without a rule is refused before any input is seen."""
+    with pytest.raises(relprop.UnsupportedLayerError, match="sin"):
+        relprop.RSP(ShapeBranchNet(SineBeforeTheBranch()).eval())
+
+
+def test_a_branch_on_values_is_named_by_module_path_type_and_line():
+    model = ShapeBranchNet(FlipsPositiveInputs()).train()
     with pytest.raises(relprop.RelpropError) as caught:
         relprop.RSP(model)
     message = str(caught.value)
-    assert "in module 'head' (KeepsSevenBySeven)" in message, message
-    assert "test_engine.py" in message and "`if x.shape[-1] < 7:`" in message, message
+    assert "in module 'head' (FlipsPositiveInputs)" in message, message
+    assert "test_engine.py" in message and "`if x.sum() > 0:`" in message, message
     assert "'gradient'" in message  # what to do instead
     assert all(module.training for module in model.modules())  # the user's train mode is restored
 

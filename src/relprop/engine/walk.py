@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -14,7 +15,7 @@ from ..rules.common import sample_total
 from ..model_state import check_model_tensors, evaluation_mode, refuse_attention, unwrap_parallel
 from ..targets import Target, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
-from .graph import INPUT, INPUT_CONV, ModelGraph, Op
+from .graph import INPUT, INPUT_CONV, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example
 from .precision import float32_precision
 from .seeds import Seed
 from .table import Needs, Rule, RuleTable, Step
@@ -30,6 +31,20 @@ class _Plan:
     gains: dict[str, float]
 
 
+@dataclass
+class Traced:
+    """A traced model ready to explain: its graph, the seed's op and display name, and the walk's plan."""
+
+    graph: ModelGraph
+    seed_op: str
+    seed_layer: str
+    plan: _Plan
+
+
+_SHAPES_KEPT = 8
+"""How many input shapes a model whose forward branches on shapes keeps a traced graph for."""
+
+
 class Engine:
     """Explains a model with one method: a :class:`Seed` plus a :class:`RuleTable`.
 
@@ -38,6 +53,10 @@ class Engine:
     attention is refused before tracing.  A ``DataParallel`` / ``DistributedDataParallel`` wrapper is
     explained through its ``.module``.
     ``failure_hint`` completes the error raised when relevance stops being finite.
+
+    A model whose ``forward()`` branches on its input's shape (timm's VGG head pools inputs smaller
+    than 7×7) is traced once per input shape, at the first ``attribute`` with that shape (the last
+    few are kept); construction checks it on a 224×224 example where the model accepts one.
     """
 
     def __init__(
@@ -51,20 +70,52 @@ class Engine:
         check_model_tensors(model)
         self.model, self.seed, self.table, self.method = model, seed, table, method
         self.failure_hint, self.allow_tf32 = failure_hint, allow_tf32
-        self.graph = ModelGraph(model)
-        self.seed_op = seed.layer(self.graph)
-        if self.seed_op == self.graph.input_name:
-            raise ValueError("seed_layer must be a layer after the input.")
-        self.seed_layer = self.graph.display_name(self.seed_op)
-        self._plan = self._make_plan()
+        self._by_shape: OrderedDict[Example, Traced] | None = None
+        try:
+            self._latest: Traced | None = self._prepare(ModelGraph(model))
+        except BranchesOnInput as branching:
+            self._by_shape, self._latest, self._branching = OrderedDict(), None, branching
+            example = probe_example(model)
+            try:
+                if example is not None:
+                    self.trace_for(example)
+            except (UnsupportedLayerError, BranchesOnValues):
+                raise
+            except RelpropError:  # the probe's shape does not suit the model: the first attribute() checks
+                pass
 
-    def _make_plan(self) -> _Plan:
-        g = self.graph
+    @property
+    def seed_layer(self) -> str:
+        """Module path (or op name) where the walk starts (for a model traced per input shape: the last traced)."""
+        if self._latest is None:
+            raise RelpropError(f"{self._branching} The seed layer is known after the first attribute().")
+        return self._latest.seed_layer
+
+    def trace_for(self, example: Example) -> Traced:
+        """The graph and plan that explain inputs of ``example``'s shape, dtype and device."""
+        if self._by_shape is None:
+            return self._latest  # type: ignore[return-value]  # one graph for every input
+        if example not in self._by_shape:
+            self._by_shape[example] = self._prepare(ModelGraph(self.model, example))
+            if len(self._by_shape) > _SHAPES_KEPT:
+                self._by_shape.popitem(last=False)
+        self._by_shape.move_to_end(example)
+        self._latest = self._by_shape[example]
+        return self._latest
+
+    def _prepare(self, graph: ModelGraph) -> Traced:
+        seed_op = self.seed.layer(graph)
+        if seed_op == graph.input_name:
+            raise ValueError("seed_layer must be a layer after the input.")
+        seed_layer = graph.display_name(seed_op)
+        return Traced(graph, seed_op, seed_layer, self._make_plan(graph, seed_op, seed_layer))
+
+    def _make_plan(self, g: ModelGraph, seed_op: str, seed_layer: str) -> _Plan:
         # ops that only compute a gate's multiplier get no relevance: they are off the path and need no rule
-        path = g.relevance_ancestors(self.seed_op) & g.descendants(g.input_name)
+        path = g.relevance_ancestors(seed_op) & g.descendants(g.input_name)
         order = [op for op in g.ops if op.name in path]
         rules = self._rules_for([op for op in order if op.kind != INPUT])
-        self.seed.check_path(g, order, self.seed_layer)
+        self.seed.check_path(g, order, seed_layer)
         replay: set[str] = set()
         uses: dict[str, int] = {}
         gains: dict[str, float] = {}
@@ -95,26 +146,32 @@ class Engine:
     def attribute(self, x: Tensor, target: Target = None) -> Tensor:
         """Relevance of every input element for the target class: (N, C, H, W) -> x's shape, dtype, device."""
         x = check_input(x)
-        self._check_compatible(x)
-        self.graph.refuse_bypassed_hooks()
+        self._check_dtype_and_device(x)
+        traced = self.trace_for((x.shape, x.dtype, x.device))
+        self._check_channels(x, traced.plan)
+        traced.graph.refuse_bypassed_hooks()
         with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32):
-            record = record_forward(self.graph, x, self.seed_op, set(self._plan.uses), self._plan.replay)
+            plan = traced.plan
+            record = record_forward(traced.graph, x, traced.seed_op, set(plan.uses), plan.replay)
             targets = resolve_targets(target, record.logits.detach())
-            seed = self.seed.relevance(record, targets, self.graph, self.seed_layer)
+            seed = self.seed.relevance(record, targets, traced.graph, traced.seed_layer)
             record.logits = record.logits.detach()
-            result = self._walk(seed, record, x)
+            result = self._walk(traced, seed, record, x)
         if not torch.isfinite(result).all():
             raise RelpropError(f"{self.method} relevance is not finite on this input. {self.failure_hint}".strip())
         return result
 
-    def _check_compatible(self, x: Tensor) -> None:
+    def _check_dtype_and_device(self, x: Tensor) -> None:
         params = list(self.model.parameters())
         if params and (params[0].dtype != x.dtype or params[0].device != x.device):
             raise InputError(
                 f"x is {x.dtype} on {x.device} but the model's parameters are {params[0].dtype} on "
                 f"{params[0].device}; call model.to(x.device, x.dtype) or convert x."
             )
-        for op in self._plan.order:
+
+    @staticmethod
+    def _check_channels(x: Tensor, plan: _Plan) -> None:
+        for op in plan.order:
             if op.kind == INPUT_CONV and op.conv is not None:
                 weight = op.conv.weight()
                 expected = weight.shape[1] * op.conv.geometry.groups
@@ -123,10 +180,10 @@ class Engine:
                         f"x has {x.shape[1]} channels but the model's first convolution ('{op.path}') expects {expected}."
                     )
 
-    def _walk(self, seed: Tensor, record: ForwardRecord, x: Tensor) -> Tensor:
-        plan = self._plan
-        relevance: dict[str, Tensor] = {self.seed_op: seed}
-        totals: dict[str, Tensor] = {self.seed_op: self.seed.total(seed)}
+    def _walk(self, traced: Traced, seed: Tensor, record: ForwardRecord, x: Tensor) -> Tensor:
+        plan = traced.plan
+        relevance: dict[str, Tensor] = {traced.seed_op: seed}
+        totals: dict[str, Tensor] = {traced.seed_op: self.seed.total(seed)}
         pending = dict(plan.uses)
         result: Tensor | None = None
         for op in reversed(plan.order):
@@ -147,7 +204,7 @@ class Engine:
                     totals[inp] = totals[inp] + part if inp in totals else part
             for value in plan.needs[op.name].values:
                 pending[value] -= 1
-                if pending[value] == 0 and value != self.graph.input_name:
+                if pending[value] == 0 and value != traced.graph.input_name:
                     record.values.pop(value, None)
         return torch.zeros_like(x) if result is None else result
 

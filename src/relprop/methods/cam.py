@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..errors import RelpropError
 from ..engine import ModelGraph, default_seed_layer
+from ..engine.graph import BranchesOnInput, probe_example
 from ..model_state import refuse_attention, unwrap_parallel
 from ..registry import register
 from .gradient import AutogradMethod
@@ -71,7 +72,10 @@ def _is_module_path(model: nn.Module, path: str) -> bool:
 def _module_layer(model: nn.Module, layer: str | None) -> str:
     """Module path whose output is op ``layer`` (default: the automatic seed layer), or of the module
     producing its input when the op is a function call."""
-    graph = ModelGraph(model)
+    try:
+        graph = ModelGraph(model)
+    except BranchesOnInput:  # forward() branches on the input's shape: module paths do not depend on it
+        graph = ModelGraph(model, probe_example(model))
     name = graph.resolve(layer) if layer is not None else default_seed_layer(graph)
     current = name
     while (path := graph.producing_module(current)) is None:
