@@ -147,8 +147,9 @@ class Engine:
         """Relevance of every input element for the target class: (N, C, H, W) -> x's shape, dtype, device."""
         x = check_input(x)
         self._check_dtype_and_device(x)
+        if self._latest is not None:  # before tracing for a new shape, which a wrong channel count would fail
+            self._check_channels(x, self._latest.plan)
         traced = self.trace_for((x.shape, x.dtype, x.device))
-        self._check_channels(x, traced.plan)
         traced.graph.refuse_bypassed_hooks()
         with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32):
             plan = traced.plan
