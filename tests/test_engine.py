@@ -262,8 +262,8 @@ def test_allow_tf32_leaves_the_flags_alone(monkeypatch, user_enabled_tf32):
 def test_a_conserving_rule_passes_the_carried_total_on_by_hand():
     """Contributions (1, −3) and (2, 0) of a rule whose relevance totals 1: their sums (−2, 2) miss it by
     1, spread by mass (4 and 2 of 6): −2 + 4/6 = −4/3 and 2 + 2/6 = 7/3.  A rule that does not conserve
-    hands on the sums; an all-zero input of a conserving rule gets 0 (there is nothing to re-centre);
-    inputs without relevance (None) stay None."""
+    hands on the sums; the single input of a conserving rule gets the total itself; inputs without
+    relevance (None) stay None."""
     d = torch.float64
     parts = [torch.tensor([[1.0, -3.0]], dtype=d), None, torch.tensor([[2.0, 0.0]], dtype=d)]
     total = torch.tensor([1.0], dtype=d)
@@ -272,5 +272,5 @@ def test_a_conserving_rule_passes_the_carried_total_on_by_hand():
     torch.testing.assert_close(torch.cat([carried[0], carried[2]]), torch.tensor([-4 / 3, 7 / 3], dtype=d), rtol=0, atol=1e-15)
     plain = _carried_totals(parts, total, conserves=False)
     assert plain[0].tolist() == [-2.0] and plain[2].tolist() == [2.0]
-    assert _carried_totals([torch.zeros(1, 3, dtype=d)], total, conserves=True)[0].tolist() == [0.0]
+    assert _carried_totals([None, torch.tensor([[0.5, 0.25]], dtype=d)], total, conserves=True)[1] is total
     assert _carried_totals([None, None], total, conserves=True) == [None, None]

@@ -44,8 +44,8 @@ class Step:
 
     ``total`` (N,) float64 is ``Σ relevance`` as it would be in exact arithmetic: the walk carries it from
     the seed through every rule that :attr:`Rule.conserves`, so a rule that re-centres its result to a
-    given total can use it instead of summing ``relevance``, whose rounding (about 1e-7 of the mass in
-    float32, where positive and negative parts nearly cancel) would otherwise build up layer by layer.
+    given total can use it instead of summing ``relevance``, whose rounding would otherwise build up
+    layer by layer.  None unless a rule of the method :attr:`Rule.reads_total`.
 
     For a channels-last op (a Linear over the channels of an (N, H, W, C) map) the relevance and
     :meth:`input` are given as (N, C, H, W), and the rule's results are taken in that layout."""
@@ -54,7 +54,7 @@ class Step:
     relevance: Tensor
     record: ForwardRecord
     x: Tensor
-    total: Tensor
+    total: Tensor | None = None
 
     def input(self, i: int = 0) -> Tensor:
         """The recorded activation of the op's ``i``-th input (the rule must keep it, see :attr:`Rule.keeps`)."""
@@ -97,6 +97,8 @@ class Rule:
     conserves: bool = False
     """Whether, in exact arithmetic, the input relevances sum to :attr:`Step.total` (per sample); the walk
     then carries that total to them rather than summing the rounded results."""
+    reads_total: bool = False
+    """Whether the rule uses :attr:`Step.total` (the walk tracks totals only for methods with such a rule)."""
 
     def needs(self, op: Op) -> Needs:
         values = {"none": (), "first": op.inputs[:1], "all": op.inputs}[self.keeps]

@@ -29,6 +29,7 @@ class _Plan:
     replay: set[str]
     uses: dict[str, int]  # how many rules read each activation the forward pass must keep
     gains: dict[str, float]
+    tracks_totals: bool  # whether a rule reads Step.total
 
 
 @dataclass
@@ -127,7 +128,7 @@ class Engine:
                 uses[value] = uses.get(value, 0) + 1
             for target, gain in rule.prepare(g.by_name[name], g).items():
                 gains[target] = gains.get(target, 1.0) * gain
-        return _Plan(order, rules, needs_of, replay, uses, gains)
+        return _Plan(order, rules, needs_of, replay, uses, gains, any(rule.reads_total for rule in rules.values()))
 
     def _rules_for(self, ops: list[Op]) -> dict[str, Rule]:
         """The rule of every op; if some have none, the error names the first unsupported *module* (what
@@ -184,24 +185,28 @@ class Engine:
     def _walk(self, traced: Traced, seed: Tensor, record: ForwardRecord, x: Tensor) -> Tensor:
         plan = traced.plan
         relevance: dict[str, Tensor] = {traced.seed_op: seed}
-        totals: dict[str, Tensor] = {traced.seed_op: self.seed.total(seed)}
+        totals: dict[str, Tensor] = {traced.seed_op: self.seed.total(seed)} if plan.tracks_totals else {}
         pending = dict(plan.uses)
         result: Tensor | None = None
         for op in reversed(plan.order):
             r = relevance.pop(op.name, None)
             if r is None:
                 continue
-            total = totals.pop(op.name)
+            total = totals.pop(op.name, None)
             if op.name in plan.gains:
-                r, total = r * plan.gains[op.name], total * plan.gains[op.name]
+                r = r * plan.gains[op.name]
+                total = None if total is None else total * plan.gains[op.name]
             if op.kind == INPUT:
                 result = r
                 continue
             rule = plan.rules[op.name]
             contributions = _in_op_layout(op, rule(Step(op, _channels_first(op, r), record, x, total)))
-            for inp, contribution, part in zip(op.inputs, contributions, _carried_totals(contributions, total, rule.conserves)):
-                if contribution is not None:
-                    relevance[inp] = relevance[inp] + contribution if inp in relevance else contribution
+            parts = _carried_totals(contributions, total, rule.conserves) if total is not None else [None] * len(contributions)
+            for inp, contribution, part in zip(op.inputs, contributions, parts):
+                if contribution is None:
+                    continue
+                relevance[inp] = relevance[inp] + contribution if inp in relevance else contribution
+                if part is not None:
                     totals[inp] = totals[inp] + part if inp in totals else part
             for value in plan.needs[op.name].values:
                 pending[value] -= 1
@@ -217,11 +222,13 @@ def _total(t: Tensor) -> Tensor:
 
 def _carried_totals(contributions: Sequence[Tensor | None], total: Tensor, conserves: bool) -> list[Tensor | None]:
     """The exact totals (N,) of a rule's input relevances.  A conserving rule's inputs share ``total``:
-    each gets its own sum, and the rounding by which those sums miss ``total`` is spread over them in
-    proportion to their masses ``Σ|R|`` (a single input gets ``total`` itself, unless it is all zero).
-    Otherwise each input's total is its sum."""
+    a single input gets it; several get their own sums, and the rounding by which those miss ``total``
+    is spread over them in proportion to their masses ``Σ|R|``.  Otherwise each input's total is its sum."""
+    present = [c for c in contributions if c is not None]
+    if conserves and len(present) == 1:
+        return [None if c is None else total for c in contributions]
     sums = [None if c is None else _total(c) for c in contributions]
-    if not conserves or all(c is None for c in contributions):
+    if not conserves or not present:
         return sums
     masses = [None if c is None else _total(c.abs()) for c in contributions]
     mass = sum(m for m in masses if m is not None)

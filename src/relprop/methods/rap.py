@@ -18,7 +18,7 @@ class RAPHidden(Rule):
     """RAP at a hidden Linear layer or convolution (:func:`relprop.rules.rap.rap_hidden`), a convolution seen
     with a BatchNorm that only reads it folded in."""
 
-    keeps, conserves = "first", True
+    keeps, conserves, reads_total = "first", True, True
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         a = step.input()
