@@ -50,7 +50,7 @@ def power_of_two_scale(t: Tensor) -> Tensor:
     per-sample scale can work in a safe range and give bit-identical results.
     (N, ...) -> (N, 1, ..., 1), t's dtype.
     """
-    top = t.abs().amax(dim=tuple(range(1, t.dim())), keepdim=True)
+    top = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), ord=math.inf, dim=1).view(-1, *[1] * (t.dim() - 1))
     largest = math.frexp(torch.finfo(t.dtype).max)[1] - 1  # 2^largest is the dtype's largest power of two
     exponent = (-torch.frexp(top).exponent).clamp(max=largest)  # a subnormal top: as far as representable
     return torch.ldexp(torch.ones_like(top), exponent)

@@ -42,7 +42,10 @@ def rsp_conv(
     random EfficientNet-B6 at 64 px) make ``conv(a⁺, G±) ~ a²·R`` subnormal and the quotient infinite.
     """
     a_scale, r_scale = power_of_two_scale(a), power_of_two_scale(relevance)
-    a, relevance = a * a_scale, relevance * r_scale
+    if not _in_safe_range(a_scale, r_scale):
+        a, relevance = a * a_scale, relevance * r_scale
+    else:  # the same numbers either way: skip the copies
+        r_scale = torch.ones_like(r_scale)
     x = a.clamp(min=0)
     both = _split_by_sign(relevance, geometry.groups)
     o, positions, d = relevance.shape[1], relevance[0, 0].numel(), kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
@@ -69,6 +72,15 @@ def rsp_conv(
     else:
         support = c != 0
     return shift_(c.mul_(2), sample_sum(relevance), support).div_(r_scale)
+
+
+SAFE_SCALE = 2.0**16
+"""Maxima of ``a`` and ``R`` within a factor 2¹⁶ of 1 keep ``conv(a⁺, G±) ~ a²·R`` far from float32's
+under- and overflow, so the rule runs on them unscaled."""
+
+
+def _in_safe_range(*scales: Tensor) -> bool:
+    return all(bool(((s >= 1 / SAFE_SCALE) & (s <= SAFE_SCALE)).all()) for s in scales)
 
 
 def purge(relevance: Tensor) -> Tensor:
