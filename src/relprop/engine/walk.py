@@ -11,8 +11,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import InputError, RelpropError, UnsupportedLayerError
-from ..rules.common import sample_total
 from ..model_state import check_model_tensors, evaluation_mode, refuse_attention, unwrap_parallel
+from ..rules.common import sample_total
 from ..targets import Target, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
 from .graph import INPUT, INPUT_CONV, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example
@@ -148,9 +148,12 @@ class Engine:
         """Relevance of every input element for the target class: (N, C, H, W) -> x's shape, dtype, device."""
         x = check_input(x)
         self._check_dtype_and_device(x)
-        if self._latest is not None:  # before tracing for a new shape, which a wrong channel count would fail
-            self._check_channels(x, self._latest.plan)
+        known = self._latest
+        if known is not None:  # before tracing for a new shape, which a wrong channel count would fail
+            self._check_channels(x, known.plan)
         traced = self.trace_for((x.shape, x.dtype, x.device))
+        if known is None:
+            self._check_channels(x, traced.plan)
         traced.graph.refuse_bypassed_hooks()
         with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32):
             plan = traced.plan

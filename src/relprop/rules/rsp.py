@@ -36,16 +36,16 @@ def rsp_conv(
     entries of ``a`` that are explicit zero padding (a pad op before the convolution), which take no share.  Without it (the authors' code) that
     relevance is dropped, and the re-centring, which takes the full ``Σ_s R``, doubles the loss.
 
-    The rule does not change when a sample's ``a`` is scaled and scales with its relevance, so both are
-    first brought to a largest magnitude in [0.5, 1) by a power of two (exact in floating point: the
-    result is bit-identical wherever nothing under- or overflows).  Without it, activations of 1e-15 (a
+    The rule does not change when a sample's ``a`` is scaled and scales with its relevance, so where a
+    largest magnitude lies outside 2^±16 (:data:`SAFE_SCALE`) both are first brought into [0.5, 1) by a
+    power of two (exact in floating point: the result is bit-identical wherever nothing under- or
+    overflows).  Without it, activations of 1e-15 (a
     random EfficientNet-B6 at 64 px) make ``conv(a⁺, G±) ~ a²·R`` subnormal and the quotient infinite.
     """
     a_scale, r_scale = power_of_two_scale(a), power_of_two_scale(relevance)
-    if not _in_safe_range(a_scale, r_scale):
+    scaled = not _in_safe_range(a_scale, r_scale)  # otherwise the same numbers either way: no copies
+    if scaled:
         a, relevance = a * a_scale, relevance * r_scale
-    else:  # the same numbers either way: skip the copies
-        r_scale = torch.ones_like(r_scale)
     x = a.clamp(min=0)
     both = _split_by_sign(relevance, geometry.groups)
     o, positions, d = relevance.shape[1], relevance[0, 0].numel(), kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
@@ -63,7 +63,7 @@ def rsp_conv(
         if shares is not None:
             c.add_(shares)
     if not sectional:
-        return c.div_(r_scale)
+        return c.div_(r_scale) if scaled else c
     if structural_support:
         reach = geometry.reach(relevance != 0, a.shape, kernel_shape)
         support = activity(a).mul_(reach)
@@ -71,7 +71,8 @@ def rsp_conv(
             support = torch.where(sample_sum(support) > 0, support, reach.to(support.dtype))
     else:
         support = c != 0
-    return shift_(c.mul_(2), sample_sum(relevance), support).div_(r_scale)
+    result = shift_(c.mul_(2), sample_sum(relevance), support)
+    return result.div_(r_scale) if scaled else result
 
 
 SAFE_SCALE = 2.0**16
