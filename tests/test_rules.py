@@ -634,6 +634,24 @@ def test_wgrad_per_sample_matches_loop(name):
     close(got, want)
 
 
+@pytest.mark.parametrize("name", [*GEOMETRIES, "wide_padding"])
+def test_fields_with_positive_matches_the_receptive_fields(name):
+    # x >= 0 with many zeros; "wide_padding" (padding 2 on a 3x2 kernel) takes the convolution fallback
+    spec = GEOMETRIES.get(name, dict(stride=1, padding=2, dilation=1, groups=2))
+    x = torch.randn(3, 4, 9, 8, dtype=D, generator=torch.Generator().manual_seed(4)).clamp(min=1.5)
+    x = x - 1.5
+    g = spec["groups"]
+    got = geom(**spec).fields_with_positive(x, (3, 2))
+    # each group's channels, unfolded into receptive fields: any entry > 0 in the field
+    fields = [
+        F.unfold(part, (3, 2), dilation=spec["dilation"], padding=spec["padding"], stride=spec["stride"]) > 0
+        for part in x.chunk(g, dim=1)
+    ]
+    want = torch.stack([f.any(dim=1) for f in fields], dim=1).reshape(got.shape)
+    assert got.dtype == torch.bool and torch.equal(got, want)
+    assert 0 < int(want.sum()) < want.numel()  # both kinds of fields occur
+
+
 def test_reach_is_receptive_field_per_group():
     # depthwise (groups = 2): output channel 0 active at (0,0) only, channel 1 inactive everywhere
     active = torch.zeros(1, 2, 2, 2, dtype=torch.bool)

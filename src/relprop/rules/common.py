@@ -50,7 +50,10 @@ def power_of_two_scale(t: Tensor) -> Tensor:
     per-sample scale can work in a safe range and give bit-identical results.
     (N, ...) -> (N, 1, ..., 1), t's dtype.
     """
-    top = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), ord=math.inf, dim=1).view(-1, *[1] * (t.dim() - 1))
+    flat = t.reshape(t.shape[0], -1)
+    # max |t| as max(max t, −min t): two plain reductions, several times faster on CPU than an inf-norm
+    # or aminmax, and exact like them
+    top = torch.maximum(flat.amax(dim=1), flat.amin(dim=1).neg_()).view(-1, *[1] * (t.dim() - 1))
     largest = math.frexp(torch.finfo(t.dtype).max)[1] - 1  # 2^largest is the dtype's largest power of two
     exponent = (-torch.frexp(top).exponent).clamp(max=largest)  # a subnormal top: as far as representable
     return torch.ldexp(torch.ones_like(top), exponent)

@@ -46,6 +46,18 @@ class ConvGeometry:
             hits = hits.repeat_interleave(input_shape[1] // g, dim=1)
         return hits > 0.5
 
+    def fields_with_positive(self, x: Tensor, kernel_size: tuple[int, int]) -> Tensor:
+        """Whether each output's receptive field holds a positive entry of ``x ≥ 0``, per group:
+        (N, C, H, W) -> bool (N, g, h, w).  A max-pool over the channel maximum (cheaper than summing
+        with an all-ones convolution, and the same answer for non-negative inputs)."""
+        n, c = x.shape[:2]
+        top = x.reshape(n, self.groups, c // self.groups, *x.shape[2:]).amax(dim=2)
+        reach = [(k - 1) * d + 1 for k, d in zip(kernel_size, self.dilation)]
+        if all(2 * p <= r for p, r in zip(self.padding, reach)):  # max_pool2d's limit on the padding
+            return F.max_pool2d(top, kernel_size, self.stride, self.padding, self.dilation) > 0
+        ones = torch.ones(self.groups, 1, *kernel_size, dtype=x.dtype, device=x.device)
+        return F.conv2d(top, ones, None, self.stride, self.padding, self.dilation, self.groups) > 0
+
     def window_sums(self, x: Tensor, kernel: Tensor) -> Tensor:
         """``conv(x, K)`` for an input constant along each group's channels, computed on one channel per
         group: (N, g, H, W) x (O, C/g, kh, kw) -> (N, O, h, w)."""

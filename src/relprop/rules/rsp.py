@@ -68,7 +68,9 @@ def rsp_conv(
         reach = geometry.reach(relevance != 0, a.shape, kernel_shape)
         support = activity(a).mul_(reach)
         if empty_fields:  # a sample without an active input in reach is re-centred over the reach
-            support = torch.where(sample_sum(support) > 0, support, reach.to(support.dtype))
+            covered = sample_sum(support) > 0
+            if not bool(covered.all()):  # rare: no pass over the map otherwise
+                support = torch.where(covered, support, reach.to(support.dtype))
     else:
         support = c != 0
     result = shift_(c.mul_(2), sample_sum(relevance), support)
@@ -116,8 +118,11 @@ def _empty_field_shares(
         back = geometry.conv_t(per_field, ones, torch.Size((n, g, *a.shape[2:])))
         return back.repeat_interleave(c // g, dim=1)
 
+    empty = ~geometry.fields_with_positive(x, kernel_shape[2:])  # (N, g, h, w)
+    if not empty.any():  # the common case: no need to look at the relevance
+        return None
     grouped = relevance.reshape(n, g, o // g, *relevance.shape[2:])
-    orphaned = (grouped * (field_sums(x) == 0).unsqueeze(2)).sum(dim=2)  # (N, g, h, w)
+    orphaned = (grouped * empty.unsqueeze(2)).sum(dim=2)  # (N, g, h, w)
     if not orphaned.any():
         return None
     weight = a.abs()
