@@ -75,7 +75,7 @@ def test_float32_matches_float64_and_is_batch_invariant(model_name, method_key):
     assert batch <= BOUND, f"alone vs in a batch of 3: {batch:.2e} of max|R|"
 
 
-@pytest.mark.parametrize("method_key", ["rsp", "ae_r1", "ae_r2", "rap"])
+@pytest.mark.parametrize("method_key", ["rsp", "ae_r2", "rap"])  # AE r = 1 runs the same rule: small inputs only
 def test_full_size_vgg16(method_key):
     precision, batch = measure("vgg16", method_key, 224)
     assert precision <= BOUND, f"float32 vs float64: {precision:.2e} of max|R|"
