@@ -401,7 +401,7 @@ def render(cache: dict[str, Any]) -> str:
         "the positive and negative relevance at every convolution with a kernel > 1, so on deep networks the",
         "mass can exceed 1e10× the sum). ✔¹: every check passed, but float64 resolves the conservation only",
         f"to rounding: Σ R is within {RESOLUTION:g} of Σ abs(R) of the claimed total, though not within the relative",
-        "tolerance of the total itself (the cell's note in the cache gives both figures). Transformers are",
+        "tolerance of the total itself (both figures are listed below the tables). Transformers are",
         "outside relprop's scope: their relprop cells show the refusal.",
         "",
         "Regenerate with `python benchmarks/coverage.py --out docs/coverage.md` (results are cached in",
