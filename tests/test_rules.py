@@ -420,11 +420,43 @@ def test_add_rule_magnitude_split():
     a = torch.tensor([[1.0, -3.0, 0.0, 2.0]], dtype=D)
     b = torch.tensor([[3.0, 1.0, 0.0, -2.0]], dtype=D)  # last entry: a = −b (raw a/(a+b) would explode)
     r = torch.tensor([[4.0, 8.0, 6.0, -1.0]], dtype=D)
-    ra, rb = add_rule(a, b, r, "magnitude")
+    ra, rb = add_rule(a, b, r, "magnitude", floor=0.0)
     # shares |a|/(|a|+|b|) = [1/4, 3/4, 1/2 (both 0), 1/2]
     close(ra, [[1.0, 6.0, 3.0, -0.5]])
     close(rb, [[3.0, 2.0, 3.0, -0.5]])
     close(ra + rb, r)
+    # the default floor: ε_a = 1e-4 · max|a| = 3e-4, ε_b = 1e-4 · max|b| = 3e-4 added to the magnitudes
+    e = 3e-4
+    ra, rb = add_rule(a, b, r, "magnitude")
+    close(ra, [[(1 + e) * 4 / (4 + 2 * e), (3 + e) * 8 / (4 + 2 * e), 3.0, -(2 + e) / (4 + 2 * e)]])
+    close(rb, [[(3 + e) * 4 / (4 + 2 * e), (1 + e) * 8 / (4 + 2 * e), 3.0, -(2 + e) / (4 + 2 * e)]])
+    close(ra + rb, r)
+
+
+def test_add_rule_floor_is_per_input_and_sample_and_makes_the_split_continuous():
+    # sample 1 is sample 0 scaled by 10⁻⁶: the same shares; b is 10⁻⁶ of a in scale (a ConvNeXt branch)
+    a = torch.tensor([[1e-9, 2.0, 0.0], [1e-15, 2e-6, 0.0]], dtype=D)
+    b = torch.tensor([[0.0, 2e-6, 0.0], [0.0, 2e-12, 0.0]], dtype=D)
+    r = torch.ones(2, 3, dtype=D)
+    ra, rb = add_rule(a, b, r, "magnitude")
+    ea, eb = 2e-4, 2e-10  # 1e-4 · max|a|, 1e-4 · max|b| of sample 0
+    expected = [(1e-9 + ea) / (1e-9 + ea + eb), (2 + ea) / (2 + ea + 2e-6 + eb), ea / (ea + eb)]
+    close(ra[0], expected)
+    close(ra[1], expected)
+    close(ra + rb, r)
+    # the small input keeps its small share where both are large: 2e-6 / 2, up to the floors
+    assert abs(rb[0, 1].item() - 1e-6) < 1e-9
+
+
+def test_add_rule_keeps_the_smaller_share_precise_in_float32():
+    # a dominates b by 10⁶: R_b = R·|b|/(|a|+|b|) = 1e-6/(1 + 1e-6); as R − R_a it kept only ~6 % of it
+    a = torch.tensor([[1.0, -1.0]])
+    b = torch.tensor([[1e-6, 3e-6]])
+    r = torch.tensor([[1.0, -2.0]])
+    for split, (pa, pb) in {"magnitude": (a.abs(), b.abs()), "positive": (a.clamp(min=0) + 1e-9, b + 1e-9)}.items():
+        ra, rb = add_rule(a, b, r, split, floor=0.0)
+        expected = r.double() * pb.double() / (pa.double() + pb.double())
+        assert ((rb.double() - expected).abs() / expected.abs()).max() < 1e-6, split
 
 
 def test_add_rule_positive_split():

@@ -108,7 +108,7 @@ class MaskZeros(Rule):
 
 
 class AddSplit(Rule):
-    """Residual addition ``a + b``: ``split="magnitude"`` by ``|a| / (|a| + |b|)``, ``"positive"`` by
+    """Residual addition ``a + b``: ``split="magnitude"`` by ``|a|`` and ``|b|`` with a small floor, ``"positive"`` by
     the released code's ``a⁺ + 1e-9`` shares."""
 
     keeps, conserves = "all", True

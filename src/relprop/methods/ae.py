@@ -89,7 +89,7 @@ class AttributionEquilibrium(PropagationMethod):
     negative (or no positive) relevance, one rule for every kernel size, structural re-centring support,
     each convolution's output rescaled to its incoming mass ``(ΣP + ΣN)/2`` so that the shares given to
     the branches of a residual add or a concatenation survive the per-layer renormalisation, residual
-    adds split by ``|a| / (|a| + |b|)``, stride / padding / dilation / groups honoured everywhere.
+    adds split by magnitude, ``|a|`` against ``|b|``, stride / padding / dilation / groups honoured everywhere.
     Max pooling splits a window's relevance evenly over tied maxima (all-zero windows are ties, and the
     inactive-input term gives their outputs relevance); explicit zero padding before a convolution
     (``nn.ZeroPad2d``, ``F.pad``) is no input unit, like the convolution's own padding, in both modes.

@@ -11,7 +11,7 @@ convolutions use the rules of :mod:`relprop.rules.lrp`; everything else is the e
   unchanged (identity): relevance is conserved through it and its shift absorbs nothing — unlike
   an ε rule on the affine map ``s·x + t``, which would give ``s·x / (s·x + t)`` of it to ``x``
   (the rest to ``t``) and grow without bound where ``s·x + t ≈ 0``;
-* residual adds split relevance by ``|a| / (|a| + |b|)``: shares in [0, 1], conserving, never
+* residual adds split relevance by magnitude, ``|a|`` against ``|b|``: shares in [0, 1], conserving, never
   exploding when ``a ≈ −b`` (the proportional ``a / (a + b)`` split of textbook LRP does);
 * max pooling sends a window's relevance to its arg-max, average pooling shares it in proportion
   to ``a⁺``, activations and dropout pass it unchanged.

@@ -43,7 +43,7 @@ class RAP(PropagationMethod):
     Differences from the authors' released code: every sum and normalisation is per sample
     (batch-invariant); one rule for convolutions and hidden Linear layers; the re-centring support is
     structural (inputs with ``a > 0`` connected to an output with relevance); a BatchNorm that only
-    reads a convolution is folded into its kernel; residual adds split by ``|a| / (|a| + |b|)``.
+    reads a convolution is folded into its kernel; residual adds split by magnitude, ``|a|`` against ``|b|``.
 
     Args:
         model: a CNN classifier whose logits come from an ``nn.Linear`` layer or a hidden convolution

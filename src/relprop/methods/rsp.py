@@ -104,7 +104,7 @@ class RSP(PropagationMethod):
 
     ``mode="default"`` (the corrected method): every normalisation per sample, the seed divided by
     ``max |S|``, one rule for every kernel size, a structural re-centring support, residual adds split
-    by ``|a| / (|a| + |b|)``, plain slicing at concatenations, BatchNorm as identity (folded into the
+    by magnitude, ``|a|`` against ``|b|``, plain slicing at concatenations, BatchNorm as identity (folded into the
     first convolution for z^B), stride / padding / dilation / groups honoured everywhere.
     ``mode="reference"`` reproduces the authors' released code applied to one image (docs/methods.md,
     "Default mode and reference mode"): it is the default rule table with those entries overridden.

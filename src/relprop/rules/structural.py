@@ -80,21 +80,36 @@ def proportional_pool_rule(pool: Fn, a: Tensor, relevance: Tensor, *, epsilon: f
     return result
 
 
-def add_rule(a: Tensor, b: Tensor, relevance: Tensor, split: str) -> tuple[Tensor, Tensor]:
+ADD_FLOOR = 1e-4
+"""Fraction of each input's per-sample max magnitude added to it in a residual add's split."""
+
+
+def add_rule(a: Tensor, b: Tensor, relevance: Tensor, split: str, floor: float = ADD_FLOOR) -> tuple[Tensor, Tensor]:
     """Split the relevance of ``a + b`` over its two inputs.
 
-    ``split='magnitude'``: shares ``|a| / (|a| + |b|)``, half each where both are 0 (stable, never
-    explodes when ``a ≈ −b``).  ``split='positive'``: the authors' ``ã = a⁺ + 1e-9`` shares.
+    ``split='magnitude'``: shares ``(|a| + ε_a) / (|a| + ε_a + |b| + ε_b)`` with ``ε_a = floor · max_s |a|``
+    (likewise ``ε_b``) per sample: stable (never explodes when ``a ≈ −b``), and continuous where both
+    inputs vanish, which then share in proportion to their scales.  Without the ε the share of an element
+    where both inputs are near 0 is the ratio of two values that a float32 forward pass determines only
+    to a few digits (a residual-stream element of 1e-5 rounded by ±1e-6 after many additions of O(1)
+    terms).  ``split='positive'``: the authors' ``ã = a⁺ + 1e-9`` shares.  Both shares are computed
+    directly: ``R − R_a`` would keep few digits of the smaller input's share.
+    (N, ...) x (N, ...) x (N, ...) -> two tensors of relevance's shape.
     """
     if split == "positive":
         pa, pb = a.clamp(min=0) + 1e-9, b.clamp(min=0) + 1e-9
-        share = safe_divide(relevance, pa + pb)
-        return pa * share, pb * share
-    ma, mb = a.abs(), b.abs()
-    total = ma + mb
-    share_a = torch.where(total == 0, torch.full_like(total, 0.5), safe_divide(ma, total))
-    ra = relevance * share_a
-    return ra, relevance - ra
+    else:
+        pa, pb = _with_floor(a.abs(), floor), _with_floor(b.abs(), floor)
+        both_zero = (pa + pb) == 0
+        pa, pb = pa.masked_fill(both_zero, 1.0), pb.masked_fill(both_zero, 1.0)
+    share = relevance / (pa + pb)
+    return pa * share, pb * share
+
+
+def _with_floor(magnitude: Tensor, floor: float) -> Tensor:
+    """``|t| + floor · max_s |t|``, one maximum per sample: (N, ...) -> same."""
+    top = magnitude.reshape(magnitude.shape[0], -1).amax(dim=1).view(-1, *[1] * (magnitude.dim() - 1))
+    return magnitude + top * floor
 
 
 def cat_rule(inputs: Sequence[Tensor], relevance: Tensor, dim: int, *, mask_zeros: bool = False) -> list[Tensor]:
