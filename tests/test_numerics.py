@@ -104,23 +104,22 @@ def measure(model_name: str, method_key: str, x: torch.Tensor) -> tuple[float, f
     return precision, relative_errors(alone32, batch32[1:2]).max().item()
 
 
+def assert_within_bound(precision: float, batch: float) -> None:
+    assert precision <= BOUND, f"float32 vs float64: {precision:.2e} of max|R| beyond the logit's rounding"
+    assert batch <= BOUND, f"alone vs in a batch of 3: {batch:.2e} of max|R|"
+
+
 @pytest.mark.parametrize("method_key", METHODS)
 @pytest.mark.parametrize("model_name", MODELS)  # outermost, so that stock_model's cache is hit
 def test_float32_matches_float64_and_is_batch_invariant(model_name, method_key):
-    precision, batch = measure(model_name, method_key, noise(MODELS[model_name]))
-    assert precision <= BOUND, f"float32 vs float64: {precision:.2e} of max|R| beyond the logit's rounding"
-    assert batch <= BOUND, f"alone vs in a batch of 3: {batch:.2e} of max|R|"
+    assert_within_bound(*measure(model_name, method_key, noise(MODELS[model_name])))
 
 
 @pytest.mark.parametrize("method_key", ["rsp", "ae_r2", "rap"])  # AE r = 1 runs the same rule: small inputs only
 def test_full_size_resnet50(method_key):
-    precision, batch = measure("resnet50", method_key, noise(224))
-    assert precision <= BOUND, f"float32 vs float64: {precision:.2e} of max|R| beyond the logit's rounding"
-    assert batch <= BOUND, f"alone vs in a batch of 3: {batch:.2e} of max|R|"
+    assert_within_bound(*measure("resnet50", method_key, noise(224)))
 
 
 @pytest.mark.parametrize("method_key", METHODS)
 def test_full_size_pretrained_model_on_photos(method_key):
-    precision, batch = measure("efficientnet_lite0", method_key, photos())
-    assert precision <= BOUND, f"float32 vs float64: {precision:.2e} of max|R| beyond the logit's rounding"
-    assert batch <= BOUND, f"alone vs in a batch of 3: {batch:.2e} of max|R|"
+    assert_within_bound(*measure("efficientnet_lite0", method_key, photos()))

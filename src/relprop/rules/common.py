@@ -23,9 +23,14 @@ def safe_divide_(num: Tensor, den: Tensor) -> Tensor:
     return num.div_(den).masked_fill_(den == 0, 0)
 
 
+def sample_max(t: Tensor) -> Tensor:
+    """Largest element of each sample, kept for broadcasting: (N, ...) -> (N, 1, ..., 1)."""
+    return t.amax(dim=tuple(range(1, t.dim())), keepdim=True)
+
+
 def by_max_abs(t: Tensor) -> Tensor:
     """Each sample divided by its largest magnitude ``max_s |t|`` (an all-zero sample stays 0): (N, ...) -> same."""
-    return safe_divide(t, t.abs().amax(dim=tuple(range(1, t.dim())), keepdim=True))
+    return safe_divide(t, sample_max(t.abs()))
 
 
 def sample_sum(t: Tensor) -> Tensor:

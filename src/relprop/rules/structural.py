@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import safe_divide
+from .common import safe_divide, sample_max
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -99,17 +99,12 @@ def add_rule(a: Tensor, b: Tensor, relevance: Tensor, split: str, floor: float =
     if split == "positive":
         pa, pb = a.clamp(min=0) + 1e-9, b.clamp(min=0) + 1e-9
     else:
-        pa, pb = _with_floor(a.abs(), floor), _with_floor(b.abs(), floor)
+        pa, pb = a.abs(), b.abs()
+        pa, pb = pa + floor * sample_max(pa), pb + floor * sample_max(pb)
         both_zero = (pa + pb) == 0
         pa, pb = pa.masked_fill(both_zero, 1.0), pb.masked_fill(both_zero, 1.0)
     share = relevance / (pa + pb)
     return pa * share, pb * share
-
-
-def _with_floor(magnitude: Tensor, floor: float) -> Tensor:
-    """``|t| + floor · max_s |t|``, one maximum per sample: (N, ...) -> same."""
-    top = magnitude.reshape(magnitude.shape[0], -1).amax(dim=1).view(-1, *[1] * (magnitude.dim() - 1))
-    return magnitude + top * floor
 
 
 def cat_rule(inputs: Sequence[Tensor], relevance: Tensor, dim: int, *, mask_zeros: bool = False) -> list[Tensor]:
