@@ -77,7 +77,7 @@ def activity(a: Tensor, ramp: float = ACTIVITY_RAMP) -> Tensor:
     float precision or the batch (a jump of a whole share of relevance), while a weight that is
     continuous in ``a`` moves only by the rounding.  (N, ...) -> same shape and dtype.
     """
-    top = a.reshape(a.shape[0], -1).amax(dim=1).clamp(min=0).view(-1, *[1] * (a.dim() - 1))
+    top = sample_max(a).clamp(min=0)
     return (a * safe_divide(torch.ones_like(top), top * ramp)).clamp_(0, 1)  # one scale per sample: 2 passes
 
 
