@@ -1,19 +1,20 @@
 """Mirror check of issue 15: do the maps of horizontally mirrored images mirror?
 
     python benchmarks/mirror_check.py --weights efficientnet-lite0.pth IMAGE [IMAGE ...] \
-        [--methods rsp ae gradcam] [--occlusion]
+        [--methods rsp ae gradcam] [--occlusion] [--size 224]
 
 For every image and method it explains the image and its mirror (top class of the image) and prints
 the x of the positive centre of mass of both maps (a map that mirrors gives ``x + x_mirror = 1``) and
 the Pearson correlation of the mirror's map with the mirrored map, at full resolution and after
 8×8 and 32×32 average pooling (Grad-CAM's own resolution).  ``--occlusion`` adds a model-agnostic
-reference: the logit drop under a 32-pixel grey patch moved in steps of 8 (a grid that mirrors
-exactly), i.e. how far the model's own evidence mirrors.
+reference: the logit drop under a grey patch of about 32 pixels moved in steps of 8 (a grid that
+mirrors exactly), i.e. how far the model's own evidence mirrors.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +38,10 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).tolist()
 
 
-def occlusion(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, patch: int = 32, step: int = 8) -> torch.Tensor:
-    """Drop of the target logit with a zero (grey after normalisation) patch at each grid position: (N, h, w)."""
+def occlusion(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, step: int = 8) -> torch.Tensor:
+    """Drop of the target logit with a zero (grey after normalisation) patch at each grid position: (N, h, w).
+    The patch is about 32 pixels, sized so that the grid covers the image edge to edge (and so mirrors)."""
+    patch = x.shape[-1] - step * ((x.shape[-1] - 32) // step)
     starts = range(0, x.shape[-1] - patch + 1, step)
     out = torch.zeros(x.shape[0], len(starts), len(starts))
     with torch.no_grad():
@@ -68,9 +71,13 @@ def main() -> None:
     parser.add_argument("--model", default=EFFICIENTNET_LITE0, help="model name (default: %(default)s)")
     parser.add_argument("--weights", default=None, help="state-dict file (default: the model's default weights)")
     parser.add_argument("--methods", nargs="+", default=["rsp", "ae", "gradcam"], help="default: %(default)s")
+    parser.add_argument("--size", type=int, default=None,
+                        help="input side in pixels (default: the model's, 224 for EfficientNet-Lite0)")
     parser.add_argument("--occlusion", action="store_true", help="also the occlusion reference (slow)")
     args = parser.parse_args()
     model, preprocess = load_model(args.model, args.weights)
+    if args.size:
+        preprocess = dataclasses.replace(preprocess, size=args.size, resize=round(args.size * preprocess.resize / preprocess.size))
     x = torch.stack([preprocess(load_image(path)) for path in args.images])
     with torch.no_grad():
         targets = model(x).argmax(1)

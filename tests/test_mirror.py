@@ -222,6 +222,50 @@ def test_mirrored_efficientnet_explains_the_mirrored_image_with_the_mirrored_map
     _assert_same_map(_explain(method, mirror, x.flip(-1), target), _explain(method, model, x, target).flip(-1))
 
 
+def _same_padding_for(model: nn.Module, size: int) -> nn.Module:
+    """``model`` with each ``nn.ZeroPad2d`` ahead of a convolution (``Conv2dStaticSamePadding``, fixed for
+    224 px) set to TensorFlow's "SAME" padding for ``size`` × ``size`` inputs: a total of
+    ``(⌈n/s⌉ − 1)·s + k − n`` per side pair, the odd one extra on the right.  Where every strided layer
+    receives an odd width (33 -> 17 -> 9 -> 5 -> 3 on EfficientNet-Lite0), every total is even and
+    the padding symmetric."""
+    handles = []
+    for conv in model.modules():
+        pad = getattr(conv, "static_padding", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d):
+            def set_padding(module: nn.ZeroPad2d, inputs: tuple[torch.Tensor], conv: nn.Conv2d = conv) -> None:
+                n, k, s = inputs[0].shape[-1], conv.kernel_size[0], conv.stride[0]
+                total = max((-(-n // s) - 1) * s + k - n, 0)
+                module.padding = (total // 2, total - total // 2, total // 2, total - total // 2)
+
+            handles.append(pad.register_forward_pre_hook(set_padding))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size, dtype=D))
+    for handle in handles:
+        handle.remove()
+    return model
+
+
+@pytest.fixture(scope="module")
+def efficientnet_symmetrised(shared_data):  # type: ignore[no-untyped-def]
+    """The pretrained EfficientNet-Lite0 with mirror-symmetric kernels and its padding made even for a
+    33×33 input, so exactly mirror-equivariant: its depthwise convolutions, ReLU6, residual adds and
+    explicit padding layers on a symmetric grid."""
+    model = _same_padding_for(_symmetric_kernels(efficientnet_lite0(shared_data)), 33)
+    paddings = {m.padding for m in model.modules() if isinstance(m, nn.ZeroPad2d)}
+    assert all(left == right for left, right, _, _ in paddings), paddings
+    x = torch.randn(1, 3, 33, 33, generator=torch.Generator().manual_seed(6), dtype=D)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x.flip(-1)), model(x), rtol=0, atol=1e-12)
+    return model, x
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_symmetrised_efficientnet_explains_the_mirrored_image_with_the_mirrored_map(method, efficientnet_symmetrised):
+    model, x = efficientnet_symmetrised
+    target = _top_class(model, x)
+    _assert_same_map(_explain(method, model, x.flip(-1), target), _explain(method, model, x, target).flip(-1))
+
+
 # ---------------------------------------------------------------- explicit padding = the convolution's own
 
 
