@@ -304,8 +304,9 @@ def routing_limited(key: str, model: nn.Module, model_id: str, x: torch.Tensor, 
     problem, invariance64 = check(make_method(key, model64, model_id), x.double(), targets)
     cell["invariance64"] = invariance64
     if not problem:
-        cell.update(ok=True, note="", routing_limited=f"float32 batch variance {cell['invariance']:.1e}, where the plain gradient's is "
-                         f"{gradient:.1e} (the forward pass's own routing); float64 {invariance64:.1e}")
+        routing = (f"float32 batch variance {cell['invariance']:.1e}, where the plain gradient's is {gradient:.1e} "
+                   f"(the forward pass's own routing); float64 {invariance64:.1e}")
+        cell.update(ok=True, note="", routing_limited=routing)
 
 
 def _fits_in_memory(model: nn.Module) -> bool:
@@ -441,8 +442,8 @@ def render(cache: dict[str, Any]) -> str:
         f"to rounding: Σ R is within {RESOLUTION:g} of Σ abs(R) of the claimed total, though not within the relative",
         "tolerance of the total itself (both figures are listed below the tables). ✔²: the float32 map's",
         "batch variance exceeds the bound, but so does the plain gradient's (autograd, no relprop rule): the",
-        "model's float32 forward pass itself picks a different max-pool winner alone and in the batch, a",
-        "discontinuity no rule can remove; such a cell is checked again in float64, where it must be batch",
+        "model's float32 forward pass itself takes a different discrete route alone and in the batch (on",
+        "VGG-19: one max-pool winner), which no rule can smooth; such a cell is checked again in float64, where it must be batch",
         "invariant to 1e-4 of max|R| (figures below the tables). Transformers are",
         "outside relprop's scope: their relprop cells show the refusal.",
         "",
