@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -274,3 +277,14 @@ def test_a_conserving_rule_passes_the_carried_total_on_by_hand():
     assert plain[0].tolist() == [-2.0] and plain[2].tolist() == [2.0]
     assert _carried_totals([None, torch.tensor([[0.5, 0.25]], dtype=d)], total, conserves=True)[1] is total
     assert _carried_totals([None, None], total, conserves=True) == [None, None]
+
+
+def test_only_the_graph_package_reads_torch_fx():
+    """The engine's contract: tracing internals stay in relprop.engine.graph, every other module sees Ops."""
+    package = Path(relprop.__file__).parent
+    readers = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "engine/graph/" not in path.as_posix() and re.search(r"torch\.fx|from torch import fx", path.read_text())
+    ]
+    assert readers == []

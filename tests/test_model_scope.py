@@ -10,7 +10,7 @@ import torch.nn as nn
 import torchvision
 
 import relprop
-import relprop.engine.graph as graph_module
+import relprop.engine.graph.model_graph as model_graph_module
 from relprop import UnsupportedLayerError
 from relprop.errors import ModelError
 
@@ -52,10 +52,10 @@ class HybridNet(nn.Module):
 def no_tracing(monkeypatch):
     """Fail if anything traces the model (the refusal must come before any work)."""
 
-    def trace(model):
+    def trace(model, example=None):
         raise AssertionError("the model was traced")
 
-    monkeypatch.setattr(graph_module, "_trace", trace)
+    monkeypatch.setattr(model_graph_module, "trace_model", trace)
 
 
 @pytest.mark.parametrize("name", RELEVANCE_METHODS + ["gradcam", "gradcampp"])

@@ -1,0 +1,377 @@
+"""Map each torch.fx node to a canonical :class:`Op`: which kind of operation it is (the catalogue of
+modules, functions and methods relprop knows) and its parameters and geometry."""
+
+from __future__ import annotations
+
+import functools
+import operator
+import sys
+from typing import Any, Callable, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...rules.conv_ops import ConvGeometry
+from ...rules.structural import PoolWindows
+from .ops import (
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT, LAYOUT, LINEAR, MAXPOOL, NORM, OUTPUT, PAD, POINTWISE, SPLIT,
+    STRUCTURAL, UNKNOWN, BatchNormSpec, ConvSpec, LinearSpec, Op,
+)
+
+_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh)
+_GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.tanh, F.tanh}
+_GATE_METHODS = {"sigmoid", "sigmoid_", "tanh", "tanh_"}
+_POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish,
+    nn.Softplus, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity, *_GATE_MODULES,
+)
+_POINTWISE_FUNCTIONS = {
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.silu, F.gelu,
+    F.hardswish, F.mish, F.softplus, F.hardtanh, torch.clamp, F.dropout, F.dropout2d, torch.dropout,
+    *_GATE_FUNCTIONS,
+}
+_POINTWISE_METHODS = {"relu", "relu_", "contiguous", "clone", "clamp", "clamp_", "clamp_min", "clamp_min_", *_GATE_METHODS}
+_SCALE_FUNCTIONS = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div, operator.sub, torch.sub}
+_SCALE_METHODS = {"mul", "mul_", "div", "div_"}
+_MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
+_GLOBAL_MAX_FUNCTIONS = {F.adaptive_max_pool2d, torch.amax}
+_AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d, torch.mean}
+_AVGPOOL_METHODS = {"mean"}
+_NORM_FUNCTIONS = {F.layer_norm, F.group_norm}
+_LINEAR_FUNCTIONS = {F.linear}
+_LAYOUT_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze, operator.getitem}
+_LAYOUT_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as"}
+_SPLIT_FUNCTIONS = {torch.chunk, torch.split, torch.tensor_split}
+_SPLIT_METHODS = {"chunk", "split", "tensor_split"}
+# Functions of other libraries, by (module, name): torchvision's stochastic depth (identity in eval mode) and
+# timm's dynamic "same" padding (traced as one call, see trace.trace_model).
+_THIRD_PARTY_POINTWISE = {("torchvision.ops.stochastic_depth", "stochastic_depth")}
+_THIRD_PARTY_PAD = {("timm.layers.padding", "pad_same")}
+_STRUCTURAL_METHODS = {"size", "dim", "numel", "type_as", "element_size"}
+_STRUCTURAL_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
+_CONV_FUNCTIONS = {F.conv2d, torch.conv2d}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+
+
+def _target_key(target: Any) -> tuple[str, str]:
+    return getattr(target, "__module__", "") or "", getattr(target, "__name__", "")
+
+
+def traced_as_one_call() -> tuple[Callable[..., Any], ...]:
+    """Third-party functions that tracing keeps as one call, of the libraries the model has already imported
+    (timm's dynamic "same" padding, which reads the input size)."""
+    found = []
+    for module_name, name in _THIRD_PARTY_PAD:
+        module = sys.modules.get(module_name)
+        if module is not None and callable(getattr(module, name, None)):
+            found.append(getattr(module, name))
+    return tuple(found)
+
+
+def module_stack(node: fx.Node) -> list[str]:
+    """Paths of the modules a traced node lies in, outermost first."""
+    return [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def _activation_inputs(node: fx.Node, structural: set[str]) -> tuple[str, ...]:
+    """Input nodes that carry activations, in argument order, repeats kept (``x + x`` lists ``x`` twice).
+
+    Parameters fetched by ``get_attr`` and structural values (shapes, sizes) are left out.
+    """
+    found: list[str] = []
+
+    def visit(n: fx.Node) -> fx.Node:
+        if n.op != "get_attr" and n.name not in structural:
+            found.append(n.name)
+        return n
+
+    fx.node.map_arg((node.args, node.kwargs), visit)
+    return tuple(found)
+
+
+def _module_path(node: fx.Node) -> str:
+    stack = module_stack(node)
+    if node.op == "call_module":
+        return str(node.target)
+    return stack[-1] if stack else node.name
+
+
+def _enclosing_type(node: fx.Node) -> str:
+    """Class name of the innermost module a function call was traced in ('' at the top level)."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    if not stack:
+        return ""
+    cls = stack[-1][1]
+    return getattr(cls, "__name__", str(cls).rsplit(".", 1)[-1])
+
+
+def _written_name(node: fx.Node) -> str:
+    """The operation as the user wrote it: ``F.pad``, ``torch.cat``, ``Tensor.view``, ``operator.getitem``."""
+    if node.op == "call_method":
+        written = f"Tensor.{node.target}"
+    else:
+        target = node.target
+        name = getattr(target, "__name__", str(target))
+        module = getattr(target, "__module__", "") or ""
+        prefix = next((p for m, p in _WRITTEN_PREFIXES if module.startswith(m)), "")
+        written = prefix + name
+    enclosing = _enclosing_type(node)
+    return f"{written} (in {enclosing})" if enclosing else written
+
+
+_WRITTEN_PREFIXES = (("torch.nn.functional", "F."), ("_operator", "operator."), ("operator", "operator."), ("torch", "torch."))
+
+
+def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
+    """Map one fx node to a canonical :class:`Op`; ``structural`` names the structural ops before it."""
+    path = _module_path(node)
+    inputs = _activation_inputs(node, structural)
+    reads = tuple(n.name for n in node.all_input_nodes)
+
+    def make(kind: str, type_name: str, **kw: Any) -> Op:
+        return Op(node.name, kind, path, type_name, inputs, reads, _node=node, **kw)
+
+    if node.op == "placeholder":
+        return make(INPUT, "input")
+    if node.op == "output":
+        return make(OUTPUT, "output")
+    if node.op == "get_attr":
+        return make(STRUCTURAL, "parameter")
+    if node.op == "call_module":
+        module = model.get_submodule(str(node.target))
+        return _classify_module(module, make)
+    if node.op == "call_method" and node.target in _STRUCTURAL_METHODS:
+        return make(STRUCTURAL, _written_name(node))
+    if node.target is getattr and len(node.args) > 1 and node.args[1] in _STRUCTURAL_ATTRIBUTES:
+        return make(STRUCTURAL, f"Tensor.{node.args[1]}")
+    if not inputs:  # computed from shapes, sizes or parameters only
+        return make(STRUCTURAL, _written_name(node))
+    written = _written_name(node)
+    target = node.target
+    if target in _SCALE_FUNCTIONS or (node.op == "call_method" and target in _SCALE_METHODS):
+        return _classify_product(node, model, inputs, written, make)
+    if node.op == "call_method":
+        for kind, methods in _METHOD_KINDS:
+            if target in methods:
+                return make(kind, written)
+        return make(UNKNOWN, written)
+    if target in _CONV_FUNCTIONS:
+        return make(CONV, written, **_conv_of_call(node, model))
+    if target in _LINEAR_FUNCTIONS:
+        return _linear_of_call(node, model, written, make)
+    if target is F.batch_norm:
+        return _batchnorm_of_call(node, model, written, make)
+    if target is F.interpolate:
+        return _classify_resize(str(_argument(node, 3, "mode", "nearest")), written, make)
+    key = _target_key(target)
+    if target in _POINTWISE_FUNCTIONS or key in _THIRD_PARTY_POINTWISE:
+        return make(POINTWISE, written)
+    if key in _THIRD_PARTY_PAD:
+        return make(PAD, written) if not _argument(node, 4, "value", 0) else make(UNKNOWN, f"{written} with value != 0")
+    for kind, functions in _FUNCTION_KINDS:
+        if target in functions:
+            return make(kind, written)
+    if target in _MAXPOOL_FUNCTIONS:
+        bound = dict(zip(["input", "kernel_size", "stride", "padding", "dilation"], node.args))
+        bound.update(node.kwargs)
+        pool = _pool_windows(bound["kernel_size"], bound.get("stride"), bound.get("padding", 0), bound.get("dilation", 1))
+        return make(MAXPOOL, written, pool=pool)
+    if target is F.pad:
+        return make(PAD, written) if _pad_value(node) == 0 else make(UNKNOWN, f"{written} with value != 0")
+    if target in _ADD_FUNCTIONS:
+        if "alpha" in node.kwargs:
+            return make(UNKNOWN, f"{written}(alpha=...)")
+        return make(ADD if len(inputs) == 2 else POINTWISE, written)
+    if target is torch.cat:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        return make(CAT, written, dim=dim)
+    return make(UNKNOWN, written)
+
+
+_METHOD_KINDS = (
+    (POINTWISE, _POINTWISE_METHODS), (LAYOUT, _LAYOUT_METHODS), (AVGPOOL, _AVGPOOL_METHODS),
+    (MAXPOOL, {"amax"}), (SPLIT, _SPLIT_METHODS),
+)
+_FUNCTION_KINDS = (
+    (AVGPOOL, _AVGPOOL_FUNCTIONS), (MAXPOOL, _GLOBAL_MAX_FUNCTIONS), (NORM, _NORM_FUNCTIONS),
+    (LAYOUT, _LAYOUT_FUNCTIONS), (SPLIT, _SPLIT_FUNCTIONS),
+)
+
+
+def _classify_product(node: fx.Node, model: nn.Module, inputs: tuple[str, ...], written: str, make: Callable[..., Op]) -> Op:
+    """``x * c``, ``x / c``, ``x - c`` with a constant or parameter ``c``: pointwise (relevance passes);
+    ``x * g`` with two activations: a gate, ``g`` being the operand computed by a sigmoid-type function
+    (through views and expands), e.g. squeeze-and-excitation, ECA, SiLU written as ``x * sigmoid(x)``."""
+    target = node.target
+    is_product = target in (operator.mul, operator.imul, torch.mul, "mul", "mul_")
+    data_first = isinstance(node.args[0], fx.Node) and node.args[0].name == inputs[0]
+    if len(inputs) == 1 and (is_product or data_first):
+        return make(POINTWISE, written)
+    if len(inputs) == 2 and is_product and inputs[0] != inputs[1]:
+        gates = [i for i, arg in enumerate(node.args[:2]) if isinstance(arg, fx.Node) and _is_gate_output(arg, model)]
+        if len(gates) == 1:
+            return make(GATE, written, gate=gates[0])
+        return make(UNKNOWN, written, unsupported=(
+            f"{written} multiplies two feature maps, "
+            + ("both" if gates else "neither") + " computed by a sigmoid-type gate (Sigmoid, Hardsigmoid, Tanh); "
+            "relprop explains products of a signal and one such gate."
+        ))
+    return make(UNKNOWN, written)
+
+
+def _is_gate_output(node: fx.Node, model: nn.Module) -> bool:
+    """Whether ``node`` is a sigmoid-type activation, possibly followed by views / expands / reshapes."""
+    while True:
+        if node.op == "call_module":
+            return isinstance(model.get_submodule(str(node.target)), _GATE_MODULES)
+        if node.target in _GATE_FUNCTIONS or node.target in _GATE_METHODS:
+            return True
+        if node.target not in _LAYOUT_METHODS and node.target not in _LAYOUT_FUNCTIONS:
+            return False
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return False
+        node = node.args[0]
+
+
+def _classify_resize(mode: str, type_name: str, make: Callable[..., Op], module: nn.Module | None = None) -> Op:
+    """Nearest upsampling copies inputs (relevance follows the adjoint); bilinear averages them with
+    non-negative weights (relevance shared like average pooling)."""
+    if mode == "nearest":
+        return make(LAYOUT, type_name, module=module)
+    if mode == "bilinear":
+        return make(AVGPOOL, type_name, module=module)
+    return make(UNKNOWN, f"{type_name}(mode={mode!r})", module=module)
+
+
+def _argument(node: fx.Node, position: int, name: str, default: Any) -> Any:
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
+
+
+def permutation(node: fx.Node) -> tuple[int, ...] | None:
+    """The dimension order of a 4-d ``permute`` (``x.permute(0, 2, 3, 1)`` or ``torch.permute(x, [0, 2, 3, 1])``);
+    None if unknown."""
+    dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = tuple(dims[0])
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return tuple(d % 4 for d in dims) if len(dims) == 4 else None
+
+
+def _parameter_getter(node: Any, model: nn.Module) -> Callable[[], Any]:
+    if isinstance(node, fx.Node):
+        return lambda: functools.reduce(getattr, str(node.target).split("."), model)
+    return lambda: node
+
+
+def _linear_of_call(node: fx.Node, model: nn.Module, written: str, make: Callable[..., Op]) -> Op:
+    weight, bias = _argument(node, 1, "weight", None), _argument(node, 2, "bias", None)
+    computed = [n for n in (weight, bias) if isinstance(n, fx.Node) and n.op != "get_attr"]
+    if computed or not isinstance(weight, fx.Node):
+        return make(UNKNOWN, written, unsupported=f"{written} whose weight is computed in forward(); relprop needs it as a parameter.")
+    return make(LINEAR, written, linear=LinearSpec(_parameter_getter(weight, model), _parameter_getter(bias, model)))
+
+
+def _batchnorm_of_call(node: fx.Node, model: nn.Module, written: str, make: Callable[..., Op]) -> Op:
+    """``F.batch_norm`` (timm's ``BatchNormAct2d`` calls it) in eval mode: a BatchNorm like ``nn.BatchNorm2d``."""
+    names = ("running_mean", "running_var", "weight", "bias")
+    values = [_argument(node, i + 1, name, None) for i, name in enumerate(names)]
+    training, eps = _argument(node, 5, "training", False), _argument(node, 7, "eps", 1e-5)
+    if training or any(isinstance(v, fx.Node) and v.op != "get_attr" for v in values) or values[1] is None:
+        return make(UNKNOWN, written, unsupported=(
+            f"{written} in training mode or without running statistics; relprop explains eval-mode BatchNorm."
+        ))
+    getters = {name: _parameter_getter(v, model) for name, v in zip(names, values)}
+    getters["eps"] = lambda: eps
+    return make(BATCHNORM, written, norm=BatchNormSpec(getters))
+
+
+def _classify_module(module: nn.Module, make: Callable[..., Op]) -> Op:
+    type_name = type(module).__name__
+    if isinstance(module, nn.Conv2d):
+        return make(CONV, type_name, module=module, **_conv_of_module(module))
+    if isinstance(module, nn.Linear):
+        return make(LINEAR, type_name, module=module, linear=LinearSpec(lambda: module.weight, lambda: module.bias))
+    if isinstance(module, nn.BatchNorm2d):
+        return make(BATCHNORM, type_name, module=module)
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        return make(NORM, type_name, module=module)
+    if isinstance(module, nn.Upsample):
+        return _classify_resize(module.mode, type_name, make, module)
+    if isinstance(module, (nn.AdaptiveMaxPool2d,)):
+        return make(MAXPOOL, type_name, module=module)
+    if isinstance(module, _POINTWISE_MODULES):
+        return make(POINTWISE, type_name, module=module)
+    if isinstance(module, nn.MaxPool2d):
+        pool = _pool_windows(module.kernel_size, module.stride, module.padding, module.dilation)
+        return make(MAXPOOL, type_name, module=module, pool=pool)
+    if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+        return make(AVGPOOL, type_name, module=module)
+    if isinstance(module, nn.ZeroPad2d) or (isinstance(module, nn.ConstantPad2d) and module.value == 0):
+        return make(PAD, type_name, module=module)
+    if isinstance(module, nn.Flatten):
+        return make(LAYOUT, type_name, module=module)
+    return make(UNKNOWN, type_name, module=module)
+
+
+def _pad_value(node: fx.Node) -> float:
+    if len(node.args) > 3:
+        return node.args[3]  # type: ignore[return-value]
+    return node.kwargs.get("value", 0) or 0  # type: ignore[return-value]
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def _pool_windows(kernel_size: Any, stride: Any, padding: Any, dilation: Any) -> PoolWindows:
+    """Windows of a 2-d max pooling as pairs (a missing or empty stride means the kernel size)."""
+    stride = stride if stride not in (None, [], ()) else kernel_size
+    return PoolWindows(_pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation))
+
+
+def _conv_canonical(
+    weight: Callable[[], Tensor], bias: Callable[[], Optional[Tensor]], stride: Any, padding: Any, dilation: Any,
+    groups: int, padding_mode: str, type_name: str,
+) -> dict[str, Any]:
+    """``conv`` (a :class:`ConvSpec`) and, where no rule can apply, ``unsupported`` for an :class:`Op`."""
+    dilation = _pair(dilation)
+    unsupported = ""
+    if padding_mode != "zeros":
+        unsupported = f"{type_name}(padding_mode={padding_mode!r}): only zero padding is supported."
+    if padding == "valid":
+        padding = (0, 0)
+    elif padding == "same":
+        totals = [d * (k - 1) for d, k in zip(dilation, weight().shape[2:])]
+        if any(t % 2 for t in totals):
+            unsupported = f"{type_name}(padding='same') with an even kernel pads asymmetrically; use explicit padding."
+        padding = (totals[0] // 2, totals[1] // 2)
+    geometry = ConvGeometry(_pair(stride), _pair(padding), dilation, groups)
+    return {"conv": ConvSpec(geometry, weight, bias), "unsupported": unsupported}
+
+
+def _conv_of_module(m: nn.Conv2d) -> dict[str, Any]:
+    return _conv_canonical(
+        lambda: m.weight, lambda: m.bias, m.stride, m.padding, m.dilation, m.groups, m.padding_mode, type(m).__name__
+    )
+
+
+def _conv_of_call(node: fx.Node, model: nn.Module) -> dict[str, Any]:
+    names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
+    bound: dict[str, Any] = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+    bound.update(dict(zip(names, node.args)))
+    bound.update(node.kwargs)
+
+    getter = functools.partial(_parameter_getter, model=model)
+    computed = [k for k in ("weight", "bias") if isinstance(bound[k], fx.Node) and bound[k].op != "get_attr"]
+    if computed:
+        return {"unsupported": f"F.conv2d whose {computed[0]} is computed in forward(); relprop needs it as a parameter."}
+    return _conv_canonical(
+        getter(bound["weight"]), getter(bound["bias"]), bound["stride"], bound["padding"], bound["dilation"],
+        bound["groups"], "zeros", "F.conv2d",
+    )

@@ -1,0 +1,128 @@
+"""Trace a model with torch.fx: once for every input, or for inputs of one shape when ``forward()`` branches
+on the shape; tracing failures become errors that name the module and source line."""
+
+from __future__ import annotations
+
+import inspect
+import linecache
+import traceback
+import warnings
+from typing import Any, Callable, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
+
+from ...errors import RelpropError
+from .classify import traced_as_one_call
+
+Example = tuple[torch.Size, torch.dtype, torch.device]
+"""The shape, dtype and device of the inputs a shape-specialised graph is traced for."""
+
+
+def probe_example(model: nn.Module) -> Example | None:
+    """A 224×224 input for the model's first convolution, in the dtype and on the device of its
+    parameters (None without a convolution): what a model that branches on its input's shape is
+    checked with before it sees an input."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        return None
+    weight = conv.weight
+    return torch.Size((1, weight.shape[1] * conv.groups, 224, 224)), weight.dtype, weight.device
+
+
+class BranchesOnInput(RelpropError):
+    """``forward()`` branches on its input (its shape or its values), so no single graph serves every input."""
+
+
+class BranchesOnValues(RelpropError):
+    """``forward()`` branches on tensor values, so not even a graph per input shape can be traced."""
+
+
+def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph:
+    """Symbolically trace ``model`` in eval mode (restoring every module's flag afterwards), for every
+    input or, with ``example``, for inputs of that shape (see :class:`ModelGraph`).
+
+    timm's dynamic "same" padding (which reads the input size) is traced as one call.  Without an
+    example, a branch on the input raises :class:`BranchesOnInput`.
+    """
+    flags = {m: m.training for m in model.modules()}
+    autowrap = traced_as_one_call()
+    try:
+        model.eval()
+        if example is None:
+            return fx.Tracer(autowrap_functions=autowrap).trace(model)
+        return _trace_with_shapes(model, example, autowrap)
+    except Exception as exc:  # tracing failures come in many exception types
+        site = _trace_failure_site(model, exc)
+        branches = isinstance(exc, fx.proxy.TraceError) and "control flow" in str(exc)
+        if branches and example is None:
+            raise BranchesOnInput(
+                f"relprop could not trace {type(model).__name__} with torch.fx{site}: {exc}. forward() branches "
+                "on its input, so relprop traces it once per input shape."
+            ) from exc
+        shapes = f" with the shapes of a {tuple(example[0])} input" if example is not None else ""
+        raise (BranchesOnValues if branches else RelpropError)(
+            f"relprop could not trace {type(model).__name__} with torch.fx{shapes}{site}: {exc}. "
+            "relprop explains a model through one graph per input shape, so forward() must not branch on "
+            "tensor values; rewrite that branch (in a subclass or a copy of the module), or use "
+            "'gradient' or 'integrated_gradients', which do not trace the model."
+        ) from exc
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+
+
+class _ShapedProxy(MetaProxy):
+    """A traced value that knows its example's shape (a fake tensor): ``size(d)`` and ``shape`` are numbers."""
+
+    def size(self, dim: Optional[int] = None) -> Any:  # MetaProxy returns the whole size for dim=0
+        meta = self._tensor_meta if hasattr(self, "_tensor_meta") else None
+        if meta is not None:
+            return meta.size() if dim is None else meta.size(dim)
+        return self.tracer.create_proxy("call_method", "size", (self,) if dim is None else (self, dim), {})
+
+
+class _ShapeTracer(MetaTracer):
+    """torch.fx tracing in which every value carries its shape, computed on fake tensors (no memory,
+    no arithmetic) from the example input and the model's real parameters."""
+
+    allow_insert_stateless_mods = False  # never add modules to the user's model
+
+    def __init__(self, fake_mode: FakeTensorMode, autowrap: tuple[Callable[..., Any], ...]) -> None:
+        super().__init__(autowrap_functions=autowrap)
+        self.fake_mode = fake_mode
+
+    def create_proxy(self, *args: Any, **kwargs: Any) -> Any:
+        with self.fake_mode:
+            return super().create_proxy(*args, **kwargs)
+
+    def proxy(self, node: fx.Node) -> _ShapedProxy:
+        return _ShapedProxy(node, self)
+
+
+def _trace_with_shapes(model: nn.Module, example: Example, autowrap: tuple[Callable[..., Any], ...]) -> fx.Graph:
+    shape, dtype, device = example
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        fake = torch.empty(shape, dtype=dtype, device=device)
+    name = next(iter(inspect.signature(model.forward).parameters))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a value whose shape could not be computed: fail here, naming it
+        return _ShapeTracer(fake_mode, autowrap).trace(model, meta_args={name: fake})
+
+
+def _trace_failure_site(model: nn.Module, exc: BaseException) -> str:
+    """`` in module 'path' (Type) at `source` (file:line)``: the innermost module of ``model`` whose
+    forward was running when tracing failed, and the line it failed on; ``""`` if none is found."""
+    paths = {id(module): path for path, module in model.named_modules()}
+    site = ""
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in paths:
+            file = frame.f_code.co_filename
+            source = linecache.getline(file, line).strip()
+            site = f" in module '{paths[id(owner)] or '(the model)'}' ({type(owner).__name__}) at `{source}` ({file}:{line})"
+    return site
