@@ -60,17 +60,24 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+@pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("make", METHODS)
-def test_batch_invariance_and_permutation(make, net, x):
-    method = make(net)
+def test_batch_invariance_and_permutation(make, net, x, dtype, bound):
+    """A sample's map does not depend on its batch: exactly up to rounding in float64 (any coupling of the
+    samples, such as a batch-wide maximum, shows far above 1e-12), and to the documented 1e-4 of max|R| in
+    float32, where the forward pass itself rounds differently for other batch sizes (on an AVX-512 CPU
+    AE moves by 1.2e-5 here, through the residual add's share of a small branch output: docs/methods.md,
+    "Numerical guarantees")."""
+    method = make(net.to(dtype))
+    x = x.to(dtype)
     targets = [0, 1, 2, 3, 4]
     batch = method.attribute(x, target=targets)
     for i in range(len(x)):
         alone = method.attribute(x[i : i + 1], target=targets[i])
-        assert _rel(batch[i : i + 1], alone) <= 1e-5
+        assert _rel(batch[i : i + 1], alone) <= bound
     perm = torch.tensor([3, 0, 4, 1, 2])
     permuted = method.attribute(x[perm], target=torch.tensor(targets)[perm])
-    assert _rel(permuted, batch[perm]) <= 1e-5
+    assert _rel(permuted, batch[perm]) <= bound
 
 
 @pytest.mark.parametrize("make", METHODS)
