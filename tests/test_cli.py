@@ -51,11 +51,11 @@ def test_explain_jpeg_png_with_alpha_and_grayscale(images, tmp_path, capsys):
     torch.save(model.state_dict(), weights)
     out = tmp_path / "out"
     inputs = _files(tmp_path / "in")
-    code, stdout, _ = _run(
+    code, stdout, err = _run(
         ["explain", *map(str, images), "--model", MODEL, "--weights", str(weights), "--method", "gradcam,gradient",
          "--target", "tabby", "--out", str(out), "--save-npy"], capsys,
     )
-    assert code == 0
+    assert code == 0 and "random weights" not in err
     stems = ["photo", "cut_out", "gray"]
     expected = {f"{s}_{m}.{e}" for s in stems for m in ("gradcam", "gradient") for e in ("png", "npy")}
     assert _files(out) == expected | {"grid.png"}
@@ -91,8 +91,8 @@ def test_force(images, tmp_path, capsys):
     code, _, err = _run(args, capsys)
     assert code != 0 and "not empty" in err and "--force" in err
     assert _files(out) == {"mine.txt"}
-    code, _, _ = _run(args + ["--force"], capsys)
-    assert code == 0
+    code, _, err = _run(args + ["--force"], capsys)
+    assert code == 0 and f"no --weights given; {MODEL} has random weights." in err
     assert _files(out) == {"mine.txt", "photo_gradient.png", "grid.png"}
     assert (out / "mine.txt").read_text() == "keep me"
 

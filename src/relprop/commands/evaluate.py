@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import RelpropError
+from .classifier import add_weights_arguments, checked_classifier, has_random_weights, warn_random_weights
 
 if TYPE_CHECKING:
     from ..evaluation.datasets import EvaluationDataset
@@ -52,47 +53,6 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------- model
-
-
-def load_classifier(name: str, weights: str | None, num_classes: int | None) -> tuple[nn.Module, Preprocess]:
-    """(model in eval mode, its Preprocess); ``num_classes`` builds a torchvision model with that many outputs."""
-    import torchvision
-
-    from .. import zoo
-
-    if num_classes is None:
-        return zoo.load_model(name, weights)
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise RelpropError(f"--num-classes works with torchvision architectures only; '{name}' is not one.")
-    if weights == "DEFAULT":
-        raise RelpropError("--num-classes builds a new classifier: pass --weights FILE with its trained weights.")
-    _, preprocess = zoo.load_model(name)
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    if weights is not None:
-        zoo.load_weights_file(model, weights)
-    return model.eval(), preprocess
-
-
-def checked_classifier(args: argparse.Namespace, input_size: int | None = None) -> tuple[nn.Module, Preprocess, int]:
-    """(model, its Preprocess, number of outputs) for ``--model/--weights/--num-classes``, refused before any
-    work when its tensors are unusable (inference tensors, NaN) or its output is not a logits tensor."""
-    from ..model_state import check_model_output, check_model_tensors
-
-    model, preprocess = load_classifier(args.model, args.weights, args.num_classes)
-    check_model_tensors(model)
-    size = input_size or preprocess.size
-    return model, preprocess, check_model_output(model, torch.zeros(1, 3, size, size))
-
-
-def has_random_weights(args: argparse.Namespace) -> bool:
-    """Whether ``--model`` without ``--weights`` is randomly initialised."""
-    from .. import zoo
-
-    return bool(args.model) and zoo.has_random_weights(args.model, args.weights)
-
-
-def warn_random_weights(model: str) -> None:
-    print(f"relprop: warning: no --weights given; {model} has random weights (the results say so).", file=sys.stderr)
 
 
 def _class_mismatch(model: str, outputs: int, dataset: str, classes: int) -> str:
@@ -623,16 +583,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.set_defaults(run=evaluate)
 
-
-def add_weights_arguments(parser: argparse._ActionsContainer, output: str) -> None:
-    """``--weights`` and ``--num-classes``, shared by the commands that build a classifier; ``output`` names
-    where a run on random weights says so."""
-    parser.add_argument(
-        "--weights",
-        metavar="FILE|DEFAULT",
-        help="state-dict file, or DEFAULT for torchvision's ImageNet weights (downloaded); without it a "
-        f"torchvision model has random weights (a warning, and 'random weights' in {output})",
-    )
-    parser.add_argument(
-        "--num-classes", type=int, help="build a torchvision model with this many outputs (e.g. 20 for VOC)"
-    )

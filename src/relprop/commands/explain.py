@@ -20,7 +20,8 @@ from ..preprocess import load_image
 from ..registry import get_method, list_methods
 from ..targets import resolve_targets
 from ..viz import prediction_title, save_grid, to_map
-from ..zoo import EFFICIENTNET_LITE0, load_model
+from ..zoo import has_random_weights, load_model
+from .classifier import warn_random_weights
 from .demo import imagenet_categories
 
 GRID_ROWS = 8  # images per grid picture
@@ -61,8 +62,8 @@ def explain_images(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         explainers = {name: get_method(name)(model) for name in methods}
-    if weights is None and model_name != EFFICIENTNET_LITE0:
-        print(f"relprop: warning: no --weights given; {model_name} has random weights.", file=sys.stderr)
+    if has_random_weights(model_name, weights):
+        warn_random_weights(model_name, where=None)
     _print_warnings(caught)
     for message in unreadable.values():
         print(f"relprop: error: {message}; skipped.", file=sys.stderr)

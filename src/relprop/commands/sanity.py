@@ -23,7 +23,7 @@ def sanity(args: argparse.Namespace) -> int:
     from ..evaluation.methods import MethodSpec, explain
     from ..evaluation.report import sensitivity_plot
     from ..evaluation.sensitivity import MEASURES, model_sensitivity, randomisation_units
-    from .evaluate import checked_classifier, has_random_weights, warn_random_weights
+    from .classifier import checked_classifier, has_random_weights, warn_random_weights
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -118,7 +118,7 @@ def _step_names(modes: list[str], units: list[str]) -> list[str]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from .evaluate import add_weights_arguments
+    from .classifier import add_weights_arguments
 
     parser = subparsers.add_parser(
         "sanity",
