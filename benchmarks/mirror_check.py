@@ -1,14 +1,17 @@
 """Mirror check of issue 15: do the maps of horizontally mirrored images mirror?
 
     python benchmarks/mirror_check.py --weights efficientnet-lite0.pth IMAGE [IMAGE ...] \
-        [--methods rsp ae gradcam] [--occlusion] [--size 224]
+        [--methods rsp ae gradcam] [--occlusion] [--size 224] [--shifts]
 
 For every image and method it explains the image and its mirror (top class of the image) and prints
 the x of the positive centre of mass of both maps (a map that mirrors gives ``x + x_mirror = 1``) and
 the Pearson correlation of the mirror's map with the mirrored map, at full resolution and after
 8×8 and 32×32 average pooling (Grad-CAM's own resolution).  ``--occlusion`` adds a model-agnostic
 reference: the logit drop under a grey patch of about 32 pixels moved in steps of 8 (a grid that
-mirrors exactly), i.e. how far the model's own evidence mirrors.
+mirrors exactly), i.e. how far the model's own evidence mirrors.  ``--shifts`` adds, per image, the
+horizontal translation of the mirrored map (in pixels, positive = right, up to 48) that correlates best
+with the mirror's map, and that correlation: a map that follows a network whose windows sit off-centre
+by δ pixels mirrors up to a translation of 2δ.
 """
 
 from __future__ import annotations
@@ -55,13 +58,34 @@ def occlusion(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, st
     return out
 
 
-def report(name: str, maps: torch.Tensor, mirror_maps: torch.Tensor) -> None:
+def shifted_right(maps: torch.Tensor, cells: int) -> torch.Tensor:
+    """(N, H, W) maps moved right by ``cells`` columns (left when negative); zeros enter."""
+    out = torch.zeros_like(maps)
+    if cells >= 0:
+        out[..., cells:] = maps[..., : maps.shape[-1] - cells]
+    else:
+        out[..., :cells] = maps[..., -cells:]
+    return out
+
+
+def best_shifts(maps: torch.Tensor, mirror_maps: torch.Tensor, pixels_per_cell: int) -> list[tuple[int, float]]:
+    """Per sample, (shift in pixels, correlation) of the translation of the mirrored map, up to 48 pixels
+    either way, that correlates best with the mirror's map."""
+    reach = 48 // pixels_per_cell
+    scores = {c: correlation(mirror_maps, shifted_right(maps.flip(-1), c)) for c in range(-reach, reach + 1)}
+    best = [max(scores, key=lambda c: scores[c][n]) for n in range(maps.shape[0])]
+    return [(c * pixels_per_cell, scores[c][n]) for n, c in enumerate(best)]
+
+
+def report(name: str, maps: torch.Tensor, mirror_maps: torch.Tensor, shifts: bool, pixels_per_cell: int = 1) -> None:
     line = f"{name:10s} centre x {[round(v, 3) for v in centre_x(maps)]} mirror {[round(v, 3) for v in centre_x(mirror_maps)]}"
     for pool in (1, 8, 32):
         if maps.shape[-1] >= 2 * pool:
             a = F.avg_pool2d(mirror_maps[:, None], pool)[:, 0]
             b = F.avg_pool2d(maps.flip(-1)[:, None], pool)[:, 0]
             line += f" | corr at {maps.shape[-1] // pool}px {[round(v, 3) for v in correlation(a, b)]}"
+    if shifts:
+        line += f" | best shift (px, corr) {[(s, round(c, 3)) for s, c in best_shifts(maps, mirror_maps, pixels_per_cell)]}"
     print(line, flush=True)
 
 
@@ -74,6 +98,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="input side in pixels (default: the model's, 224 for EfficientNet-Lite0)")
     parser.add_argument("--occlusion", action="store_true", help="also the occlusion reference (slow)")
+    parser.add_argument("--shifts", action="store_true", help="also the best horizontal translation of each mirrored map")
     args = parser.parse_args()
     model, preprocess = load_model(args.model, args.weights)
     if args.size:
@@ -83,9 +108,10 @@ def main() -> None:
         targets = model(x).argmax(1)
     for name in args.methods:
         method = relprop.get_method(name)(model)
-        report(name, method.attribute(x, targets).sum(1), method.attribute(x.flip(-1), targets).sum(1))
+        report(name, method.attribute(x, targets).sum(1), method.attribute(x.flip(-1), targets).sum(1), args.shifts)
     if args.occlusion:
-        report("occlusion", occlusion(model, x, targets), occlusion(model, x.flip(-1), targets))
+        step = 8
+        report("occlusion", occlusion(model, x, targets, step), occlusion(model, x.flip(-1), targets, step), args.shifts, step)
 
 
 if __name__ == "__main__":
