@@ -58,13 +58,13 @@ def occlusion(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, st
     return out
 
 
-def shifted_right(maps: torch.Tensor, cells: int) -> torch.Tensor:
-    """(N, H, W) maps moved right by ``cells`` columns (left when negative); zeros enter."""
+def translated(maps: torch.Tensor, right: int, down: int = 0) -> torch.Tensor:
+    """(..., H, W) maps moved ``right`` columns and ``down`` rows (negative: left, up); zeros enter."""
     out = torch.zeros_like(maps)
-    if cells >= 0:
-        out[..., cells:] = maps[..., : maps.shape[-1] - cells]
-    else:
-        out[..., :cells] = maps[..., -cells:]
+    height, width = maps.shape[-2:]
+    rows_to, rows_from = slice(max(down, 0), height + min(down, 0)), slice(max(-down, 0), height - max(down, 0))
+    cols_to, cols_from = slice(max(right, 0), width + min(right, 0)), slice(max(-right, 0), width - max(right, 0))
+    out[..., rows_to, cols_to] = maps[..., rows_from, cols_from]
     return out
 
 
@@ -72,7 +72,7 @@ def best_shifts(maps: torch.Tensor, mirror_maps: torch.Tensor, pixels_per_cell: 
     """Per sample, (shift in pixels, correlation) of the translation of the mirrored map, up to 48 pixels
     either way, that correlates best with the mirror's map."""
     reach = 48 // pixels_per_cell
-    scores = {c: correlation(mirror_maps, shifted_right(maps.flip(-1), c)) for c in range(-reach, reach + 1)}
+    scores = {c: correlation(mirror_maps, translated(maps.flip(-1), c)) for c in range(-reach, reach + 1)}
     best = [max(scores, key=lambda c: scores[c][n]) for n in range(maps.shape[0])]
     return [(c * pixels_per_cell, scores[c][n]) for n, c in enumerate(best)]
 

@@ -24,12 +24,7 @@ import relprop
 from relprop.cli import main as relprop_main
 from relprop.registry import register
 
-
-def moved_left_and_up(maps: torch.Tensor, shift: int) -> torch.Tensor:
-    """(N, C, H, W) maps moved ``shift`` px left and up; zeros enter at the right and bottom."""
-    out = torch.zeros_like(maps)
-    out[..., : -shift, : -shift] = maps[..., shift:, shift:]
-    return out
+from mirror_check import translated  # benchmarks/ is on sys.path when this script runs
 
 
 def register_moved(name: str, shift: int) -> str:
@@ -38,7 +33,7 @@ def register_moved(name: str, shift: int) -> str:
 
     class Moved(base):  # type: ignore[misc, valid-type]
         def attribute(self, x: torch.Tensor, target=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
-            return moved_left_and_up(super().attribute(x, target), shift)
+            return translated(super().attribute(x, target), -shift, -shift)
 
     label = f"{name}_left{shift}"
     register(label)(Moved)
