@@ -8,7 +8,8 @@ EfficientNet-Lite0's five stride-2 convolutions pad more on the right and bottom
 the receptive field of a cell of its last 7 x 7 map is centred 15.5 px right of and below where a
 symmetric network would centre it. A rule that spreads relevance over each window's geometric extent
 without reading the trained weights (RSP) places its map that far right and down; trained weights
-compensate for the offset, so rules that read them (AE, LRP) are not displaced.  For every method M and
+compensate for the offset, so rules that read them are hardly displaced (AE here; LRP's best mirror
+shifts in mirror_check.py are 1-3 px).  For every method M and
 shift s this runs ``relprop evaluate`` (pointing game, ground-truth class) with M and with "M_left{s}",
 M's map moved s px left and up (zeros enter at the right and bottom edges), side by side.
 """
