@@ -10,9 +10,11 @@ composite with its canonizers.  A cell is ✔ when the map, on a batch of 2 in f
 * is batch invariant: sample 1 explained alone differs from sample 1 of the batch by ≤ 1e-4 of its max|R|
   (where the plain gradient itself varies more, the model's float32 forward routes differently in the two
   calls, and the cell is checked again in float64: ``routing_limited``),
-* conserves where the method claims to (float64, see ``CONSERVATION``),
+* conserves where the method claims to (float64; ``relprop.coverage.claim_for``, ``PEER_CLAIM``),
 
-and otherwise shows the first check that failed or the error, in one short line.  Each model runs in its
+and otherwise shows the first check that failed or the error, in one short line.  The checks are
+``relprop.coverage.check_methods`` (also behind ``relprop coverage``); this script adds Captum and Zennit, the
+model list and the table.  Each model runs in its
 own subprocess at the smallest input side of ``SIZES`` that its forward pass accepts.  Results are cached
 in a JSON file, so that after a rule change only the failing rows need to be recomputed::
 
@@ -29,9 +31,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -40,6 +42,8 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+
+from relprop.coverage import INVARIANCE_TOLERANCE, RESOLUTION, Claim, Factory, check_methods, claim_for, relprop_factory
 
 TIMM_MODELS = [
     "resnet18", "resnet50", "resnet50d", "resnext50_32x4d", "seresnet50", "ecaresnet50d", "efficientnet_b0",
@@ -50,7 +54,6 @@ TRANSFORMER_FAMILIES = ("vit_", "swin_", "swin3d", "maxvit")
 """torchvision families outside relprop's scope (attention): relprop must refuse them."""
 SIZES = (64, 96, 128, 160, 192, 224)
 BATCH = 2
-INVARIANCE_TOLERANCE = 1e-4
 METHODS = ["rsp", "ae", "rap", "lrp", "gradcam", "captum_lrp", "zennit"]
 TITLES = {
     "rsp": "RSP", "ae": "AE r=2", "rap": "RAP", "lrp": "LRP composite", "gradcam": "Grad-CAM",
@@ -58,22 +61,12 @@ TITLES = {
 }
 LIBRARY = {"rsp": "relprop", "ae": "relprop", "rap": "relprop", "lrp": "relprop", "gradcam": "relprop",
            "captum_lrp": "Captum", "zennit": "Zennit"}
-CONSERVATION = {
-    "rsp": ("seed", 1e-6, False),
-    "rap": ("zero", 1e-6, False),
-    "lrp": ("logit", 1e-6, True),
-    "captum_lrp": ("logit", 1e-2, True),
-    "zennit": ("logit", 1e-2, True),
-}
-"""method -> (what Σ R equals, relative tolerance, on a bias-free copy).  relprop's claims (docs/methods.md):
-RSP conserves the seed's sum (biases play no part), RAP's total is 0, LRP sums to the target logit on a
-bias-free network (checked with ε = 0 on its Linear layers: the ε-rule's stabiliser leaks ε / z, and a
-bias-free random network's logits can be as small as 1e-8).  Captum and Zennit make no exactness claim
-(ε-stabilised denominators); they are held to 1e-2 of the logit on the same bias-free copy."""
-RESOLUTION = 1e-13
-"""Where float64 cannot resolve a claimed total (the map's mass Σ|R| many orders above |Σ R|), a
-conservation error within ``RESOLUTION · Σ|R|`` (about 1,000 rounding units of the mass) is all the
-check can confirm: such a cell is ✔ with a footnote marker, not ✘."""
+RELPROP = {"rsp": ("rsp", {}), "ae": ("ae", {"ratio": 2.0}), "rap": ("rap", {}), "lrp": ("lrp_composite", {}),
+           "gradcam": ("gradcam", {})}
+"""benchmark key -> (relprop method name, options)."""
+PEER_CLAIM = Claim("logit", tolerance=1e-2, bias_free=True)
+"""Captum and Zennit make no exactness claim (ε-stabilised denominators); they are held to 1e-2 of the logit on
+the same bias-free copy as relprop's LRP (whose claims are ``relprop.coverage.claim_for``)."""
 DEFAULT_CACHE = Path(__file__).with_name("coverage_cache.json")
 
 
@@ -122,49 +115,43 @@ def smallest_size(model: nn.Module) -> int:
     raise RuntimeError(f"no input side in {SIZES} runs the forward pass")
 
 
-def zero_biases(model: nn.Module) -> nn.Module:
-    """In place: every ``bias`` parameter 0 and every BatchNorm running mean 0 (BN becomes a pure scale)."""
-    with torch.no_grad():
-        for m in model.modules():
-            bias = getattr(m, "bias", None)
-            if isinstance(bias, torch.Tensor):
-                bias.zero_()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.zero_()
-    return model
-
-
 # ---------------------------------------------------------------------------------------------- methods
 
 
-Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def make_method(key: str, model: nn.Module, model_id: str, conservation: bool = False) -> Explain:
-    """``(x, targets) -> relevance`` for method ``key`` on ``model`` (construction errors propagate)."""
-    import relprop
-
-    if key in ("rsp", "ae", "rap", "lrp", "gradcam"):
-        method = {
-            "rsp": lambda: relprop.RSP(model),
-            "ae": lambda: relprop.AE(model, ratio=2.0),
-            "rap": lambda: relprop.get_method("rap")(model),
-            "lrp": lambda: relprop.LRPComposite(model, epsilon=0.0 if conservation else 1e-6),
-            "gradcam": lambda: relprop.get_method("gradcam")(model),
-        }[key]()
-        return lambda x, t: method.attribute(x, target=t)
-    model = copy.deepcopy(model)  # the peers attach rules / canonizers to the model and may not undo them on failure
+def factory(key: str, model_id: str) -> Factory:
+    """The :data:`~relprop.coverage.Factory` of benchmark method ``key`` (Captum and Zennit on deep copies:
+    they attach rules and canonizers to the model and may not undo them on failure)."""
+    if key in RELPROP:
+        return relprop_factory(*RELPROP[key])
     if key == "captum_lrp":
-        from captum.attr import LRP
-
-        lrp = LRP(model)
-        return lambda x, t: lrp.attribute(x, target=t).detach()
+        return lambda model, _: _Peer(_captum_lrp(copy.deepcopy(model)))
     if key == "zennit":
-        return _zennit(model, model_id)
+        return lambda model, _: _Peer(_zennit(copy.deepcopy(model), model_id))
     raise ValueError(f"unknown method {key!r}; choose from {', '.join(METHODS)}")
 
 
-def _zennit(model: nn.Module, model_id: str) -> Explain:
+def claim(key: str) -> Claim | None:
+    return claim_for(*RELPROP[key]) if key in RELPROP else PEER_CLAIM
+
+
+class _Peer:
+    """A peer library's ``(x, targets) -> relevance`` with relprop's ``attribute(x, target=...)``."""
+
+    def __init__(self, explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.explain = explain
+
+    def attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.explain(x, target)
+
+
+def _captum_lrp(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    from captum.attr import LRP
+
+    lrp = LRP(model)
+    return lambda x, t: lrp.attribute(x, target=t).detach()
+
+
+def _zennit(model: nn.Module, model_id: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     from zennit.attribution import Gradient
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonPlusFlat
@@ -188,125 +175,7 @@ def _zennit(model: nn.Module, model_id: str) -> Explain:
     return explain
 
 
-def seed_sum(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Σ of RSP's seed per sample, (N,), computed from the seed layer's activation and gradient."""
-    import relprop
-
-    method = relprop.RSP(model)
-    try:
-        module = model.get_submodule(method.seed_layer)
-    except AttributeError:  # the seed is a function call (DenseNet's final F.relu): relprop's own seed
-        return _engine_seed(method, x, targets).sum(dim=(1, 2, 3))
-    captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
-    try:
-        with torch.enable_grad():
-            logits = model(x)
-            (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), captured[-1])
-    finally:
-        handle.remove()
-    seed = captured[-1].detach() * grad.mean(dim=(2, 3), keepdim=True)
-    seed = seed / seed.flatten(1).abs().amax(dim=1).view(-1, 1, 1, 1)
-    return seed.sum(dim=(1, 2, 3))
-
-
-def _engine_seed(method: Any, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """RSP's seed as its engine computes it (for seed layers that are no module)."""
-    from relprop.engine.forward import record_forward
-
-    engine = method._engine
-    traced = engine.trace_for((x.shape, x.dtype, x.device))
-    with torch.no_grad():
-        record = record_forward(traced.graph, x, traced.seed_op, set(traced.plan.uses), traced.plan.replay)
-        return engine.seed.relevance(record, targets, traced.graph, traced.seed_layer)
-
-
-def conservation_error(
-    key: str, model: nn.Module, model_id: str, x: torch.Tensor, targets: torch.Tensor
-) -> tuple[float, float | None]:
-    """Relative conservation error of method ``key`` in float64 (the model and x already in float64), and
-    the map's conditioning ``max Σ|R| / |Σ R|`` (None where the expected total is 0): float64 cannot
-    resolve an error below about 1e-16 of ``Σ|R|``."""
-    what = CONSERVATION[key][0]
-    relevance = make_method(key, model, model_id, conservation=True)(x, targets)
-    sums, masses = relevance.sum(dim=(1, 2, 3)), relevance.abs().sum(dim=(1, 2, 3))
-    if what == "zero":
-        return (sums.abs() / masses).max().item(), None
-    if what == "seed":
-        expected = seed_sum(model, x, targets)
-    else:
-        with torch.no_grad():
-            expected = model(x).gather(1, targets[:, None]).squeeze(1)
-    return ((sums - expected).abs() / expected.abs()).max().item(), (masses / expected.abs()).max().item()
-
-
 # ------------------------------------------------------------------------------------------------ checks
-
-
-def short_error(error: BaseException) -> str:
-    """One short line: ``no rule: Sigmoid at 'blocks.0.0.se.gate'`` for a missing rule, else the
-    exception type and the start of its first line."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    rule = re.search(r"has no relevance rule for (.+?) at '([^']*)'", text)
-    if rule:
-        return f"no rule: {rule.group(1)} at '{rule.group(2)}'"
-    if "attention" in text.lower() and "convolutional" in text.lower():
-        path = re.search(r"'([^']*)'", text)
-        return f"refused: attention at '{path.group(1)}'" if path else "refused: attention"
-    text = text if len(text) <= 90 else text[:87] + "..."
-    return f"{type(error).__name__}: {text}"
-
-
-def check(explain: Explain, x: torch.Tensor, targets: torch.Tensor) -> tuple[str, float]:
-    """'' when the float32 checks pass (else what failed) and the batch-invariance error."""
-    relevance = explain(x, targets)
-    if not isinstance(relevance, torch.Tensor) or relevance.shape != x.shape:
-        return f"shape {tuple(getattr(relevance, 'shape', ()))} != {tuple(x.shape)}", float("nan")
-    if not torch.isfinite(relevance).all():
-        return "not finite", float("nan")
-    flat = relevance.flatten(1)
-    if ((flat.amax(dim=1) - flat.amin(dim=1)) <= 0).any():
-        return "constant map", float("nan")
-    alone = explain(x[1:2], targets[1:2])
-    invariance = ((alone[0] - relevance[1]).abs().max() / relevance[1].abs().max()).item()
-    if not invariance <= INVARIANCE_TOLERANCE:
-        return f"batch variance {invariance:.1e}", invariance
-    return "", invariance
-
-
-def gradient_batch_variance(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> float:
-    """Batch variance of the plain gradient d logit / d x (sample 1 alone vs in the batch, of its max): how
-    far the model's own float32 forward pass moves between the two calls.  No relprop rule is involved;
-    above the tolerance it means the forward pass itself took a different discrete decision (a max-pool
-    winner whose two candidates differ by less than the float32 rounding of a batched convolution)."""
-
-    def gradient(inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        inputs = inputs.clone().requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(model(inputs).gather(1, t[:, None]).sum(), inputs)
-        return grad
-
-    batch, alone = gradient(x, targets), gradient(x[1:2], targets[1:2])
-    return ((alone[0] - batch[1]).abs().max() / batch[1].abs().max()).item()
-
-
-def routing_limited(key: str, model: nn.Module, model_id: str, x: torch.Tensor, targets: torch.Tensor,
-                    cell: dict[str, Any]) -> None:
-    """Where a map's float32 batch variance exceeds the tolerance, tell the model's discontinuity from the
-    method's: if the plain gradient varies beyond the tolerance too, the float32 forward pass itself routes
-    differently alone and in the batch, and the method is judged by its batch invariance in float64 (where
-    batched and single convolutions agree to ~1e-16 and the routing is the same).  Updates ``cell``."""
-    gradient = gradient_batch_variance(model, x, targets)
-    cell["gradient_invariance"] = gradient
-    if not gradient > INVARIANCE_TOLERANCE:
-        return
-    model64 = copy.deepcopy(model).double()
-    problem, invariance64 = check(make_method(key, model64, model_id), x.double(), targets)
-    cell["invariance64"] = invariance64
-    if not problem:
-        routing = (f"float32 batch variance {cell['invariance']:.1e}, where the plain gradient's is {gradient:.1e} "
-                   f"(the forward pass's own routing); float64 {invariance64:.1e}")
-        cell.update(ok=True, note="", routing_limited=routing)
 
 
 def _fits_in_memory(model: nn.Module) -> bool:
@@ -325,46 +194,16 @@ def run_model(model_id: str, methods: list[str]) -> dict[str, Any]:
     start = time.perf_counter()
     model = build(model_id)
     size = smallest_size(model)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(BATCH, 3, size, size, generator=gen)
-    with torch.no_grad():
-        targets = model(x).argmax(dim=1)
-    cells: dict[str, dict[str, Any]] = {}
-    for key in methods:
-        t0 = time.perf_counter()
-        try:
-            problem, invariance = check(make_method(key, model, model_id), x, targets)
-            cells[key] = {"ok": not problem, "note": problem, "invariance": invariance}
-            if problem.startswith("batch variance"):
-                routing_limited(key, model, model_id, x, targets, cells[key])
-        except Exception as error:  # noqa: BLE001 - every failure is a result
-            cells[key] = {"ok": False, "note": short_error(error)}
-        cells[key]["seconds"] = round(time.perf_counter() - t0, 2)
-    claims = [k for k in methods if k in CONSERVATION and cells[k]["ok"]]
-    if claims and not _fits_in_memory(model):
-        for key in claims:
-            cells[key].update(ok=False, note="conservation not measured: no memory for a float64 copy")
-        claims = []
-    for bias_free in (False, True):  # float64 conservation, on the model as built, then on its bias-free copy
-        claimed = [k for k in claims if CONSERVATION[k][2] == bias_free]
-        if not claimed:
-            continue
-        model = zero_biases(model.double()) if bias_free else model.double()
-        for key in claimed:
-            try:
-                error, conditioning = conservation_error(key, model, model_id, x.double(), targets)
-            except Exception as exc:  # noqa: BLE001
-                cells[key].update(ok=False, note=f"float64: {short_error(exc)}")
-                continue
-            cells[key].update(conservation=error, conditioning=conditioning)
-            if error <= CONSERVATION[key][1]:
-                continue
-            mass = "" if conditioning is None else f"; the map's mass is {conditioning:.0e}× its sum"
-            if conditioning is not None and error <= RESOLUTION * conditioning:
-                cells[key].update(resolution_limited=True, note=f"Σ R conserved to {error / conditioning:.0e} "
-                                  f"of the mass, the resolution of float64{mass}")
-            else:
-                cells[key].update(ok=False, note=f"Σ R off by {error:.1e} (rel.){mass}")
+    x = torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(1))
+    measurable = _fits_in_memory(model)
+    claims = {k: claim(k) for k in methods} if measurable else {}
+    checks = check_methods(model, {k: factory(k, model_id) for k in methods}, claims, x)
+    cells = {k: {key: value for key, value in dataclasses.asdict(c).items() if key != "method"}
+             for k, c in checks.items()}
+    for key, cell in cells.items():
+        cell["seconds"] = round(cell["seconds"], 2)
+        if not measurable and cell["ok"] and claim(key) is not None:
+            cell.update(ok=False, note="conservation not measured: no memory for a float64 copy")
     params = sum(p.numel() for p in model.parameters())
     return {"size": size, "params": params, "seconds": round(time.perf_counter() - start, 1), "cells": cells}
 
@@ -448,7 +287,9 @@ def render(cache: dict[str, Any]) -> str:
         "outside relprop's scope: their relprop cells show the refusal.",
         "",
         "Regenerate with `python benchmarks/coverage.py --out docs/coverage.md` (results are cached in",
-        "`benchmarks/coverage_cache.json`; `--rerun failed` recomputes only the cells that are not ✔).",
+        "`benchmarks/coverage_cache.json`; `--rerun failed` recomputes only the cells that are not ✔). The same",
+        "checks of relprop's methods on your own models: `relprop coverage --models resnet50,timm:convnext_tiny`,",
+        "or `relprop.coverage.check_model(model)` in Python.",
         "",
         "## Totals",
         "",

@@ -218,7 +218,7 @@ def test_demo_writes_its_grid(tmp_path, monkeypatch, capsys):
     assert captions == [f"prediction: {name} (p = {p})" for name, p in top1]
 
 
-COMMANDS = ("demo", "explain", "bench", "evaluate", "sanity")
+COMMANDS = ("demo", "explain", "bench", "evaluate", "sanity", "coverage")
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "relprop.commands.bench",
     "relprop.commands.evaluate",
     "relprop.commands.sanity",
+    "relprop.commands.coverage",
 )
 
 

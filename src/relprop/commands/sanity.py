@@ -126,7 +126,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Randomise a copy of the model layer block by layer block (cascading: output to input, "
         "cumulative; independent: one block at a time) and plot how similar the method's maps stay.",
     )
-    parser.add_argument("--model", required=True, help="model name (torchvision or efficientnet_lite0)")
+    parser.add_argument("--model", required=True, help="model name (torchvision, efficientnet_lite0 or timm:<name>)")
     add_weights_arguments(parser, "the output")
     parser.add_argument("--method", required=True, help="method spec, e.g. rsp or ae:ratio=1")
     parser.add_argument("--images", nargs="*", default=[], help="image files (default: the bundled sample photos)")

@@ -146,6 +146,23 @@ class Engine:
 
     def attribute(self, x: Tensor, target: Target = None) -> Tensor:
         """Relevance of every input element for the target class: (N, C, H, W) -> x's shape, dtype, device."""
+        x, traced = self._checked(x)
+        with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32):
+            record, seed = self._seed(traced, x, target)
+            result = self._walk(traced, seed, record, x)
+        if not torch.isfinite(result).all():
+            raise RelpropError(f"{self.method} relevance is not finite on this input. {self.failure_hint}".strip())
+        return result
+
+    def seed_relevance(self, x: Tensor, target: Target = None) -> Tensor:
+        """The relevance the walk starts from, at the seed layer: (N, C, H, W) -> the seed layer's output
+        shape (e.g. (N, 2048, 7, 7) at ResNet-50's ``layer4``)."""
+        x, traced = self._checked(x)
+        with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32):
+            return self._seed(traced, x, target)[1]
+
+    def _checked(self, x: Tensor) -> tuple[Tensor, Traced]:
+        """``x`` checked against the model (dtype, device, channels) and the graph that explains its shape."""
         x = check_input(x)
         self._check_dtype_and_device(x)
         known = self._latest
@@ -155,16 +172,16 @@ class Engine:
         if known is None:
             self._check_channels(x, traced.plan)
         traced.graph.refuse_bypassed_hooks()
-        with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32):
-            plan = traced.plan
-            record = record_forward(traced.graph, x, traced.seed_op, set(plan.uses), plan.replay)
-            targets = resolve_targets(target, record.logits.detach())
-            seed = self.seed.relevance(record, targets, traced.graph, traced.seed_layer)
-            record.logits = record.logits.detach()
-            result = self._walk(traced, seed, record, x)
-        if not torch.isfinite(result).all():
-            raise RelpropError(f"{self.method} relevance is not finite on this input. {self.failure_hint}".strip())
-        return result
+        return x, traced
+
+    def _seed(self, traced: Traced, x: Tensor, target: Target) -> tuple[ForwardRecord, Tensor]:
+        """The recording forward pass and the seed relevance for the targets."""
+        plan = traced.plan
+        record = record_forward(traced.graph, x, traced.seed_op, set(plan.uses), plan.replay)
+        targets = resolve_targets(target, record.logits.detach())
+        seed = self.seed.relevance(record, targets, traced.graph, traced.seed_layer)
+        record.logits = record.logits.detach()
+        return record, seed
 
     def _check_dtype_and_device(self, x: Tensor) -> None:
         params = list(self.model.parameters())

@@ -68,3 +68,11 @@ class PropagationMethod:
         """
         return self._engine.attribute(x, target)
 
+    def seed_relevance(self, x: Tensor, target: Target = None) -> Tensor:
+        """The relevance at :attr:`seed_layer` that :meth:`attribute` propagates down to the input.
+
+        x, target: as for :meth:`attribute`.  Returns a tensor of the seed layer's output shape, e.g.
+        (N, 2048, 7, 7) at ResNet-50's ``layer4``; for RSP, ``attribute(x).sum((1, 2, 3))`` equals its sum.
+        """
+        return self._engine.seed_relevance(x, target)
+
