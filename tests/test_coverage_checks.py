@@ -6,6 +6,8 @@ to pass relprop's methods on a small network without changing it."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -291,3 +293,10 @@ def test_timm_default_weights_without_the_hub_fail_at_once_with_what_to_do(monke
                        r"timm:resnet18's weights are not in the local cache; no network\?\)"):
         zoo.load_model("timm:resnet18", "DEFAULT")
     assert hub.HF_HUB_OFFLINE == offline  # the hub's setting is restored
+
+
+def test_coverage_is_an_attribute_of_the_package_as_the_readme_shows():
+    code = "import relprop; print(callable(relprop.coverage.check_model), relprop.coverage.DEFAULT_METHODS[0])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "rsp"]

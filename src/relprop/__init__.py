@@ -28,9 +28,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
-    """``relprop.viz`` on first use, so that ``import relprop`` does not load the plotting module."""
-    if name == "viz":
+    """``relprop.viz`` and ``relprop.coverage`` on first use, so that ``import relprop`` does not load
+    the plotting module or the model checks."""
+    if name in ("viz", "coverage"):
         import importlib
 
-        return importlib.import_module(".viz", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -122,14 +122,16 @@ def check_model(
     seed: int = 1,
 ) -> list[MethodCheck]:
     """Check relprop's ``methods`` (names from ``relprop.list_methods()``) on ``model`` with a random
-    normal batch (batch, 3, size, size) drawn with ``seed``, explained for each sample's top-1 class.
+    normal batch (batch, 3, size, size) drawn with ``seed`` on the model's device, explained for each
+    sample's top-1 class.  The model is not changed (one in training mode is checked in eval mode).
 
-    >>> [c.mark for c in check_model(torchvision.models.resnet18().eval(), ["rsp", "gradcam"], size=64)]
+    >>> [c.mark for c in relprop.coverage.check_model(torchvision.models.resnet18(), ["rsp", "gradcam"], size=64)]
     ['✔', '✔']
     """
     factories = {name: relprop_factory(name) for name in methods}
     claims = {name: claim_for(name) for name in methods}
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
     return list(check_methods(model, factories, claims, x).values())
 
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_METHODS = "rsp,ae,rap,lrp_composite,gradcam"
+from ..coverage import DEFAULT_METHODS, MethodCheck, check_methods, claim_for, relprop_factory
 
 
 def coverage(args: argparse.Namespace) -> int:
-    from ..coverage import check_methods, claim_for, relprop_factory
     from ..errors import RelpropError
     from ..evaluation.distributed import resolve_device
     from ..evaluation.methods import parse_methods
@@ -67,7 +66,7 @@ def coverage(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _markdown(rows: list, labels: list[str]) -> str:
+def _markdown(rows: list[tuple[str, int, dict[str, MethodCheck]]], labels: list[str]) -> str:
     """One row per model, one column per method; ✔, ✔¹, ✔² or ✘ with what failed (docs/coverage.md's marks)."""
     lines = ["| model | px | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for name, size, checks in rows:
@@ -93,7 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", required=True,
                         help="comma-separated model names: torchvision classifiers, efficientnet_lite0, timm:<name>")
     add_weights_arguments(parser, None)
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated method specs, e.g. rsp,ae:ratio=1")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs, e.g. rsp,ae:ratio=1")
     parser.add_argument("--size", type=int, help="input side in pixels; default: each model's own input size")
     parser.add_argument("--batch-size", type=int, default=2, help="samples in the checked batch (at least 2)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random normal batch")
