@@ -266,35 +266,6 @@ def test_coverage_command_refuses_bad_arguments_in_one_line(argv, message, capsy
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_timm_models_are_named_with_their_own_preprocessing():
-    pytest.importorskip("timm")
-    from relprop import zoo
-
-    model, preprocess = zoo.load_model("timm:resnet18")
-    assert type(model).__module__.startswith("timm.") and not model.training
-    # timm's resnet18 configuration: ImageNet mean and std, 224 px at crop fraction 0.95
-    assert preprocess.mean == (0.485, 0.456, 0.406) and preprocess.std == (0.229, 0.224, 0.225)
-    assert (preprocess.size, preprocess.resize) == (224, round(224 / 0.95))
-    assert zoo.has_random_weights("timm:resnet18", None)
-    _, inception = zoo.load_model("timm:inception_v3")
-    assert inception.mean == (0.5, 0.5, 0.5) and inception.size == 299
-
-
-def test_timm_default_weights_without_the_hub_fail_at_once_with_what_to_do(monkeypatch, tmp_path):
-    pytest.importorskip("timm")
-    import huggingface_hub.constants as hub
-
-    from relprop import zoo
-
-    monkeypatch.setattr(zoo, "_reachable", lambda host: False)  # no answer from huggingface.co
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))  # an empty local cache
-    offline = hub.HF_HUB_OFFLINE
-    with pytest.raises(relprop.RelpropError, match=r"pass --weights PATH \(huggingface.co gives no answer and "
-                       r"timm:resnet18's weights are not in the local cache; no network\?\)"):
-        zoo.load_model("timm:resnet18", "DEFAULT")
-    assert hub.HF_HUB_OFFLINE == offline  # the hub's setting is restored
-
-
 def test_coverage_is_an_attribute_of_the_package_as_the_readme_shows():
     code = "import relprop; print(callable(relprop.coverage.check_model), relprop.coverage.DEFAULT_METHODS[0])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

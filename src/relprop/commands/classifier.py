@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from ..errors import RelpropError
-
 if TYPE_CHECKING:
     from ..preprocess import Preprocess
 
@@ -27,35 +25,17 @@ def add_weights_arguments(parser: argparse._ActionsContainer, output: str | None
         f"it a torchvision or timm model has random weights (a warning{also})",
     )
     parser.add_argument(
-        "--num-classes", type=int, help="build a torchvision model with this many outputs (e.g. 20 for VOC)"
+        "--num-classes", type=int, help="build a torchvision or timm model with this many outputs (e.g. 20 for VOC)"
     )
-
-
-def load_classifier(name: str, weights: str | None, num_classes: int | None) -> tuple[nn.Module, Preprocess]:
-    """(model in eval mode, its Preprocess); ``num_classes`` builds a torchvision model with that many outputs."""
-    import torchvision
-
-    from .. import zoo
-
-    if num_classes is None:
-        return zoo.load_model(name, weights)
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise RelpropError(f"--num-classes works with torchvision architectures only; '{name}' is not one.")
-    if weights == "DEFAULT":
-        raise RelpropError("--num-classes builds a new classifier: pass --weights FILE with its trained weights.")
-    _, preprocess = zoo.load_model(name)
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    if weights is not None:
-        zoo.load_weights_file(model, weights)
-    return model.eval(), preprocess
 
 
 def checked_classifier(args: argparse.Namespace, input_size: int | None = None) -> tuple[nn.Module, Preprocess, int]:
     """(model, its Preprocess, number of outputs) for ``--model/--weights/--num-classes``, refused before any
     work when its tensors are unusable (inference tensors, NaN) or its output is not a logits tensor."""
+    from .. import zoo
     from ..model_state import check_model_output, check_model_tensors
 
-    model, preprocess = load_classifier(args.model, args.weights, args.num_classes)
+    model, preprocess = zoo.load_model(args.model, args.weights, args.num_classes)
     check_model_tensors(model)
     size = input_size or preprocess.size
     return model, preprocess, check_model_output(model, torch.zeros(1, 3, size, size))
