@@ -56,3 +56,13 @@ def test_num_classes_builds_the_architecture_with_that_many_outputs(name):
 def test_num_classes_that_cannot_be_built_are_refused(name, weights, num_classes, message):
     with pytest.raises(relprop.RelpropError, match=re.escape(message)):
         zoo.load_model(name, weights, num_classes)
+
+
+def test_bench_takes_timm_models_by_name(tmp_path, capsys):
+    pytest.importorskip("timm")
+    from relprop.cli import main
+
+    code = main(["bench", "--models", "timm:resnet18", "--batch-sizes", "1", "--methods", "forward,gradient",
+                 "--repeats", "1", "--no-memory", "--no-progress", "--out", str(tmp_path / "bench")])
+    assert code == 0
+    assert capsys.readouterr().out.count("| timm:resnet18 | 1 |") == 2

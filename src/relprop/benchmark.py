@@ -45,14 +45,12 @@ class Measurement:
 
 
 def build_model(name: str, device: str) -> nn.Module:
-    """Random-init model (seeded); EfficientNet-Lite0 gets its pretrained weights when installed."""
-    torch.manual_seed(0)
-    if name == "efficientnet_lite0":
-        from .zoo import load_model
+    """Model ``name`` as ``--model`` names it (torchvision, ``timm:<name>``), with random weights (seed 0);
+    EfficientNet-Lite0 gets its pretrained weights when installed."""
+    from .zoo import load_model
 
-        model, _ = load_model(name)
-    else:
-        model = torchvision.models.get_model(name, weights=None)
+    torch.manual_seed(0)
+    model, _ = load_model(name)
     return model.eval().to(device)
 
 

@@ -12,7 +12,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="benchmark speed and memory against a plain gradient",
-        description="Time every method on every model and batch size (random-init torchvision models, random "
+        description="Time every method on every model and batch size (random-init torchvision or timm:<name> models, random "
         "224 x 224 inputs; EfficientNet-Lite0 with its packaged weights): the median of --repeats calls after a "
         "warm-up, as seconds per image and as a multiple of one plain gradient, and the peak memory of one call "
         "in a fresh subprocess. Prints a Markdown table row per measurement and writes benchmark.json and "
