@@ -49,7 +49,12 @@ def worker(src: str, model_name: str, batch: int, size: int, methods: list[str],
     import relprop
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, model_name)().eval()
+    if model_name == "efficientnet_lite0":  # the pretrained build of relprop's model zoo
+        from relprop.zoo import load_model
+
+        model = load_model(model_name)[0].eval()
+    else:
+        model = getattr(torchvision.models, model_name)().eval()
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", help="git revision to compare against (required unless --worker)")
     parser.add_argument("--head", action="append", help="folder holding the relprop package to measure; may be "
                         "repeated (default: this working tree's src)")
-    parser.add_argument("--models", default="vgg16,resnet50", help="torchvision model names (default: %(default)s)")
+    parser.add_argument("--models", default="vgg16,resnet50",
+                        help="torchvision model names or efficientnet_lite0 (default: %(default)s)")
     parser.add_argument("--methods", default="rsp,ae", help="registered method names, options as name:key=value "
                         "(default: %(default)s)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default: %(default)s)")

@@ -666,10 +666,14 @@ def test_wgrad_per_sample_matches_loop(name):
     close(got, want)
 
 
-@pytest.mark.parametrize("name", [*GEOMETRIES, "wide_padding"])
+EXTRA_FIELDS = {"wide_padding": dict(stride=1, padding=2, dilation=1, groups=2),
+                "depthwise": dict(stride=2, padding=1, dilation=1, groups=4)}
+
+
+@pytest.mark.parametrize("name", [*GEOMETRIES, *EXTRA_FIELDS])
 def test_fields_with_positive_matches_the_receptive_fields(name):
-    # x >= 0 with many zeros; "wide_padding" (padding 2 on a 3x2 kernel) takes the convolution fallback
-    spec = GEOMETRIES.get(name, dict(stride=1, padding=2, dilation=1, groups=2))
+    # x >= 0 with many zeros; "wide_padding": padding 2 on a 3x2 kernel; "depthwise": one channel per group
+    spec = GEOMETRIES.get(name) or EXTRA_FIELDS[name]
     x = torch.randn(3, 4, 9, 8, dtype=D, generator=torch.Generator().manual_seed(4)).clamp(min=1.5)
     x = x - 1.5
     g = spec["groups"]

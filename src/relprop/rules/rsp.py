@@ -104,35 +104,46 @@ def _empty_field_shares(
     explicit zero padding in ``a`` (no input unit); returns a's shape, or None when every
     output with relevance has a positive input.  The shares do not depend on the output channel, so the
     relevance is summed per group and position and spread with all-ones kernels, one channel per group.
+    Where ``a`` has no negative entry (a convolution after a ReLU) an empty field is all zeros, so only
+    the even shares occur and the ``|a|`` shares, all exactly 0, are not computed.
     """
     n, c = a.shape[:2]
     o, g = relevance.shape[1], geometry.groups
     ones = torch.ones(g, 1, *kernel_shape[2:], dtype=a.dtype, device=a.device)
 
     def field_sums(t: Tensor) -> Tensor:
-        """Σ of t over each output's receptive field, per group: (N, C, H, W) -> (N, g, h, w)."""
-        return geometry.conv(t.reshape(n, g, c // g, *t.shape[2:]).sum(dim=2), ones)
+        """Σ of t over each output's receptive field, per group: (M, C, H, W) -> (M, g, h, w)."""
+        per_group = t if c == g else t.reshape(t.shape[0], g, c // g, *t.shape[2:]).sum(dim=2)
+        return geometry.conv(per_group, ones)
 
     def spread(per_field: Tensor) -> Tensor:
         """Each field's value added to every input of the field: (N, g, h, w) -> (N, C, H, W)."""
         back = geometry.conv_t(per_field, ones, torch.Size((n, g, *a.shape[2:])))
-        return back.repeat_interleave(c // g, dim=1)
+        return back if c == g else back.repeat_interleave(c // g, dim=1)
 
     empty = ~geometry.fields_with_positive(x, kernel_shape[2:])  # (N, g, h, w)
     if not empty.any():  # the common case: no need to look at the relevance
         return None
     grouped = relevance.reshape(n, g, o // g, *relevance.shape[2:])
-    orphaned = (grouped * empty.unsqueeze(2)).sum(dim=2)  # (N, g, h, w)
+    orphaned = grouped.sum(dim=2).mul_(empty)  # (N, g, h, w)
     if not orphaned.any():
         return None
-    weight = a.abs()
-    total = field_sums(weight)
-    shares = weight.mul_(spread(safe_divide(orphaned, total)))
-    flat = orphaned * (total == 0)
-    if flat.any():
-        units = torch.ones_like(a) if padding is None else (~padding).to(a.dtype).expand_as(a)
-        shares.add_(units * spread(safe_divide(flat, field_sums(units))))
-    return shares
+    signed = bool((a < 0).any())
+    if signed:
+        weight = a.abs()
+        total = field_sums(weight)
+        shares = weight.mul_(spread(safe_divide(orphaned, total)))
+        flat = orphaned.mul_(total == 0)
+    else:  # every empty field is all zeros: its |a| total is 0
+        shares, flat = None, orphaned
+    if signed and not flat.any():
+        return shares
+    units = None if padding is None else (~padding).to(a.dtype)  # (1, C, H, W)
+    counts = field_sums(torch.ones_like(a[:1]) if units is None else units)  # (1, g, h, w): one map serves every sample
+    even = spread(safe_divide(flat, counts))
+    if units is not None:
+        even.mul_(units)
+    return even if shares is None else shares.add_(even)
 
 
 def _split_by_sign(relevance: Tensor, groups: int) -> Tensor:
