@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.grad import conv2d_input, conv2d_weight
+from torch.nn.grad import conv2d_weight
 
 from .common import safe_divide
 
@@ -31,7 +31,18 @@ class ConvGeometry:
 
     def conv_t(self, y: Tensor, kernel: Tensor, input_shape: torch.Size) -> Tensor:
         """Adjoint of :meth:`conv` w.r.t. its input: (N, O, h, w) -> ``input_shape``."""
-        return conv2d_input(input_shape, kernel, y, self.stride, self.padding, self.dilation, self.groups)
+        return self._transposed(y, kernel, input_shape, self.groups)
+
+    def _transposed(self, y: Tensor, kernel: Tensor, input_shape: torch.Size | tuple[int, ...], groups: int) -> Tensor:
+        """The transposed convolution that inverts this geometry's output size to ``input_shape``: the same
+        numbers as autograd's input gradient (``conv2d_input``), which runs 1.1–7× slower on the CPU."""
+        extra = tuple(
+            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, out, s, p, d, k in zip(
+                input_shape[2:], y.shape[2:], self.stride, self.padding, self.dilation, kernel.shape[2:]
+            )
+        )
+        return F.conv_transpose2d(y, kernel, None, self.stride, self.padding, extra, groups, self.dilation)
 
     def reach(self, active_out: Tensor, input_shape: torch.Size, kernel_shape: torch.Size) -> Tensor:
         """Input units whose receptive field holds an active output: bool (N, O, h, w) -> bool, broadcastable
@@ -41,7 +52,7 @@ class ConvGeometry:
         per_group = active_out.reshape(n, g, o // g, *active_out.shape[2:]).any(dim=2).to(torch.float32)
         ones = torch.ones(g, 1, *kernel_shape[2:], dtype=per_group.dtype, device=per_group.device)
         shape = (n, g, *input_shape[2:])
-        hits = conv2d_input(shape, ones, per_group, self.stride, self.padding, self.dilation, g)
+        hits = self._transposed(per_group, ones, shape, g)
         if g > 1:
             hits = hits.repeat_interleave(input_shape[1] // g, dim=1)
         return hits > 0.5
@@ -99,9 +110,9 @@ class ConvGeometry:
     def conv_t_per_sample(self, y: Tensor, kernels: Tensor, input_shape: torch.Size) -> Tensor:
         """Adjoint of :meth:`conv_per_sample` w.r.t. its input: (N, O, h, w) -> ``input_shape``."""
         n, o = kernels.shape[:2]
-        out = conv2d_input(
-            (1, n * input_shape[1], *input_shape[2:]), kernels.reshape(n * o, *kernels.shape[2:]),
-            y.reshape(1, n * o, *y.shape[2:]), self.stride, self.padding, self.dilation, self.groups * n,
+        out = self._transposed(
+            y.reshape(1, n * o, *y.shape[2:]), kernels.reshape(n * o, *kernels.shape[2:]),
+            (1, n * input_shape[1], *input_shape[2:]), self.groups * n,
         )
         return out.reshape(input_shape)
 
