@@ -128,16 +128,14 @@ def _empty_field_shares(
     orphaned = grouped.sum(dim=2).mul_(empty)  # (N, g, h, w)
     if not orphaned.any():
         return None
-    signed = bool((a < 0).any())
-    if signed:
+    shares, flat = None, orphaned  # without a negative entry in a, every empty field is all zeros: flat
+    if bool((a < 0).any()):
         weight = a.abs()
         total = field_sums(weight)
         shares = weight.mul_(spread(safe_divide(orphaned, total)))
         flat = orphaned.mul_(total == 0)
-    else:  # every empty field is all zeros: its |a| total is 0
-        shares, flat = None, orphaned
-    if signed and not flat.any():
-        return shares
+        if not flat.any():
+            return shares
     units = None if padding is None else (~padding).to(a.dtype)  # (1, C, H, W)
     counts = field_sums(torch.ones_like(a[:1]) if units is None else units)  # (1, g, h, w): one map serves every sample
     even = spread(safe_divide(flat, counts))
