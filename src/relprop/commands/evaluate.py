@@ -9,283 +9,21 @@ is validated (options, model, class count, data set, ``--out``) before anything 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import shlex
-import signal
 import sys
 import textwrap
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
-
-import torch
-import torch.nn as nn
 
 from ..errors import RelpropError
-from .classifier import add_weights_arguments, checked_classifier, has_random_weights, warn_random_weights
-
-if TYPE_CHECKING:
-    from ..evaluation.datasets import EvaluationDataset
-    from ..evaluation.fingerprint import Inputs
-    from ..evaluation.methods import MethodSpec
-    from ..evaluation.progress import ProgressBar
-    from ..evaluation.protocol import Protocol
-    from ..evaluation.runner import Evaluator
-    from ..evaluation.store import RecordWriter
-    from ..preprocess import Preprocess
+from .classifier import add_weights_arguments, warn_random_weights
+from .evaluate_plan import check_records, plan_run
+from .evaluate_run import (
+    EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, evaluate_images, finish, resume_message, sigterm_as_interrupt,
+    write_run_info,
+)
 
 DEFAULT_METHODS = "rsp,ae,center"
 DEFAULT_METRICS = "pointing,miou"
-EXIT_OK, EXIT_SKIPPED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_CODES = f"""exit status:
-  {EXIT_OK}    every image evaluated; results written
-  {EXIT_SKIPPED}    results written, but some images were unreadable or some boxes invalid (named on
-       stderr and in results.md; counted in results.json, never scored as misses)
-  {EXIT_ERROR}    bad command line or input (named in the message); nothing was written
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C, SIGTERM); finished work is kept: rerun the same command to resume"""
-
-
-def _split(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-# ------------------------------------------------------------------------------------------- model
-
-
-def _class_mismatch(model: str, outputs: int, dataset: str, classes: int) -> str:
-    if dataset == "imagenet":
-        need = f"give the weights of a {classes}-class ImageNet classifier"
-    else:
-        need = (
-            f"{dataset} needs a multi-label classifier with {classes} outputs (e.g. a TorchRay {dataset} "
-            f"checkpoint saved as a state dict): pass it with --weights FILE, adding --num-classes {classes} "
-            "for a torchvision architecture (see docs/evaluation.md)"
-        )
-    return f"model '{model}' has {outputs} outputs but {dataset} has {classes} classes; {need}."
-
-
-# ------------------------------------------------------------------------------------------- config
-
-
-def _protocol(args: argparse.Namespace, dataset_name: str, preprocess: Preprocess | None) -> Protocol:
-    from ..evaluation.maps import CAFFE_MEAN, CAFFE_STD
-    from ..evaluation.protocol import Protocol
-    from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-    if args.normalisation == "model":
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if preprocess is None else (preprocess.mean, preprocess.std)
-    elif args.normalisation == "caffe":
-        mean, std = CAFFE_MEAN, CAFFE_STD
-    else:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    size = args.input_size or (preprocess.size if preprocess is not None else 224)
-    multilabel = dataset_name != "imagenet"
-    return Protocol(
-        metrics=_split(args.metrics),
-        input_mode=args.input_mode or ("shorter_side" if multilabel else "fixed"),
-        input_size=size,
-        mean=tuple(mean),
-        std=tuple(std),
-        tolerance=args.tolerance,
-        smoothing=args.smoothing,
-        reduce=args.reduce,
-        energy_negative=args.energy_negative,
-        miou_thresholds=_split(args.miou_thresholds),
-        miou_sign=args.miou_sign,
-        miou_normalize=args.miou_normalize,
-        sensitivity_modes=_split(args.sensitivity_modes),
-        sensitivity_granularity=args.sensitivity_granularity,
-        sensitivity_init=args.sensitivity_init,
-        sensitivity_reset_bn=args.sensitivity_reset_bn,
-        sensitivity_seed=args.sensitivity_seed,
-        sensitivity_images=args.sensitivity_images,
-        insdel_step=args.insdel_step,
-        insdel_score="sigmoid" if multilabel else "softmax",
-        grid_mosaics=args.grid_mosaics,
-        grid_pool=args.grid_pool,
-        grid_candidates=args.grid_candidates,
-        grid_cell=args.grid_cell,
-        grid_seed=args.grid_seed,
-        target_seed=args.target_seed,
-    )
-
-
-def _check_records(records: dict[int, dict], dataset: EvaluationDataset) -> None:
-    for index, record in records.items():
-        if index >= len(dataset) or record["id"] != dataset.image_id(index):
-            raise RelpropError(
-                f"the records in --out do not match this data set (image {index} is {record['id']!r} there); "
-                "use another --out or --force."
-            )
-
-
-@dataclass
-class Plan:
-    """A validated run: everything it needs, nothing written yet."""
-
-    dataset: EvaluationDataset
-    model: nn.Module | None
-    methods: list[MethodSpec]
-    protocol: Protocol
-    explainers: dict[str, Any]
-    config: dict
-    inputs: Inputs
-    mosaics: dict | None = None
-    """The grid pointing game's pool and mosaics (:func:`relprop.evaluation.runner.select_mosaics`)."""
-    mosaics_saved: bool = False
-    """Whether ``mosaics`` were read from ``--out`` (a resumed run) rather than drawn now."""
-
-
-def _setup(args: argparse.Namespace, device: torch.device) -> Plan:
-    """Validate the command line and load the model and the data set; writes nothing.
-
-    Cheap checks come first (options, then the model and its class count), so that a mistake is
-    reported before the data set is read.
-    """
-    from ..evaluation.datasets import canonical_name, class_count, open_dataset
-    from ..evaluation.fingerprint import Inputs, model_digest
-    from ..evaluation.methods import parse_methods
-    from ..evaluation.runner import build_explainers, check_model_needed
-
-    if args.limit is not None and args.limit < 1:
-        raise RelpropError(f"--limit must be at least 1; got {args.limit}.")
-    if args.batch_size < 1:
-        raise RelpropError(f"--batch-size must be at least 1; got {args.batch_size}.")
-    name = canonical_name(args.dataset)
-    methods = parse_methods(args.methods)
-    protocol = _protocol(args, name, None)  # validates the protocol options before the model is loaded
-    check_model_needed(methods, protocol.metrics, bool(args.model))
-    classes = class_count(name, args.root)
-    model, digest = None, None
-    if args.model:
-        model, preprocess, outputs = checked_classifier(args, args.input_size)
-        if outputs != classes:
-            raise RelpropError(_class_mismatch(args.model, outputs, name, classes))
-        protocol = _protocol(args, name, preprocess)
-        digest = model_digest(model)
-        model = model.to(device)
-    explainers = build_explainers(methods, model)
-    dataset = open_dataset(
-        name, args.root, split=args.split, difficult_flags=args.difficult_flags, annotations=args.annotations
-    )
-    config = {
-        "dataset": name,
-        "root": args.root,
-        "model": args.model,
-        "weights": args.weights,
-        "random_weights": has_random_weights(args),
-        "num_classes": args.num_classes,
-        "methods": [m.label for m in methods],
-        **protocol.record(methods),
-        "data": dataset.describe(),
-        "limit": args.limit,
-        "batch_size": args.batch_size,
-        "device": device.type,
-    }
-    plan = Plan(dataset, model, methods, protocol, explainers, config, Inputs(digest, dataset.annotation_files()))
-    if "grid_pointing" in protocol.metrics:
-        _plan_mosaics(plan, args, device)
-    return plan
-
-
-def _plan_mosaics(plan: Plan, args: argparse.Namespace, device: torch.device) -> None:
-    """The mosaics of an earlier run in ``--out`` (resume), or drawn now: the model classifies the
-    candidate images first (one forward pass each)."""
-    from ..evaluation.runner import select_mosaics
-    from ..evaluation.store import CONFIG, load_mosaics
-
-    out = Path(args.out)
-    if not args.force and (out / CONFIG).is_file():
-        plan.mosaics = load_mosaics(out)
-        plan.mosaics_saved = plan.mosaics is not None
-    if plan.mosaics is None:
-        try:
-            plan.mosaics = select_mosaics(plan.dataset, plan.model, plan.protocol, device, args.batch_size)  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise RelpropError(f"{exc} Give more candidates (--grid-candidates, --grid-pool) or another model.") from exc
-
-
-# ------------------------------------------------------------------------------------------- run
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's or torchrun's stop) raises KeyboardInterrupt, so that finished work is
-    written as on Ctrl-C (main thread only; elsewhere nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _evaluate_images(
-    evaluator: Evaluator, todo: list[int], existing: dict[int, dict], writer: RecordWriter, progress: ProgressBar
-) -> list[dict]:
-    """Evaluate the images ``todo`` in batches, handing each batch's records to ``writer`` as it is done.
-
-    An image with some methods already recorded (an interrupted batch) gets only the others. On
-    KeyboardInterrupt the finished methods of the batch in flight are written before it propagates.
-    """
-    from ..evaluation.datasets import DataError
-    from ..evaluation.runner import BatchInterrupted, batches
-
-    labels = [m.label for m in evaluator.methods]
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for index in todo:
-        record = existing.get(index)
-        done = set(record["methods"]) if record is not None and record["status"] == "ok" else set()
-        groups.setdefault(tuple(label for label in labels if label not in done), []).append(index)
-    new: list[dict] = []
-    for missing, indices in groups.items():
-        specs = [m for m in evaluator.methods if m.label in missing]
-        for chunk in batches(indices, evaluator.batch_size):
-            samples, records = [], []
-            for index in chunk:
-                try:
-                    sample = evaluator.dataset[index]
-                except DataError as exc:
-                    progress.write(f"relprop: skipping {exc}")
-                    records.append(evaluator.error_record(index, exc.path, str(exc)))
-                    continue
-                for reason in sample.invalid.values():
-                    progress.write(f"relprop: not scoring the boxes of {reason}")
-                samples.append(sample)
-            try:
-                records += evaluator.records(samples, specs) if samples else []
-            except KeyboardInterrupt as exc:
-                finished = exc.records if isinstance(exc, BatchInterrupted) else []
-                writer.write(sorted(records + finished, key=lambda r: r["index"]))
-                raise
-            writer.write(sorted(records, key=lambda r: r["index"]))
-            new += records
-            progress.update(len(chunk))
-    return new
-
-
-def _resume_message(existing: dict[int, dict], indices: list[int], labels: list[str], out: Path) -> str | None:
-    """What a resumed run has found in ``out`` (over every rank's records), or None for a fresh run."""
-    from ..evaluation.store import is_complete
-
-    done = sum(is_complete(existing.get(i), labels) for i in indices)
-    partly = sum(i in existing and existing[i]["status"] == "ok" for i in indices) - done
-    retried = sum(i in existing and existing[i]["status"] == "error" for i in indices)
-    if not (done or partly or retried):
-        return None
-    parts = [f"{done} image(s) already done"]
-    parts += [f"{partly} partly done (their other methods follow)"] if partly else []
-    parts += [f"{retried} unreadable before (read again)"] if retried else []
-    return f"relprop: resuming in {out}: {', '.join(parts)}"
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -299,7 +37,7 @@ def evaluate(args: argparse.Namespace) -> int:
     ctx = init_context(args.device)
     lock = None
     try:
-        plan = _setup(args, ctx.device)
+        plan = plan_run(args, ctx.device)
         if ctx.main and plan.config["random_weights"]:
             warn_random_weights(args.model)
         out = Path(args.out)
@@ -321,7 +59,7 @@ def evaluate(args: argparse.Namespace) -> int:
         labels = [m.label for m in plan.methods]
         try:
             existing = load_records(out, own=own, drop_damaged=args.drop_damaged)
-            _check_records(existing, plan.dataset)
+            check_records(existing, plan.dataset)
             count = len(plan.dataset) if args.limit is None else min(args.limit, len(plan.dataset))
             indices = list(range(count))
             mine = ctx.shard(indices)
@@ -336,14 +74,14 @@ def evaluate(args: argparse.Namespace) -> int:
                 plan.explainers,
                 None if plan.mosaics is None else plan.mosaics["mosaics"],
             )
-            message = _resume_message(existing, indices, labels, out)
+            message = resume_message(existing, indices, labels, out)
             if ctx.main and message:
                 print(message, file=sys.stderr)
             resumed = sum(is_complete(existing.get(i), labels) for i in indices)
             started = time.perf_counter()
             progress = ProgressBar(len(todo), "images", "evaluate", enabled=ctx.main and not args.no_progress)
-            with _sigterm_as_interrupt(), progress:
-                new = _evaluate_images(evaluator, todo, existing, writer, progress)
+            with sigterm_as_interrupt(), progress:
+                new = evaluate_images(evaluator, todo, existing, writer, progress)
             elapsed = time.perf_counter() - started
         except KeyboardInterrupt:
             print(
@@ -359,8 +97,8 @@ def evaluate(args: argparse.Namespace) -> int:
         timings = ctx.gather([(len(new), elapsed, evaluator.seconds)])
         code = EXIT_OK
         if ctx.main:
-            code = _finish(args, out, evaluator, plan.config, records, indices, plan.mosaics)
-            _write_run_info(out, timings, resumed=resumed, device=plan.config["device"])
+            code = finish(args, out, evaluator, plan.config, records, indices, plan.mosaics)
+            write_run_info(out, timings, resumed=resumed, device=plan.config["device"])
         code = ctx.broadcast(code)
         ctx.barrier()
     finally:
@@ -368,77 +106,6 @@ def evaluate(args: argparse.Namespace) -> int:
             lock.close()
         ctx.close()
     return code
-
-
-def _finish(
-    args: argparse.Namespace,
-    out: Path,
-    evaluator: Evaluator,
-    config: dict,
-    records: list[dict],
-    indices: list[int],
-    mosaics: dict | None = None,
-) -> int:
-    """Aggregate every rank's records into results.json and write the report (rank 0); the exit status."""
-    from ..evaluation.examples import example_figures
-    from ..evaluation.report import table_rows, write_report
-    from ..evaluation.results import aggregate
-
-    by_index = {r["index"]: r for r in records}
-    missing = [i for i in indices if i not in by_index]
-    if missing:
-        raise RelpropError(f"{len(missing)} image(s) have no result (first: {missing[0]}); rerun to resume.")
-    records = [by_index[i] for i in indices]
-    skipped = [r for r in records if r["status"] != "ok"]
-    invalid = [reason for r in records for reason in r.get("invalid_boxes", [])]
-    data = {
-        **config["data"],
-        "evaluated": len(records) - len(skipped),
-        "unreadable": len(skipped),
-        "invalid_boxes": len(invalid),
-    }
-    labels = [m.label for m in evaluator.methods]
-    config = {**config, "data": data}
-    if mosaics is not None:
-        evaluated = [r["mosaic"] for r in records if r["status"] == "ok" and "mosaic" in r]
-        config["grid_pointing"] = {
-            **config["grid_pointing"],
-            "candidates_classified": mosaics["candidates"],
-            "correct": mosaics["correct"],
-            "pool_size": len(mosaics["pool"]),
-            "mosaics_evaluated": evaluated,
-        }
-    results = aggregate(records, labels, config, evaluator.dataset.class_names)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    command = "relprop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    examples = example_figures(evaluator, records, args.examples) if args.examples > 0 else {}
-    md, page = write_report(out, results, skipped, examples, command, invalid)
-    header, rows = table_rows(results)
-    print("\n".join(" | ".join(row) for row in [header, *rows]))
-    print(f"wrote {out / 'results.json'}, {md}, {page}")
-    return EXIT_SKIPPED if skipped or invalid else EXIT_OK
-
-
-def _write_run_info(out: Path, timings: list[tuple[int, float, dict]], resumed: int, device: str) -> None:
-    """``run.json``: wall time and seconds per image (overall and per method) of this invocation."""
-    evaluated = sum(n for n, _, _ in timings)
-    wall = max(t for _, t, _ in timings)
-    per_method: dict[str, float] = {}
-    for _, _, seconds in timings:
-        for label, value in seconds.items():
-            per_method[label] = per_method.get(label, 0.0) + value
-    run = {
-        "world_size": len(timings),
-        "device": device,
-        "images_evaluated_now": evaluated,
-        "images_resumed": resumed,
-        "wall_seconds": wall,
-        "seconds_per_image": wall / evaluated if evaluated else None,
-        "method_seconds_per_image": {k: v / evaluated for k, v in per_method.items()} if evaluated else None,
-        "note": "wall time of this invocation (all ranks in parallel); method seconds summed over ranks, "
-        "maps and metrics of that method included",
-    }
-    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -454,7 +121,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "mIoU, model sensitivity, insertion/deletion) and two class-discrimination metrics: the grid pointing "
             "game (2x2 mosaics of four correctly classified images, each cell's class explained on the whole mosaic) "
             "and target sensitivity (similarity to the map of another class). VOC 2007 and COCO need a multi-label classifier with "
-            "20 / 80 outputs (--weights FILE, --num-classes N for torchvision architectures); ImageNet a "
+            "20 / 80 outputs (--weights FILE, --num-classes N for torchvision or timm architectures); ImageNet a "
             "1000-class one. Interrupted runs resume when rerun with the same --out (which may also add methods to a "
             "finished run); under torchrun each process takes a shard.",
             width=100,
