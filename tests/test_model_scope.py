@@ -1,5 +1,5 @@
-"""What relprop accepts as a model: attention is refused up front, parallel wrappers are explained through
-their ``.module``, and tensors made under ``torch.inference_mode()`` are refused with a fix."""
+"""What relprop accepts as a model: attention is refused up front, parallel wrappers and ``torch.compile``'d
+models are explained through the module they wrap, and tensors made under ``torch.inference_mode()`` are refused with a fix."""
 
 from __future__ import annotations
 
@@ -139,6 +139,24 @@ def test_distributed_data_parallel_is_explained_through_its_module(tmp_path):
             assert torch.equal(method.attribute(X, target=0), relprop.get_method(name)(model).attribute(X, target=0))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", relprop.list_methods())
+def test_compiled_model_is_explained_through_its_original_module(name):
+    model = _small()
+    compiled = torch.compile(model)  # compiles lazily, at its first call: relprop never calls it
+    torch.manual_seed(1)
+    through_compiled = relprop.get_method(name)(compiled).attribute(X, target=[1, 2])
+    torch.manual_seed(1)
+    direct = relprop.get_method(name)(model).attribute(X, target=[1, 2])
+    assert torch.equal(through_compiled, direct)
+
+
+def test_nested_wrappers_are_all_removed():
+    model = _small()
+    for wrapped in (torch.compile(nn.DataParallel(model)), nn.DataParallel(torch.compile(model))):
+        assert relprop.RSP(wrapped, seed_layer="features.2").model is model
+        assert relprop.get_method("gradcam")(wrapped).model is model
 
 
 def test_layer_paths_of_a_wrapped_model_are_those_of_its_module():

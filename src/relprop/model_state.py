@@ -61,13 +61,25 @@ def _caller_stacklevel() -> int:
 PARALLEL_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 
 
-def unwrap_parallel(model: nn.Module) -> nn.Module:
-    """The module a ``DataParallel`` / ``DistributedDataParallel`` wrapper runs (``model.module``, nested
-    wrappers included); any other model as it is.  relprop explains the wrapped module on its own device:
-    layer paths are those of ``model.module`` (``'layer4'``, not ``'module.layer4'``)."""
-    while isinstance(model, PARALLEL_WRAPPERS):
-        model = model.module
-    return model
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module a wrapper runs: ``model.module`` of a ``DataParallel`` / ``DistributedDataParallel``
+    wrapper, ``model._orig_mod`` of a ``torch.compile``'d model, nested wrappers included; any other
+    model as it is.  relprop explains the wrapped module eagerly, on its own device, with the same
+    parameters: layer paths are those of the wrapped module (``'layer4'``, not ``'module.layer4'``)."""
+    while True:
+        if isinstance(model, PARALLEL_WRAPPERS):
+            model = model.module
+        elif _is_compiled(model):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is the ``OptimizedModule`` that ``torch.compile`` returns (its module is loaded
+    whenever such a model exists, so checking does not import the compiler)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)
 
 
 def is_attention(module: nn.Module) -> bool:

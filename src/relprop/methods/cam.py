@@ -18,7 +18,7 @@ from torch import Tensor
 from ..errors import RelpropError
 from ..engine import ModelGraph, default_seed_layer
 from ..engine.graph import BranchesOnInput, probe_example
-from ..model_state import refuse_attention, unwrap_parallel
+from ..model_state import refuse_attention, unwrap_model
 from ..registry import register
 from .gradient import AutogradMethod
 
@@ -41,7 +41,7 @@ class ClassActivationMap(AutogradMethod):
 
     def __init__(self, model: nn.Module, layer: str | None = None) -> None:
         if layer is None and isinstance(model, nn.Module):
-            refuse_attention(unwrap_parallel(model), self.name)
+            refuse_attention(unwrap_model(model), self.name)
         super().__init__(model)
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"layer must be a module path (a str such as 'layer4'); got {type(layer).__name__}.")

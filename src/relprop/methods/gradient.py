@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import InputError, RelpropError
 from ..engine import POINTWISE, ModelGraph
-from ..model_state import check_model_tensors, evaluation_mode, unwrap_parallel
+from ..model_state import check_model_tensors, evaluation_mode, unwrap_model
 from ..registry import register
 from ..targets import Target, check_input, resolve_targets
 
@@ -30,7 +30,8 @@ class AutogradMethod:
 
     Subclasses implement ``_attribute(x, targets)`` on a private copy of ``x`` that requires grad,
     with ``targets`` a LongTensor (N,), and return a tensor of ``x``'s shape.  A ``DataParallel`` /
-    ``DistributedDataParallel`` wrapper is explained through its ``.module``; a model holding tensors made
+    ``DistributedDataParallel`` wrapper or a ``torch.compile``'d model is explained through the module it
+    wraps; a model holding tensors made
     under ``torch.inference_mode()`` is refused at construction.
     """
 
@@ -39,7 +40,7 @@ class AutogradMethod:
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-        self.model = unwrap_parallel(model)
+        self.model = unwrap_model(model)
         check_model_tensors(self.model)
 
     def attribute(self, x: Tensor, target: Target = None) -> Tensor:
