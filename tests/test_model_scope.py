@@ -1,5 +1,5 @@
 """What relprop accepts as a model: attention is refused up front, parallel wrappers and ``torch.compile``'d
-models are explained through the module they wrap, and tensors made under ``torch.inference_mode()`` are refused with a fix."""
+models are explained through the module they wrap, torchvision's ``Normalize`` may sit in front of the model, and tensors made under ``torch.inference_mode()`` are refused with a fix."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torchvision
+import torchvision.transforms as T
+import torchvision.transforms.v2 as v2
 
 import relprop
 import relprop.engine.graph.model_graph as model_graph_module
@@ -162,6 +164,61 @@ def test_nested_wrappers_are_all_removed():
 def test_layer_paths_of_a_wrapped_model_are_those_of_its_module():
     method = relprop.RSP(nn.DataParallel(_small()), seed_layer="features.2")
     assert method.seed_layer == "features.2"
+
+
+# ------------------------------------------------------------------------------------ normalisation in the model
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class HandNormalize(nn.Module):
+    """``(x - mean) / std`` per channel, written out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@pytest.mark.parametrize("normalize", [T.Normalize, v2.Normalize], ids=["transforms", "transforms.v2"])
+@pytest.mark.parametrize("name", relprop.list_methods())
+def test_torchvision_normalize_in_front_of_the_model_is_the_affine_map_it_computes(name, normalize):
+    """``nn.Sequential(T.Normalize(mean, std), net)``: every method explains it as the same net behind the
+    written-out map (torchvision's F.normalize refuses a traced value, so it is kept as one call)."""
+    net = _small()
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(1)
+    got = relprop.get_method(name)(nn.Sequential(normalize(MEAN, STD), net).eval()).attribute(x, target=[1, 2])
+    torch.manual_seed(1)
+    expected = relprop.get_method(name)(nn.Sequential(HandNormalize(), net).eval()).attribute(x, target=[1, 2])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_lrp_epsilon_behind_normalize_is_weight_times_normalised_input():
+    """f(x) = Σ w ⊙ (x - m)/s (one full-size kernel): LRP-ε gives R = w ⊙ (x - m)/s · z/(z + ε sign z)."""
+    conv = nn.Conv2d(3, 1, 4, bias=False).double()
+    x = torch.rand(1, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    model = nn.Sequential(T.Normalize(MEAN, STD), conv, nn.Flatten()).eval()
+    a = (x - torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+    contributions = conv.weight * a
+    z = contributions.sum()
+    expected = contributions * z / (z + 1e-6 * z.sign())
+    got = relprop.LRPEpsilon(model, epsilon=1e-6).attribute(x, target=0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
+
+
+def test_normalize_in_front_of_a_model_traced_per_shape():
+    """The per-shape tracer (a model whose forward() branches on the input's size) keeps it as one call too."""
+    from test_engine import ShapeBranchNet
+
+    model = ShapeBranchNet().eval()
+    wrapped = nn.Sequential(T.Normalize(MEAN, STD), model).eval()
+    hand = nn.Sequential(HandNormalize(), model).eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(relprop.RSP(wrapped).attribute(x, target=1), relprop.RSP(hand).attribute(x, target=1))
 
 
 # ---------------------------------------------------------------------------------------------- inference mode

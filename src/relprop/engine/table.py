@@ -26,7 +26,7 @@ _DESCRIPTIONS = {
     INPUT_CONV: "", LINEAR: "Linear",
     BATCHNORM: "BatchNorm2d / F.batch_norm", NORM: "LayerNorm / GroupNorm",
     POINTWISE: "elementwise activations (ReLU family, SiLU, GELU, Hardswish, Mish, Sigmoid, Tanh, ...), Dropout, "
-               "Identity, stochastic depth, scaling by a constant or parameter",
+               "Identity, stochastic depth, scaling by a constant or parameter, torchvision's Normalize",
     GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA)",
     MAXPOOL: "max pooling (also adaptive / global max, amax)",
     AVGPOOL: "average / adaptive-average pooling, mean, bilinear upsampling", PAD: "zero padding",

@@ -50,6 +50,12 @@ _SPLIT_METHODS = {"chunk", "split", "tensor_split"}
 # timm's dynamic "same" padding (traced as one call, see trace.trace_model).
 _THIRD_PARTY_POINTWISE = {("torchvision.ops.stochastic_depth", "stochastic_depth")}
 _THIRD_PARTY_PAD = {("timm.layers.padding", "pad_same")}
+# Modules of other libraries that tracing keeps as one call (leaves), by (module, class name): torchvision's
+# Normalize transform put in front of a model, whose F.normalize refuses a traced value; it is a fixed
+# per-channel affine map, so relevance passes it unchanged.
+_THIRD_PARTY_POINTWISE_MODULES = {
+    ("torchvision.transforms.transforms", "Normalize"), ("torchvision.transforms.v2._misc", "Normalize"),
+}
 _STRUCTURAL_METHODS = {"size", "dim", "numel", "type_as", "element_size"}
 _STRUCTURAL_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
 _CONV_FUNCTIONS = {F.conv2d, torch.conv2d}
@@ -60,15 +66,25 @@ def _target_key(target: Any) -> tuple[str, str]:
     return getattr(target, "__module__", "") or "", getattr(target, "__name__", "")
 
 
+def _loaded(names: set[tuple[str, str]]) -> list[Any]:
+    """The objects named (module, name) of the libraries already imported (relprop imports none of them)."""
+    found = []
+    for module_name, name in sorted(names):
+        module = sys.modules.get(module_name)
+        if module is not None and getattr(module, name, None) is not None:
+            found.append(getattr(module, name))
+    return found
+
+
 def traced_as_one_call() -> tuple[Callable[..., Any], ...]:
     """Third-party functions that tracing keeps as one call, of the libraries the model has already imported
     (timm's dynamic "same" padding, which reads the input size)."""
-    found = []
-    for module_name, name in _THIRD_PARTY_PAD:
-        module = sys.modules.get(module_name)
-        if module is not None and callable(getattr(module, name, None)):
-            found.append(getattr(module, name))
-    return tuple(found)
+    return tuple(f for f in _loaded(_THIRD_PARTY_PAD) if callable(f))
+
+
+def leaf_module_types() -> tuple[type, ...]:
+    """Third-party module types that tracing keeps as one call (torchvision's ``Normalize`` transform)."""
+    return tuple(t for t in _loaded(_THIRD_PARTY_POINTWISE_MODULES) if isinstance(t, type))
 
 
 def module_stack(node: fx.Node) -> list[str]:
@@ -305,7 +321,7 @@ def _classify_module(module: nn.Module, make: Callable[..., Op]) -> Op:
         return _classify_resize(module.mode, type_name, make, module)
     if isinstance(module, (nn.AdaptiveMaxPool2d,)):
         return make(MAXPOOL, type_name, module=module)
-    if isinstance(module, _POINTWISE_MODULES):
+    if isinstance(module, _POINTWISE_MODULES + leaf_module_types()):
         return make(POINTWISE, type_name, module=module)
     if isinstance(module, nn.MaxPool2d):
         pool = _pool_windows(module.kernel_size, module.stride, module.padding, module.dilation)

@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 
 from ...errors import RelpropError
-from .classify import traced_as_one_call
+from .classify import leaf_module_types, traced_as_one_call
 
 Example = tuple[torch.Size, torch.dtype, torch.device]
 """The shape, dtype and device of the inputs a shape-specialised graph is traced for."""
@@ -45,15 +45,15 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
     """Symbolically trace ``model`` in eval mode (restoring every module's flag afterwards), for every
     input or, with ``example``, for inputs of that shape (see :class:`ModelGraph`).
 
-    timm's dynamic "same" padding (which reads the input size) is traced as one call.  Without an
-    example, a branch on the input raises :class:`BranchesOnInput`.
+    timm's dynamic "same" padding (which reads the input size) and torchvision's ``Normalize`` transform
+    are traced as one call.  Without an example, a branch on the input raises :class:`BranchesOnInput`.
     """
     flags = {m: m.training for m in model.modules()}
     autowrap = traced_as_one_call()
     try:
         model.eval()
         if example is None:
-            return fx.Tracer(autowrap_functions=autowrap).trace(model)
+            return _Tracer(autowrap_functions=autowrap).trace(model)
         return _trace_with_shapes(model, example, autowrap)
     except Exception as exc:  # tracing failures come in many exception types
         site = _trace_failure_site(model, exc)
@@ -75,6 +75,17 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
             module.training = flag
 
 
+class _KeepsLeaves(fx.Tracer):
+    """Keeps the third-party modules of :func:`leaf_module_types` as one call, besides torch.nn's layers."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, leaf_module_types()) or super().is_leaf_module(m, module_qualified_name)
+
+
+class _Tracer(_KeepsLeaves):
+    """torch.fx's tracer with :class:`_KeepsLeaves`."""
+
+
 class _ShapedProxy(MetaProxy):
     """A traced value that knows its example's shape (a fake tensor): ``size(d)`` and ``shape`` are numbers."""
 
@@ -85,7 +96,7 @@ class _ShapedProxy(MetaProxy):
         return self.tracer.create_proxy("call_method", "size", (self,) if dim is None else (self, dim), {})
 
 
-class _ShapeTracer(MetaTracer):
+class _ShapeTracer(_KeepsLeaves, MetaTracer):
     """torch.fx tracing in which every value carries its shape, computed on fake tensors (no memory,
     no arithmetic) from the example input and the model's real parameters."""
 
@@ -95,9 +106,21 @@ class _ShapeTracer(MetaTracer):
         super().__init__(autowrap_functions=autowrap)
         self.fake_mode = fake_mode
 
-    def create_proxy(self, *args: Any, **kwargs: Any) -> Any:
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **options: Any) -> Any:
         with self.fake_mode:
-            return super().create_proxy(*args, **kwargs)
+            if kind == "call_module" and self._is_kept_leaf(target):
+                # an elementwise map whose own forward checks values (Normalize's std == 0): same shape out
+                proxy = fx.Tracer.create_proxy(self, kind, target, args, kwargs, *rest, **options)
+                proxy.install_tensor_meta(torch.empty_like(args[0]._tensor_meta))
+                return proxy
+            return super().create_proxy(kind, target, args, kwargs, *rest, **options)
+
+    def _is_kept_leaf(self, target: str) -> bool:
+        self._disable_module_getattr = True
+        try:
+            return isinstance(self.root.get_submodule(target), leaf_module_types())
+        finally:
+            self._disable_module_getattr = False
 
     def proxy(self, node: fx.Node) -> _ShapedProxy:
         return _ShapedProxy(node, self)
