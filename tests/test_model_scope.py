@@ -221,6 +221,30 @@ def test_normalize_in_front_of_a_model_traced_per_shape():
     torch.testing.assert_close(relprop.RSP(wrapped).attribute(x, target=1), relprop.RSP(hand).attribute(x, target=1))
 
 
+# --------------------------------------------------------------------------------------- softmax at the output
+
+
+class EndsInSoftmax(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.net, self.how, self.softmax = _small(), how, nn.Softmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        if self.how == "module":
+            return self.softmax(logits)
+        if self.how == "function":
+            return nn.functional.log_softmax(logits, dim=1)
+        return logits.softmax(dim=1)
+
+
+@pytest.mark.parametrize("how", ["module", "function", "method"])
+@pytest.mark.parametrize("name", ["lrp_composite", "lrp_epsilon", "rap"])
+def test_softmax_at_the_output_is_refused_with_the_fix(name, how):
+    with pytest.raises(UnsupportedLayerError, match=r"softmax.*without its final softmax.*model\[:-1\]"):
+        relprop.get_method(name)(EndsInSoftmax(how).eval())
+
+
 # ---------------------------------------------------------------------------------------------- inference mode
 
 

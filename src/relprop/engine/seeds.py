@@ -193,7 +193,7 @@ class LogitSplitSeed(Seed):
             )
         if op.kind not in (LINEAR, CONV):
             raise UnsupportedLayerError(
-                op.path, op.type_name, "RAP",
+                op.path, op.type_name, "RAP", op.unsupported or
                 "RAP splits the target logit at the Linear layer or convolution that produces the logits, "
                 "reached from the output through flattens, identities, dropouts, ReLUs and average pooling "
                 "only; this model's logits come from another operation.",

@@ -58,6 +58,14 @@ _THIRD_PARTY_POINTWISE_MODULES = {
 }
 _STRUCTURAL_METHODS = {"size", "dim", "numel", "type_as", "element_size"}
 _STRUCTURAL_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
+_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
+_SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+_SOFTMAX_METHODS = {"softmax", "log_softmax"}
+_SOFTMAX = (
+    "LRP and RAP start from the logits, and a softmax (logits to probabilities) has no relevance rule. "
+    "Explain the model without its final softmax (for an nn.Sequential: model[:-1]); the top-1 class is "
+    "the same."
+)
 _CONV_FUNCTIONS = {F.conv2d, torch.conv2d}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 
@@ -167,6 +175,8 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
         return make(STRUCTURAL, _written_name(node))
     written = _written_name(node)
     target = node.target
+    if target in _SOFTMAX_FUNCTIONS or (node.op == "call_method" and target in _SOFTMAX_METHODS):
+        return make(UNKNOWN, written, unsupported=_SOFTMAX)
     if target in _SCALE_FUNCTIONS or (node.op == "call_method" and target in _SCALE_METHODS):
         return _classify_product(node, model, inputs, written, make)
     if node.op == "call_method":
@@ -315,6 +325,8 @@ def _classify_module(module: nn.Module, make: Callable[..., Op]) -> Op:
         return make(LINEAR, type_name, module=module, linear=LinearSpec(lambda: module.weight, lambda: module.bias))
     if isinstance(module, nn.BatchNorm2d):
         return make(BATCHNORM, type_name, module=module)
+    if isinstance(module, _SOFTMAX_MODULES):
+        return make(UNKNOWN, type_name, module=module, unsupported=_SOFTMAX)
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
         return make(NORM, type_name, module=module)
     if isinstance(module, nn.Upsample):
