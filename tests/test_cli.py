@@ -107,6 +107,13 @@ BAD_INPUTS = {
     "other architecture": ({"--weights": "other.pt"}, "does not fit SqueezeNet"),
     "unknown class name": ({"--target": "tabbby"}, "Did you mean: tabby"),
     "class index out of range": ({"--target": "1000"}, "out of range"),
+    "fine-tuned weights without --num-classes": ({"--weights": "ten.pt"}, "with 10 outputs? Build it with --num-classes 10"),
+    "class names that do not match the outputs": (
+        {"--weights": "ten.pt", "--num-classes": "10", "--class-names": "three.txt"},
+        "three.txt has 3 names but the model has 10 outputs",
+    ),
+    "ImageNet name for a 10-class model": ({"--weights": "ten.pt", "--num-classes": "10", "--target": "tabby"},
+                                           "not auto, a class index or a class name"),
 }
 
 
@@ -115,9 +122,12 @@ def test_bad_input_gives_a_one_line_error(case, images, tmp_path, capsys):
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
     torch.save(torchvision.models.get_model(MODEL, weights=None), tmp_path / "model.pt")  # a pickled model
     torch.save(torchvision.models.squeezenet1_0().state_dict(), tmp_path / "other.pt")
+    torch.save(torchvision.models.get_model(MODEL, weights=None, num_classes=10).state_dict(), tmp_path / "ten.pt")
+    (tmp_path / "three.txt").write_text("cat\ndog\nbird\n")
     overrides, message = BAD_INPUTS[case]
     options = {"--model": MODEL, "--method": "gradient", "--out": str(tmp_path / "out")}
-    options.update({k: str(tmp_path / v) if k in ("IMAGE", "--weights") else v for k, v in overrides.items()})
+    paths = ("IMAGE", "--weights", "--class-names")
+    options.update({k: str(tmp_path / v) if k in paths else v for k, v in overrides.items()})
     image = options.pop("IMAGE", str(images[0]))
     code, _, err = _run(["explain", image, *[item for pair in options.items() for item in pair]], capsys)
     assert code != 0
@@ -200,6 +210,32 @@ def test_explain_captions_each_image_with_its_prediction_and_overlays_on_request
     for call in calls:
         assert call["overlay_images"] is True
         assert [line.replace("\u00a0", " ") for line in call["row_titles"][0].splitlines()] == expected
+
+
+def test_explain_a_fine_tuned_classifier_with_its_class_names(images, tmp_path, monkeypatch, capsys):
+    """--num-classes builds the architecture for the weights of a 3-class classifier; --class-names names its
+    outputs, in the console line, the captions and --target."""
+    import relprop.commands.explain as explain_command
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(MODEL, weights=None, num_classes=3).eval()
+    torch.save(model.state_dict(), tmp_path / "three.pt")
+    (tmp_path / "names.txt").write_text("cat\ndog\nbird\n\n")
+    calls = _recording(monkeypatch, explain_command, "save_grid")
+    code, stdout, _ = _run(["explain", str(images[0]), "--model", MODEL, "--weights", str(tmp_path / "three.pt"),
+                            "--num-classes", "3", "--class-names", str(tmp_path / "names.txt"), "--target", "Dog",
+                            "--method", "gradient", "--out", str(tmp_path / "out")], capsys)
+    assert code == 0
+    with torch.no_grad():
+        probs = model(Preprocess()(load_image(images[0])).unsqueeze(0)).softmax(dim=1)[0]
+    assert f"photo.jpg: class 1 (dog), p = {probs[1].item():.1%}" in stdout
+    top = int(probs.argmax())
+    caption = [line.replace("\u00a0", " ") for line in calls[0]["row_titles"][0].splitlines()]
+    assert caption[1] == f"prediction: {['cat', 'dog', 'bird'][top]} (p = {probs[top]:.1%})"
+
+    code, stdout, _ = _run(["explain", str(images[0]), "--model", MODEL, "--weights", str(tmp_path / "three.pt"),
+                            "--num-classes", "3", "--method", "gradient", "--out", str(tmp_path / "out2")], capsys)
+    assert code == 0 and f"photo.jpg: class {top} (class {top}), p = " in stdout
 
 
 def test_demo_writes_its_grid(tmp_path, monkeypatch, capsys):

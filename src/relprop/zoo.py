@@ -245,4 +245,22 @@ def _mismatch_hint(state: dict, expected: dict) -> str:
         return f"a training checkpoint? Save checkpoint[{wrapped[0]!r}] instead (torch.save(checkpoint[{wrapped[0]!r}], path))."
     if any(k.startswith("module.") and k[len("module."):] in expected for k in state):
         return "weights saved from a DataParallel / DistributedDataParallel wrapper? Remove the 'module.' prefix of the keys."
+    outputs = _other_head_size(state, expected)
+    if outputs is not None:
+        return f"the weights of a classifier with {outputs} outputs? Build it with --num-classes {outputs}."
     return "weights for another architecture?"
+
+
+def _other_head_size(state: dict, expected: dict) -> int | None:
+    """N when ``state`` fits ``expected`` except for the last layer's N outputs (a fine-tuned classifier):
+    the same keys, and the wrongly shaped ones are that layer's weight and bias, differing in dim 0 only."""
+    if set(state) != set(expected):
+        return None
+    reshaped = [k for k in expected if getattr(state[k], "shape", None) != expected[k].shape]
+    last_layer = list(expected)[-1].rsplit(".", 1)[0]
+    if not reshaped or any(
+        k.rsplit(".", 1)[0] != last_layer or state[k].shape[1:] != expected[k].shape[1:] for k in reshaped
+    ):
+        return None
+    sizes = {state[k].shape[0] for k in reshaped}
+    return sizes.pop() if len(sizes) == 1 else None

@@ -37,11 +37,17 @@ def explain_images(
     save_npy: bool = False,
     force: bool = False,
     overlay: bool = False,
+    num_classes: int | None = None,
+    class_names: Path | None = None,
 ) -> tuple[list[Path], list[Path]]:
     """Write ``<image>_<method>.png`` (the image and its map, captioned with the prediction, with a
     colour bar; and the raw map as ``.npy`` with ``save_npy``) per image and method, and the grid(s)
     ``grid.png`` into ``out``; ``overlay`` draws the maps over the images. Returns the files written
     and the images that could not be read.
+
+    ``num_classes`` builds the architecture with that many outputs (a fine-tuned classifier's weights);
+    ``class_names`` is a text file with one class name per line, in output order. Without it a model
+    with 1000 outputs has ImageNet's class names and any other model "class 0", "class 1", ...
 
     Every argument is checked (methods, images, ``out``, target, model and weights) before anything
     is written. An image that is missing or cannot be decoded is reported by its path and skipped;
@@ -54,11 +60,18 @@ def explain_images(
         raise RelpropError(next(iter(unreadable.values())) if len(images) == 1 else
                            f"none of the {len(images)} images can be read ({next(iter(unreadable.values()))}).")
     _check_out(out, force)
-    categories = imagenet_categories()
-    wanted = _target_index(target, categories)
-    model, preprocess = load_model(model_name, weights)
+    given_names = _read_class_names(class_names) if class_names is not None else None
+    categories = _categories(given_names, num_classes or 1000)
+    _target_index(target, categories)  # a wrong --target fails before the model is built
+    model, preprocess = load_model(model_name, weights, num_classes)
     check_model_tensors(model)
-    check_model_output(model, torch.zeros(1, 3, preprocess.size, preprocess.size))
+    outputs = check_model_output(model, torch.zeros(1, 3, preprocess.size, preprocess.size))
+    if given_names is not None and len(given_names) != outputs:
+        raise RelpropError(
+            f"--class-names {class_names} has {len(given_names)} names but the model has {outputs} outputs."
+        )
+    categories = _categories(given_names, outputs)
+    wanted = _target_index(target, categories)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         explainers = {name: get_method(name)(model) for name in methods}
@@ -154,21 +167,38 @@ def _check_out(out: Path, force: bool) -> None:
         raise RelpropError(f"--out {out} is not empty; pass --force to write into it (files of the same name are replaced).")
 
 
+def _read_class_names(path: Path) -> list[str]:
+    """One class name per line (surrounding blank lines ignored)."""
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").strip().splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RelpropError(f"cannot read --class-names {path}: {_first_line(exc)}") from exc
+    if not names or not all(names):
+        raise RelpropError(f"--class-names {path} must hold one non-empty class name per line.")
+    return names
+
+
+def _categories(given: list[str] | None, outputs: int) -> list[str]:
+    """The class names of a model with ``outputs`` outputs: ``given``, ImageNet's, or "class k"."""
+    if given is not None:
+        return given
+    return imagenet_categories() if outputs == 1000 else [f"class {k}" for k in range(outputs)]
+
+
 def _target_index(target: str, categories: list[str]) -> int | None:
-    """``auto`` -> None (top-1), an integer string -> that index, else an ImageNet class name
-    (every model ``relprop explain`` loads has the 1000 ImageNet classes)."""
+    """``auto`` -> None (top-1), an integer string -> that index, else a class name of ``categories``."""
     if target == "auto":
         return None
     if re.fullmatch(r"[+-]?\d+", target):
         if not 0 <= int(target) < len(categories):
-            raise RelpropError(f"--target {target} is out of range: the models have {len(categories)} classes.")
+            raise RelpropError(f"--target {target} is out of range: the model has {len(categories)} classes.")
         return int(target)
     by_name = {name.lower(): i for i, name in enumerate(categories)}
     if target.lower() in by_name:
         return by_name[target.lower()]
     close = difflib.get_close_matches(target.lower(), list(by_name), n=3, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise RelpropError(f"--target '{target}' is not auto, a class index or an ImageNet class name.{hint}")
+    raise RelpropError(f"--target '{target}' is not auto, a class index or a class name of the model.{hint}")
 
 
 def _unique_stems(images: list[Path]) -> list[str]:
@@ -204,7 +234,8 @@ def _method_list(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     written, failed = explain_images(
         args.images, args.model, args.weights, _method_list(args.method), args.target, args.out,
-        save_npy=args.save_npy, force=args.force, overlay=args.overlay,
+        save_npy=args.save_npy, force=args.force, overlay=args.overlay, num_classes=args.num_classes,
+        class_names=args.class_names,
     )
     skipped = f"; {len(failed)} unreadable image(s) skipped" if failed else ""
     print(f"wrote {len(written)} files to {args.out}{skipped}")
@@ -214,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "explain",
-        help="explain image files with a torchvision model or efficientnet_lite0",
+        help="explain image files with a torchvision or timm model or efficientnet_lite0",
         description="Explain image files (any size; RGB, grayscale or with alpha) with a classification model. "
         "Writes into --out one PNG per image and method (the image as the model sees it, captioned with the "
         "prediction, beside its map: red = evidence for the class, blue = against it, with a colour bar) and a "
@@ -232,7 +263,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--method", default="rsp,ae,gradcam",
         help=f"comma-separated methods (default: rsp,ae,gradcam) from: {', '.join(list_methods())}",
     )
-    parser.add_argument("--target", default="auto", help="auto (the top-1 class), a class index, or an ImageNet class name")
+    parser.add_argument(
+        "--num-classes", type=int, metavar="N",
+        help="build a torchvision or timm model with N outputs, for the weights of a fine-tuned classifier "
+        "(default: the architecture's 1000 ImageNet outputs)",
+    )
+    parser.add_argument(
+        "--class-names", type=Path, metavar="FILE",
+        help="text file with one class name per line, in output order (default: ImageNet's names for 1000 "
+        "outputs, 'class 0', 'class 1', ... otherwise)",
+    )
+    parser.add_argument(
+        "--target", default="auto",
+        help="auto (the top-1 class), a class index, or a class name (ImageNet's or from --class-names) "
+        "(default: auto)",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (must be empty unless --force)")
     parser.add_argument("--save-npy", action="store_true", help="also write each raw (C, H, W) attribution as .npy")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out (same-named files are replaced)")
