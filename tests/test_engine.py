@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 import torch.nn as nn
 
 import relprop
@@ -260,6 +261,33 @@ def test_allow_tf32_leaves_the_flags_alone(monkeypatch, user_enabled_tf32):
     seen = _spy_on_rules(monkeypatch)
     relprop.AE(ShapeReader(False), allow_tf32=True).attribute(torch.randn(1, 3, 8, 8))
     assert seen == [user_enabled_tf32]
+
+
+@pytest.mark.parametrize("name", ["rsp", "ae", "rap", "lrp_composite", "lrp_epsilon"])
+def test_relevance_under_autocast_is_the_models_dtype_with_a_warning(name):
+    """Under ``torch.autocast`` (bfloat16 on the CPU, which moves RSP's maps by ~1 % of max|R|) the rules
+    still run in float32: the map equals the plain call's exactly, the caller is warned, and autocast is
+    on again afterwards."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    method = relprop.get_method(name)(model)
+    plain = method.attribute(x, target=[1, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.warns(UserWarning, match=r"torch.autocast is turned off inside attribute\(\)"):
+            under = method.attribute(x, target=[1, 2])
+        assert torch.is_autocast_enabled("cpu")
+    assert under.dtype == torch.float32 and torch.equal(under, plain)
+
+
+@pytest.mark.parametrize("name", ["gradient", "gradcam", "integrated_gradients"])
+def test_autograd_methods_under_autocast_return_the_inputs_dtype(name):
+    """The gradient family runs under the caller's autocast, as Captum does, and returns x's dtype."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert relprop.get_method(name)(model).attribute(x, target=[1, 2]).dtype == torch.float32
 
 
 def test_a_conserving_rule_passes_the_carried_total_on_by_hand():

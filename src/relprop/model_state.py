@@ -38,7 +38,7 @@ def evaluation_mode(model: nn.Module, warn: bool = True) -> Iterator[None]:
             "statistics, no dropout) and restores every module's training flag afterwards. "
             "Call model.eval() to silence this warning.",
             UserWarning,
-            stacklevel=_caller_stacklevel(),
+            stacklevel=caller_stacklevel(),
         )
     try:
         model.eval()
@@ -48,7 +48,7 @@ def evaluation_mode(model: nn.Module, warn: bool = True) -> Iterator[None]:
             module.training = flag
 
 
-def _caller_stacklevel() -> int:
+def caller_stacklevel() -> int:
     """``stacklevel`` that makes a warning point at the first frame outside relprop (the user's line)."""
     frame, level = sys._getframe(1), 1
     while frame.f_back is not None and (

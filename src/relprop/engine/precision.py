@@ -1,11 +1,15 @@
-"""Full float32 arithmetic on CUDA: no silent TF32 in convolutions and matrix products."""
+"""The arithmetic relevance is computed in: the model's own dtype, with no silent TF32 in CUDA convolutions
+and matrix products and no autocast."""
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator
 
 import torch
+
+from ..model_state import caller_stacklevel
 
 _FULL = "ieee"
 
@@ -43,3 +47,36 @@ def float32_precision(allow_tf32: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved_legacy
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch < 2.4: no device argument
+        return bool(torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled())
+
+
+@contextlib.contextmanager
+def without_autocast(method: str) -> Iterator[None]:
+    """Run the body with ``torch.autocast`` off, warning when the caller had it on.
+
+    The rules divide by sums and take differences that reduced precision moves by about 1 % of max|R|
+    (bfloat16), and float16 under- and overflows them; their accuracy is stated for the model's dtype.
+    A user who wants reduced precision converts the model and the input (``model.half()``, ``x.half()``).
+    """
+    enabled = [device for device in _AUTOCAST_DEVICES if _autocast_enabled(device)]
+    if not enabled:
+        yield
+        return
+    warnings.warn(
+        f"{method} runs in the model's dtype: torch.autocast is turned off inside attribute(). For reduced "
+        "precision convert the model and the input instead (model.half(), x.half()).",
+        UserWarning, stacklevel=caller_stacklevel(),
+    )
+    with contextlib.ExitStack() as stack:
+        for device in enabled:
+            stack.enter_context(torch.autocast(device, enabled=False))
+        yield

@@ -16,7 +16,7 @@ from ..rules.common import sample_total
 from ..targets import Target, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
 from .graph import INPUT, INPUT_CONV, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example
-from .precision import float32_precision
+from .precision import float32_precision, without_autocast
 from .seeds import Seed
 from .table import Needs, Rule, RuleTable, Step
 
@@ -147,7 +147,8 @@ class Engine:
     def attribute(self, x: Tensor, target: Target = None) -> Tensor:
         """Relevance of every input element for the target class: (N, C, H, W) -> x's shape, dtype, device."""
         x, traced = self._checked(x)
-        with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32):
+        with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32), \
+                without_autocast(self.method):
             record, seed = self._seed(traced, x, target)
             result = self._walk(traced, seed, record, x)
         if not torch.isfinite(result).all():
@@ -158,7 +159,8 @@ class Engine:
         """The relevance the walk starts from, at the seed layer: (N, C, H, W) -> the seed layer's output
         shape (e.g. (N, 2048, 7, 7) at ResNet-50's ``layer4``)."""
         x, traced = self._checked(x)
-        with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32):
+        with evaluation_mode(self.model), torch.no_grad(), float32_precision(self.allow_tf32), \
+                without_autocast(self.method):
             return self._seed(traced, x, target)[1]
 
     def _checked(self, x: Tensor) -> tuple[Tensor, Traced]:

@@ -64,7 +64,7 @@ class AutogradMethod:
                 raise InputError(f"{type(self.model).__name__} must return (N, classes) logits to be explained.")
             targets = resolve_targets(target, logits)
             with torch.enable_grad():
-                result = self._attribute(inputs, targets).detach()
+                result = self._attribute(inputs, targets).detach().to(x.dtype)  # autocast may compute in another
         if not torch.isfinite(result).all():
             raise RelpropError(
                 f"{self.name} produced NaN or Inf on {type(self.model).__name__}; explain in float64 "
