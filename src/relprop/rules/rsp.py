@@ -129,7 +129,7 @@ def _empty_field_shares(
     if not orphaned.any():
         return None
     shares, flat = None, orphaned  # without a negative entry in a, every empty field is all zeros: flat
-    if bool((a < 0).any()):
+    if bool(a.amin() < 0):
         weight = a.abs()
         total = field_sums(weight)
         shares = weight.mul_(spread(safe_divide(orphaned, total)))
