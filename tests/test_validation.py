@@ -61,6 +61,7 @@ BAD_INPUTS = {
     "-inf": (lambda x: x.index_fill(3, torch.tensor([0]), float("-inf")), ["Inf"]),
     "2 channels": (lambda x: x[:, :2], ["2 channels", "expects 3"]),
     "4 channels": (lambda x: torch.cat([x, x[:, :1]], 1), ["4 channels", "expects 3"]),
+    "channels last": (lambda x: x.permute(0, 2, 3, 1).contiguous(), ["16 channels", "channels-last", "permute(0, 3, 1, 2)"]),
     "float64 vs float32 model": (lambda x: x.double(), ["torch.float64", "torch.float32"]),
     "meta device": (lambda x: x.to("meta"), ["meta"]),
     "sparse": (lambda x: x.to_sparse(), ["sparse", "to_dense"]),

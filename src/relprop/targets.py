@@ -117,5 +117,11 @@ def _index(v: object, what: str) -> int:
         raise InputError(f"{what} must be an integer class index; got {type(v).__name__}.") from None
 
 
+def channel_mismatch(x: Tensor, layer: str, expected: int) -> InputError:
+    """The error for an ``x`` (N, C, H, W) whose C does not fit the first convolution ``layer``."""
+    hint = " Is x channels-last (N, H, W, C)? Use x.permute(0, 3, 1, 2)." if x.shape[-1] == expected else ""
+    return InputError(f"x has {x.shape[1]} channels but the model's first convolution ('{layer}') expects {expected}.{hint}")
+
+
 def _out_of_range(value: int, classes: int) -> InputError:
     return InputError(f"target {value} is out of range: the model has {classes} classes (0..{classes - 1}).")

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..errors import InputError, RelpropError, UnsupportedLayerError
 from ..model_state import check_model_tensors, evaluation_mode, refuse_attention, unwrap_model
 from ..rules.common import sample_total
-from ..targets import Target, check_input, resolve_targets
+from ..targets import Target, channel_mismatch, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
 from .graph import INPUT, INPUT_CONV, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example
 from .precision import float32_precision, without_autocast
@@ -200,9 +200,7 @@ class Engine:
                 weight = op.conv.weight()
                 expected = weight.shape[1] * op.conv.geometry.groups
                 if x.shape[1] != expected:
-                    raise InputError(
-                        f"x has {x.shape[1]} channels but the model's first convolution ('{op.path}') expects {expected}."
-                    )
+                    raise channel_mismatch(x, op.path, expected)
 
     def _walk(self, traced: Traced, seed: Tensor, record: ForwardRecord, x: Tensor) -> Tensor:
         plan = traced.plan

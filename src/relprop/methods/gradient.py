@@ -20,7 +20,7 @@ from ..errors import InputError, RelpropError
 from ..engine import POINTWISE, ModelGraph
 from ..model_state import check_model_tensors, evaluation_mode, unwrap_model
 from ..registry import register
-from ..targets import Target, check_input, resolve_targets
+from ..targets import Target, channel_mismatch, check_input, resolve_targets
 
 Baseline = Union[float, Tensor]
 
@@ -83,10 +83,7 @@ def _raise_if_channels_differ(model: nn.Module, x: Tensor) -> None:
     """After a failed forward pass: InputError if x's channels do not fit the model's first Conv2d."""
     first = next(((name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
     if first is not None and x.shape[1] != first[1].in_channels:
-        raise InputError(
-            f"x has {x.shape[1]} channels but the model's first convolution ('{first[0]}') expects "
-            f"{first[1].in_channels}."
-        )
+        raise channel_mismatch(x, first[0], first[1].in_channels)
 
 
 def _check_compatible(model: nn.Module, x: Tensor) -> None:
