@@ -345,3 +345,43 @@ def test_timm_padding_same_convolution_is_the_padded_convolution():
     # 8×8 input, kernel 3, stride 2: "same" pads 0 before and 1 after in both dimensions
     _assert_same_maps(Head(same), Head(nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), padded)))
     assert timm is not None
+
+
+# ------------------------------------------------------------------------------- copying padding modes
+
+
+@pytest.mark.parametrize("pad", [nn.ReflectionPad2d(1), nn.ReplicationPad2d(1), nn.CircularPad2d(1)],
+                         ids=["reflect", "replicate", "circular"])
+def test_copying_padding_hands_the_copies_relevance_back(pad):
+    """pad → one full-size conv: LRP-ε gives each padded entry p_j w_j R/z and each input entry the sum over
+    its copies, i.e. the adjoint of the padding (torch's own backward of the pad) applied to those shares."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 1, 5, bias=False).double()
+    model = nn.Sequential(pad, conv, nn.Flatten()).eval()
+    x = torch.rand(1, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    padded = pad(x)
+    shares = padded * conv.weight
+    z = shares.sum()
+    x_leaf = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(pad(x_leaf), x_leaf, shares * z / (z + 1e-6 * z.sign()))
+    got = relprop.LRPEpsilon(model, epsilon=1e-6).attribute(x, target=0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["rsp", "lrp_epsilon"])
+def test_copying_padding_conserves(name):
+    """A bias-free net with reflection padding in front of every conv: Σ R at the input is the seed's sum."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.ReflectionPad2d(1), nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(),
+        nn.ReplicationPad2d((1, 2, 0, 1)), nn.Conv2d(4, 5, 3, bias=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3, bias=False),
+    ).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    method = relprop.get_method(name)(model) if name == "rsp" else relprop.LRPEpsilon(model, epsilon=0.0)
+    r = method.attribute(x, target=[0, 2])
+    if name == "rsp":
+        expected = method.seed_relevance(x, target=[0, 2]).flatten(1).sum(1)
+    else:
+        expected = model(x)[[0, 1], [0, 2]]
+    torch.testing.assert_close(r.flatten(1).sum(1), expected, rtol=1e-10, atol=0)

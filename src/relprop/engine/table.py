@@ -29,7 +29,7 @@ _DESCRIPTIONS = {
                "Identity, stochastic depth, scaling by a constant or parameter, torchvision's Normalize",
     GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA)",
     MAXPOOL: "max pooling (also adaptive / global max, amax)",
-    AVGPOOL: "average / adaptive-average pooling, mean, bilinear upsampling", PAD: "zero padding",
+    AVGPOOL: "average / adaptive-average pooling, mean, bilinear upsampling", PAD: "zero, reflection and replication padding",
     LAYOUT: "flatten / view / reshape / permute / transpose / slicing / chunk / nearest upsampling",
     ADD: "residual addition", CAT: "torch.cat", STRUCTURAL: "",
 }

@@ -66,6 +66,9 @@ _SOFTMAX = (
     "Explain the model without its final softmax (for an nn.Sequential: model[:-1]); the top-1 class is "
     "the same."
 )
+# Padding that adds zeros or copies of input entries (reflection, replication, circular): the adjoint of its
+# replay hands the copies' relevance back to the entries copied.
+_COPYING_PADS = (nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
 _CONV_FUNCTIONS = {F.conv2d, torch.conv2d}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 
@@ -340,7 +343,7 @@ def _classify_module(module: nn.Module, make: Callable[..., Op]) -> Op:
         return make(MAXPOOL, type_name, module=module, pool=pool)
     if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
         return make(AVGPOOL, type_name, module=module)
-    if isinstance(module, nn.ZeroPad2d) or (isinstance(module, nn.ConstantPad2d) and module.value == 0):
+    if isinstance(module, _COPYING_PADS) or (isinstance(module, nn.ConstantPad2d) and module.value == 0):
         return make(PAD, type_name, module=module)
     if isinstance(module, nn.Flatten):
         return make(LAYOUT, type_name, module=module)
