@@ -15,6 +15,7 @@ import relprop
 import relprop.engine.graph.model_graph as model_graph_module
 from relprop import UnsupportedLayerError
 from relprop.errors import ModelError
+from model_state import assert_unchanged, snapshot
 
 RELEVANCE_METHODS = ["rsp", "ae", "rap", "lrp_composite", "lrp_epsilon"]
 
@@ -147,8 +148,10 @@ def test_distributed_data_parallel_is_explained_through_its_module(tmp_path):
 def test_compiled_model_is_explained_through_its_original_module(name):
     model = _small()
     compiled = torch.compile(model)  # compiles lazily, at its first call: relprop never calls it
+    before = snapshot(model)
     torch.manual_seed(1)
     through_compiled = relprop.get_method(name)(compiled).attribute(X, target=[1, 2])
+    assert_unchanged(before, model)
     torch.manual_seed(1)
     direct = relprop.get_method(name)(model).attribute(X, target=[1, 2])
     assert torch.equal(through_compiled, direct)
@@ -190,8 +193,11 @@ def test_torchvision_normalize_in_front_of_the_model_is_the_affine_map_it_comput
     written-out map (torchvision's F.normalize refuses a traced value, so it is kept as one call)."""
     net = _small()
     x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    model = nn.Sequential(normalize(MEAN, STD), net).eval()
+    before = snapshot(model)
     torch.manual_seed(1)
-    got = relprop.get_method(name)(nn.Sequential(normalize(MEAN, STD), net).eval()).attribute(x, target=[1, 2])
+    got = relprop.get_method(name)(model).attribute(x, target=[1, 2])
+    assert_unchanged(before, model)
     torch.manual_seed(1)
     expected = relprop.get_method(name)(nn.Sequential(HandNormalize(), net).eval()).attribute(x, target=[1, 2])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
