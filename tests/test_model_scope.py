@@ -227,6 +227,25 @@ def test_normalize_in_front_of_a_model_traced_per_shape():
     torch.testing.assert_close(relprop.RSP(wrapped).attribute(x, target=1), relprop.RSP(hand).attribute(x, target=1))
 
 
+# ----------------------------------------------------------------------------- memory-efficient DenseNet
+
+
+@pytest.mark.parametrize("name", ["rsp", "ae", "rap", "lrp_composite", "gradcam"])
+def test_memory_efficient_densenet_is_explained_as_the_plain_one(name):
+    """``DenseNet(memory_efficient=True)`` branches on ``requires_grad`` to checkpoint; traced as at inference
+    it takes the plain branch, the same function: the maps equal those of the plain DenseNet."""
+    torch.manual_seed(0)
+    small = dict(growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=5)
+    efficient = torchvision.models.DenseNet(memory_efficient=True, **small).eval()
+    plain = torchvision.models.DenseNet(**small).eval()
+    plain.load_state_dict(efficient.state_dict())
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    before = snapshot(efficient)
+    got = relprop.get_method(name)(efficient).attribute(x, target=[1, 3])
+    assert_unchanged(before, efficient)
+    assert torch.equal(got, relprop.get_method(name)(plain).attribute(x, target=[1, 3]))
+
+
 # --------------------------------------------------------------------------------------- softmax at the output
 
 

@@ -82,11 +82,24 @@ class _KeepsLeaves(fx.Tracer):
         return isinstance(m, leaf_module_types()) or super().is_leaf_module(m, module_qualified_name)
 
 
+class _InferenceProxy(fx.Proxy):
+    """A traced value as at inference, under ``torch.no_grad()``: ``requires_grad`` is False, so a forward
+    that branches on it (DenseNet's ``memory_efficient`` checkpointing) traces its plain branch, which
+    computes the same function."""
+
+    @property
+    def requires_grad(self) -> bool:
+        return False
+
+
 class _Tracer(_KeepsLeaves):
-    """torch.fx's tracer with :class:`_KeepsLeaves`."""
+    """torch.fx's tracer with :class:`_KeepsLeaves` and :class:`_InferenceProxy` values."""
+
+    def proxy(self, node: fx.Node) -> _InferenceProxy:
+        return _InferenceProxy(node, self)
 
 
-class _ShapedProxy(MetaProxy):
+class _ShapedProxy(MetaProxy, _InferenceProxy):
     """A traced value that knows its example's shape (a fake tensor): ``size(d)`` and ``shape`` are numbers."""
 
     def size(self, dim: Optional[int] = None) -> Any:  # MetaProxy returns the whole size for dim=0
