@@ -249,6 +249,18 @@ def test_coverage_command_exits_1_when_a_check_fails(capsys):
     assert out.splitlines()[-1] == "0 of 1 checks passed"
 
 
+def test_coverage_command_reports_a_model_that_cannot_run_and_goes_on(tmp_path, capsys):
+    """AlexNet's max pools need more than 16 px: its checks fail with the model's reason in one line, and the
+    next model is still checked."""
+    out = tmp_path / "table.md"
+    code = main(["coverage", "--models", "alexnet,resnet18", "--methods", "rsp", "--size", "16", "--out", str(out)])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert lines[:2] == ["alexnet", lines[1]] and lines[1].startswith("  ✘ AlexNet fails on a (3, 16, 16) input: ")
+    assert lines[2].startswith("resnet18 (16 px, ") and lines[-1] == "1 of 2 checks passed"
+    assert out.read_text().splitlines()[2].startswith("| alexnet | 16 | ✘ AlexNet fails on a (3, 16, 16) input: ")
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -141,11 +141,18 @@ def check_model_output(model: nn.Module, example: Tensor) -> int:
     """Number of classes K of ``model``, from one forward pass on ``example[:1]`` (no gradient).
 
     ``example``: (N, C, H, W) on the model's device. Raises :class:`~relprop.errors.ModelError` when
-    the output is not a (1, K) tensor of logits (e.g. a tuple or dict, as detection models and
-    models with auxiliary heads return), before any relevance is computed.
+    the forward pass fails (an input too small for the architecture, say) or the output is not a (1, K)
+    tensor of logits (e.g. a tuple or dict, as detection models and models with auxiliary heads
+    return), before any relevance is computed.
     """
     with torch.no_grad(), evaluation_mode(model, warn=False):
-        output = model(example[:1])
+        try:
+            output = model(example[:1])
+        except RuntimeError as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(
+                f"{type(model).__name__} fails on a {tuple(example.shape[1:])} input: {reason}"
+            ) from exc
     if not isinstance(output, Tensor):
         kind = type(output).__name__
         raise ModelError(

@@ -30,6 +30,27 @@ def model_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models)) + [EFFICIENTNET_LITE0]
 
 
+def check_name(name: str) -> None:
+    """Raise :class:`~relprop.errors.RelpropError` unless :func:`load_model` knows ``name`` (nothing is built)."""
+    if name.startswith(TIMM_PREFIX):
+        _timm_package(name[len(TIMM_PREFIX):])
+    elif name not in model_names():
+        raise RelpropError(
+            f"unknown model '{name}'; choose one of: {', '.join(model_names())}, or timm:<name> for a timm model."
+        )
+
+
+def _timm_package(name: str) -> Any:
+    """The ``timm`` module, once ``name`` is known to be one of its models."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise RelpropError(f"timm:{name} needs the 'timm' package: pip install 'relprop[timm]'.") from exc
+    if not timm.is_model(name):
+        raise RelpropError(f"unknown timm model '{name}'; timm.list_models('*{name[:4]}*') lists similar names.")
+    return timm
+
+
 def has_random_weights(name: str, weights: str | Path | None) -> bool:
     """Whether :func:`load_model` (name, weights) gives a randomly initialised model."""
     return weights is None and name != EFFICIENTNET_LITE0
@@ -58,14 +79,11 @@ def load_model(
             raise RelpropError(
                 f"--num-classes works with torchvision and timm architectures; '{name}' has 1,000 fixed outputs."
             )
+    check_name(name)
     if name == EFFICIENTNET_LITE0:
         return _efficientnet_lite0(weights), Preprocess(TFLITE_MEAN, TFLITE_STD)
     if name.startswith(TIMM_PREFIX):
         return _timm_model(name[len(TIMM_PREFIX):], weights, num_classes)
-    if name not in model_names():
-        raise RelpropError(
-            f"unknown model '{name}'; choose one of: {', '.join(model_names())}, or timm:<name> for a timm model."
-        )
     size = 299 if name == "inception_v3" else 224
     preprocess = Preprocess(size=size, resize=342 if size == 299 else 256)
     if weights == "DEFAULT":
@@ -95,13 +113,9 @@ def _download(build: Callable[[], nn.Module]) -> nn.Module:
 
 def _timm_model(name: str, weights: str | Path | None, num_classes: int | None) -> tuple[nn.Module, Preprocess]:
     """timm model ``name`` in eval mode with the preprocessing of its pretrained configuration."""
-    try:
-        import timm
-        from timm.data import resolve_data_config
-    except ImportError as exc:
-        raise RelpropError(f"timm:{name} needs the 'timm' package: pip install 'relprop[timm]'.") from exc
-    if not timm.is_model(name):
-        raise RelpropError(f"unknown timm model '{name}'; timm.list_models('*{name[:4]}*') lists similar names.")
+    timm = _timm_package(name)
+    from timm.data import resolve_data_config
+
     if weights == "DEFAULT":
         model = _timm_pretrained(timm, name)
     else:

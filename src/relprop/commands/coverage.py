@@ -19,9 +19,13 @@ def coverage(args: argparse.Namespace) -> int:
     from ..evaluation.methods import parse_methods
     from .classifier import checked_classifier, has_random_weights, warn_random_weights
 
+    from .. import zoo
+
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names:
         raise ValueError("--models names no model; e.g. --models resnet18,timm:convnext_tiny.")
+    for name in names:
+        zoo.check_name(name)
     if args.weights not in (None, "DEFAULT") and len(names) > 1:
         raise RelpropError("--weights FILE holds the weights of one model: name a single model with --models.")
     if args.batch_size < 2:
@@ -39,7 +43,13 @@ def coverage(args: argparse.Namespace) -> int:
     rows, failed = [], 0
     for name in names:
         one = argparse.Namespace(**{**vars(args), "model": name})
-        model, preprocess, _ = checked_classifier(one, args.size)
+        try:
+            model, preprocess, _ = checked_classifier(one, args.size)
+        except RelpropError as exc:  # it cannot be built or run (too small an input): its checks fail, not the run
+            print(f"{name}\n  ✘ {exc}", flush=True)
+            rows.append((name, args.size, {label: MethodCheck(label, note=str(exc)) for label in factories}))
+            failed += len(factories)
+            continue
         if has_random_weights(one):
             warn_random_weights(name, None)
         size = args.size or preprocess.size
@@ -66,12 +76,12 @@ def coverage(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _markdown(rows: list[tuple[str, int, dict[str, MethodCheck]]], labels: list[str]) -> str:
+def _markdown(rows: list[tuple[str, int | None, dict[str, MethodCheck]]], labels: list[str]) -> str:
     """One row per model, one column per method; ✔, ✔¹, ✔² or ✘ with what failed (docs/coverage.md's marks)."""
     lines = ["| model | px | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for name, size, checks in rows:
         cells = [checks[label].mark.replace("|", "/") for label in labels]
-        lines.append(f"| {name} | {size} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {size or '–'} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
