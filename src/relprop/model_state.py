@@ -148,8 +148,9 @@ def check_model_output(model: nn.Module, example: Tensor) -> int:
     with torch.no_grad(), evaluation_mode(model, warn=False):
         try:
             output = model(example[:1])
-        except RuntimeError as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        except Exception as exc:  # a forward pass fails in many exception types (timm asserts on sizes)
+            lines = str(exc).strip().splitlines()
+            reason = f"{type(exc).__name__}: {lines[0]}" if lines else f"{type(exc).__name__} (no message)"
             raise ModelError(
                 f"{type(model).__name__} fails on a {tuple(example.shape[1:])} input: {reason}"
             ) from exc
