@@ -270,6 +270,51 @@ def test_softmax_at_the_output_is_refused_with_the_fix(name, how):
         relprop.get_method(name)(EndsInSoftmax(how).eval())
 
 
+class WeightedPoolNet(nn.Module):
+    """A conv net whose global pooling is a softmax-weighted sum over positions (attention pooling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.score, self.fc = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 1, 1), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.conv(x))
+        weights = torch.softmax(self.score(a).flatten(2), dim=-1)  # (N, 1, HW)
+        return self.fc((a.flatten(2) * weights).sum(-1))
+
+
+def test_softmax_inside_the_network_is_refused_as_weighting_not_as_an_output_softmax():
+    with pytest.raises(UnsupportedLayerError, match=r"softmax inside the network weighs features") as info:
+        relprop.LRPEpsilon(WeightedPoolNet().eval())
+    assert "model[:-1]" not in str(info.value)
+
+
+class PositionalEncoding(nn.Module):
+    """Adds a learned projection of a fixed grid: a module whose input holds no activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("grid", torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(8)))
+        self.proj = nn.Conv2d(2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(self.grid)
+
+
+def test_a_module_fed_by_constants_only_is_a_constant_of_the_graph():
+    """x + proj(grid): the projection reads no activation, so it is a constant added to x, and relevance
+    passes the addition unchanged: LRP-ε gives R = (x + p) ⊙ w · z/(z + ε sign z) (before: IndexError)."""
+    torch.manual_seed(0)
+    encode, conv = PositionalEncoding().double(), nn.Conv2d(3, 1, 4, bias=False).double()
+    model = nn.Sequential(encode, conv, nn.Flatten()).eval()
+    x = torch.rand(1, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        contributions = (x + encode.proj(encode.grid)) * conv.weight
+    z = contributions.sum()
+    expected = contributions * z / (z + 1e-6 * z.sign())
+    torch.testing.assert_close(relprop.LRPEpsilon(model).attribute(x, target=0), expected, rtol=0, atol=1e-14)
+
+
 # ---------------------------------------------------------------------------------------------- inference mode
 
 

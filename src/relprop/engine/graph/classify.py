@@ -61,11 +61,7 @@ _STRUCTURAL_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout
 _SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 _SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 _SOFTMAX_METHODS = {"softmax", "log_softmax"}
-_SOFTMAX = (
-    "LRP and RAP start from the logits, and a softmax (logits to probabilities) has no relevance rule. "
-    "Explain the model without its final softmax (for an nn.Sequential: model[:-1]); the top-1 class is "
-    "the same."
-)
+
 # Padding that adds zeros or copies of input entries (reflection, replication, circular): the adjoint of its
 # replay hands the copies' relevance back to the entries copied.
 _COPYING_PADS = (nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
@@ -169,7 +165,9 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
         return make(STRUCTURAL, "parameter")
     if node.op == "call_module":
         module = model.get_submodule(str(node.target))
-        return _classify_module(module, make)
+        if not inputs:  # reads no activation (a positional encoding's projection): a constant of the graph
+            return make(STRUCTURAL, type(module).__name__, module=module)
+        return _classify_module(module, make, feeds_output=_feeds_output(node))
     if node.op == "call_method" and node.target in _STRUCTURAL_METHODS:
         return make(STRUCTURAL, _written_name(node))
     if node.target is getattr and len(node.args) > 1 and node.args[1] in _STRUCTURAL_ATTRIBUTES:
@@ -179,7 +177,7 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
     written = _written_name(node)
     target = node.target
     if target in _SOFTMAX_FUNCTIONS or (node.op == "call_method" and target in _SOFTMAX_METHODS):
-        return make(UNKNOWN, written, unsupported=_SOFTMAX)
+        return make(UNKNOWN, written, unsupported=_softmax_reason(_feeds_output(node)))
     if target in _SCALE_FUNCTIONS or (node.op == "call_method" and target in _SCALE_METHODS):
         return _classify_product(node, model, inputs, written, make)
     if node.op == "call_method":
@@ -320,7 +318,26 @@ def _batchnorm_of_call(node: fx.Node, model: nn.Module, written: str, make: Call
     return make(BATCHNORM, written, norm=BatchNormSpec(getters))
 
 
-def _classify_module(module: nn.Module, make: Callable[..., Op]) -> Op:
+def _softmax_reason(at_output: bool) -> str:
+    """Why a softmax has no rule: after the logits (with the fix), or weighting inside the network."""
+    if at_output:
+        return (
+            "LRP and RAP start from the logits, and a softmax (logits to probabilities) has no relevance rule. "
+            "Explain the model without its final softmax (for an nn.Sequential: model[:-1]); the top-1 class "
+            "is the same."
+        )
+    return (
+        "A softmax inside the network weighs features by each other (attention, attention pooling, split "
+        "attention); relprop's rules cover convolutional networks without such weighting."
+    )
+
+
+def _feeds_output(node: fx.Node) -> bool:
+    """Whether ``node``'s value is the model's output."""
+    return any(user.op == "output" for user in node.users)
+
+
+def _classify_module(module: nn.Module, make: Callable[..., Op], feeds_output: bool = False) -> Op:
     type_name = type(module).__name__
     if isinstance(module, nn.Conv2d):
         return make(CONV, type_name, module=module, **_conv_of_module(module))
@@ -329,7 +346,7 @@ def _classify_module(module: nn.Module, make: Callable[..., Op]) -> Op:
     if isinstance(module, nn.BatchNorm2d):
         return make(BATCHNORM, type_name, module=module)
     if isinstance(module, _SOFTMAX_MODULES):
-        return make(UNKNOWN, type_name, module=module, unsupported=_SOFTMAX)
+        return make(UNKNOWN, type_name, module=module, unsupported=_softmax_reason(feeds_output))
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
         return make(NORM, type_name, module=module)
     if isinstance(module, nn.Upsample):
