@@ -17,9 +17,8 @@ def coverage(args: argparse.Namespace) -> int:
     from ..errors import RelpropError
     from ..evaluation.distributed import resolve_device
     from ..evaluation.methods import parse_methods
-    from .classifier import checked_classifier, has_random_weights, warn_random_weights
-
     from .. import zoo
+    from .classifier import checked_classifier, has_random_weights, warn_random_weights
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names:

@@ -31,8 +31,7 @@ class AutogradMethod:
     Subclasses implement ``_attribute(x, targets)`` on a private copy of ``x`` that requires grad,
     with ``targets`` a LongTensor (N,), and return a tensor of ``x``'s shape.  A ``DataParallel`` /
     ``DistributedDataParallel`` wrapper or a ``torch.compile``'d model is explained through the module it
-    wraps; a model holding tensors made
-    under ``torch.inference_mode()`` is refused at construction.
+    wraps; a model holding tensors made under ``torch.inference_mode()`` is refused at construction.
     """
 
     name = "autograd method"
@@ -64,7 +63,7 @@ class AutogradMethod:
                 raise InputError(f"{type(self.model).__name__} must return (N, classes) logits to be explained.")
             targets = resolve_targets(target, logits)
             with torch.enable_grad():
-                result = self._attribute(inputs, targets).detach().to(x.dtype)  # autocast may compute in another
+                result = self._attribute(inputs, targets).detach().to(x.dtype)  # autocast may compute in another dtype
         if not torch.isfinite(result).all():
             raise RelpropError(
                 f"{self.name} produced NaN or Inf on {type(self.model).__name__}; explain in float64 "

@@ -75,13 +75,6 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
             module.training = flag
 
 
-class _KeepsLeaves(fx.Tracer):
-    """Keeps the third-party modules of :func:`leaf_module_types` as one call, besides torch.nn's layers."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, leaf_module_types()) or super().is_leaf_module(m, module_qualified_name)
-
-
 class _InferenceProxy(fx.Proxy):
     """A traced value as at inference, under ``torch.no_grad()``: ``requires_grad`` is False, so a forward
     that branches on it (DenseNet's ``memory_efficient`` checkpointing) traces its plain branch, which
@@ -92,8 +85,12 @@ class _InferenceProxy(fx.Proxy):
         return False
 
 
-class _Tracer(_KeepsLeaves):
-    """torch.fx's tracer with :class:`_KeepsLeaves` and :class:`_InferenceProxy` values."""
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer that keeps the third-party modules of :func:`leaf_module_types` as one call
+    (besides torch.nn's layers) and traces :class:`_InferenceProxy` values."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, leaf_module_types()) or super().is_leaf_module(m, module_qualified_name)
 
     def proxy(self, node: fx.Node) -> _InferenceProxy:
         return _InferenceProxy(node, self)
@@ -109,7 +106,7 @@ class _ShapedProxy(MetaProxy, _InferenceProxy):
         return self.tracer.create_proxy("call_method", "size", (self,) if dim is None else (self, dim), {})
 
 
-class _ShapeTracer(_KeepsLeaves, MetaTracer):
+class _ShapeTracer(_Tracer, MetaTracer):
     """torch.fx tracing in which every value carries its shape, computed on fake tensors (no memory,
     no arithmetic) from the example input and the model's real parameters."""
 
