@@ -350,8 +350,13 @@ def test_timm_padding_same_convolution_is_the_padded_convolution():
 # ------------------------------------------------------------------------------- copying padding modes
 
 
-@pytest.mark.parametrize("pad", [nn.ReflectionPad2d(1), nn.ReplicationPad2d(1), nn.CircularPad2d(1)],
-                         ids=["reflect", "replicate", "circular"])
+class FunctionalReflect(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (1, 1, 1, 1), mode="reflect")
+
+
+@pytest.mark.parametrize("pad", [nn.ReflectionPad2d(1), nn.ReplicationPad2d(1), nn.CircularPad2d(1), FunctionalReflect()],
+                         ids=["reflect", "replicate", "circular", "F.pad reflect"])
 def test_copying_padding_hands_the_copies_relevance_back(pad):
     """pad → one full-size conv: LRP-ε gives each padded entry p_j w_j R/z and each input entry the sum over
     its copies, i.e. the adjoint of the padding (torch's own backward of the pad) applied to those shares."""

@@ -63,8 +63,8 @@ def _autocast_enabled(device_type: str) -> bool:
 def without_autocast(method: str) -> Iterator[None]:
     """Run the body with ``torch.autocast`` off, warning when the caller had it on.
 
-    The rules divide by sums and take differences that reduced precision moves by about 1 % of max|R|
-    (bfloat16), and float16 under- and overflows them; their accuracy is stated for the model's dtype.
+    The rules divide by sums and take differences that bfloat16 autocast moved by about 1 % of max|R|
+    (RSP, a random ResNet-18); their accuracy is stated for the model's own dtype.
     A user who wants reduced precision converts the model and the input (``model.half()``, ``x.half()``).
     """
     enabled = [device for device in _AUTOCAST_DEVICES if _autocast_enabled(device)]
