@@ -390,3 +390,72 @@ def test_copying_padding_conserves(name):
     else:
         expected = model(x)[[0, 1], [0, 2]]
     torch.testing.assert_close(r.flatten(1).sum(1), expected, rtol=1e-10, atol=0)
+
+
+# ------------------------------------------------------------------------- kernels computed from parameters
+
+
+class StandardisedConv(nn.Conv2d):
+    """Weight standardisation as in BiT's StdConv2d: each output channel's kernel brought to mean 0, variance 1
+    in forward()."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = self.weight.reshape(1, self.out_channels, -1)
+        weight = F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def _standardised(weight: torch.Tensor) -> torch.Tensor:
+    flat = weight.flatten(1)
+    mean, var = flat.mean(dim=1, keepdim=True), flat.var(dim=1, unbiased=False, keepdim=True)
+    return ((flat - mean) / torch.sqrt(var + 1e-6)).reshape_as(weight)
+
+
+def test_a_kernel_computed_from_parameters_is_the_kernel_the_rules_see():
+    """x → standardised full-size conv: LRP-ε gives R = x ⊙ Ŵ · z/(z + ε sign z) with Ŵ standardised by hand;
+    and after an edit of the weight the new kernel is used (the kernel is computed at each call)."""
+    torch.manual_seed(0)
+    conv = StandardisedConv(2, 1, 3, bias=False).double()
+    model = nn.Sequential(conv, nn.Flatten()).eval()
+    x = torch.rand(1, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    method = relprop.LRPEpsilon(model, epsilon=1e-6)
+    for _ in range(2):
+        contributions = x * _standardised(conv.weight.detach())
+        z = contributions.sum()
+        expected = contributions * z / (z + 1e-6 * z.sign())
+        torch.testing.assert_close(method.attribute(x, target=0), expected, rtol=0, atol=1e-12)
+        with torch.no_grad():
+            conv.weight.mul_(torch.linspace(0.5, 2.0, conv.weight.numel(), dtype=torch.float64).view_as(conv.weight))
+
+
+@pytest.mark.parametrize("name", ["rsp", "ae", "lrp_epsilon"])
+def test_a_network_of_standardised_convolutions_runs_and_conserves(name):
+    """Stem and hidden layers with standardised kernels: every method builds; RSP and LRP-ε (ε = 0) conserve on
+    the bias-free net."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        StandardisedConv(3, 4, 3, padding=1, bias=False), nn.ReLU(), StandardisedConv(4, 5, 3, bias=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3, bias=False),
+    ).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    method = relprop.LRPEpsilon(model, epsilon=0.0) if name == "lrp_epsilon" else relprop.get_method(name)(model)
+    r = method.attribute(x, target=[0, 2])
+    assert torch.isfinite(r).all() and r.abs().max() > 0
+    if name == "rsp":
+        torch.testing.assert_close(r.flatten(1).sum(1), method.seed_relevance(x, target=[0, 2]).flatten(1).sum(1), rtol=1e-10, atol=0)
+    if name == "lrp_epsilon":
+        torch.testing.assert_close(r.flatten(1).sum(1), model(x)[[0, 1], [0, 2]], rtol=1e-10, atol=0)
+
+
+class InputScaledKernel(nn.Conv2d):
+    """A kernel that depends on the input (a dynamic convolution): no fixed kernel for the rules."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * x.mean(), self.bias)
+
+
+def test_a_kernel_computed_from_activations_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(), InputScaledKernel(3, 2, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 6, 6))
+    with pytest.raises(relprop.UnsupportedLayerError, match="F.conv2d whose weight is computed in forward"):
+        relprop.LRPEpsilon(model.eval())

@@ -186,9 +186,9 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
                 return make(kind, written)
         return make(UNKNOWN, written)
     if target in _CONV_FUNCTIONS:
-        return make(CONV, written, **_conv_of_call(node, model))
+        return make(CONV, written, **_conv_of_call(node, model, structural))
     if target in _LINEAR_FUNCTIONS:
-        return _linear_of_call(node, model, written, make)
+        return _linear_of_call(node, model, written, make, structural)
     if target is F.batch_norm:
         return _batchnorm_of_call(node, model, written, make)
     if target is F.interpolate:
@@ -291,15 +291,33 @@ def permutation(node: fx.Node) -> tuple[int, ...] | None:
 
 
 def _parameter_getter(node: Any, model: nn.Module) -> Callable[[], Any]:
+    """A getter of a parameter, of a value computed from parameters only (a standardised kernel), or of a
+    constant argument; evaluated at each call, so edits to the weights after tracing are seen."""
     if isinstance(node, fx.Node):
-        return lambda: functools.reduce(getattr, str(node.target).split("."), model)
+        return lambda: _parameter_value(node, model)
     return lambda: node
 
 
-def _linear_of_call(node: fx.Node, model: nn.Module, written: str, make: Callable[..., Op]) -> Op:
+def _parameter_value(node: fx.Node, model: nn.Module) -> Any:
+    """The value of a node computed from parameters and constants only (no activation reaches it)."""
+    if node.op == "get_attr":
+        return functools.reduce(getattr, str(node.target).split("."), model)
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: _parameter_value(n, model))
+    if node.op == "call_method":
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    if node.op == "call_module":
+        return model.get_submodule(str(node.target))(*args, **kwargs)
+    return node.target(*args, **kwargs)  # type: ignore[operator]
+
+
+def _from_activations(values: Any, structural: set[str]) -> bool:
+    """Whether a node among ``values`` is computed from activations (not a parameter or parameter-only value)."""
+    return any(isinstance(v, fx.Node) and v.op != "get_attr" and v.name not in structural for v in values)
+
+
+def _linear_of_call(node: fx.Node, model: nn.Module, written: str, make: Callable[..., Op], structural: set[str]) -> Op:
     weight, bias = _argument(node, 1, "weight", None), _argument(node, 2, "bias", None)
-    computed = [n for n in (weight, bias) if isinstance(n, fx.Node) and n.op != "get_attr"]
-    if computed or not isinstance(weight, fx.Node):
+    if _from_activations((weight, bias), structural) or not isinstance(weight, fx.Node):
         return make(UNKNOWN, written, unsupported=f"{written} whose weight is computed in forward(); relprop needs it as a parameter.")
     return make(LINEAR, written, linear=LinearSpec(_parameter_getter(weight, model), _parameter_getter(bias, model)))
 
@@ -409,14 +427,14 @@ def _conv_of_module(m: nn.Conv2d) -> dict[str, Any]:
     )
 
 
-def _conv_of_call(node: fx.Node, model: nn.Module) -> dict[str, Any]:
+def _conv_of_call(node: fx.Node, model: nn.Module, structural: set[str]) -> dict[str, Any]:
     names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
     bound: dict[str, Any] = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
     bound.update(dict(zip(names, node.args)))
     bound.update(node.kwargs)
 
     getter = functools.partial(_parameter_getter, model=model)
-    computed = [k for k in ("weight", "bias") if isinstance(bound[k], fx.Node) and bound[k].op != "get_attr"]
+    computed = [k for k in ("weight", "bias") if _from_activations((bound[k],), structural)]
     if computed:
         return {"unsupported": f"F.conv2d whose {computed[0]} is computed in forward(); relprop needs it as a parameter."}
     return _conv_canonical(
