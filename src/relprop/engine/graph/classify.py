@@ -311,8 +311,15 @@ def _parameter_value(node: fx.Node, model: nn.Module) -> Any:
 
 
 def _from_activations(values: Any, structural: set[str]) -> bool:
-    """Whether a node among ``values`` is computed from activations (not a parameter or parameter-only value)."""
-    return any(isinstance(v, fx.Node) and v.op != "get_attr" and v.name not in structural for v in values)
+    """Whether a node among ``values`` is computed from the input (its activations, or its shape): not a
+    parameter or a value computed from parameters only."""
+    return any(isinstance(v, fx.Node) and (v.name not in structural or _reads_input(v)) for v in values if v is not None)
+
+
+def _reads_input(node: fx.Node) -> bool:
+    if node.op == "placeholder":
+        return True
+    return any(_reads_input(n) for n in node.all_input_nodes)
 
 
 def _linear_of_call(node: fx.Node, model: nn.Module, written: str, make: Callable[..., Op], structural: set[str]) -> Op:
