@@ -459,3 +459,17 @@ def test_a_kernel_computed_from_activations_is_refused():
     model(torch.zeros(1, 3, 6, 6))
     with pytest.raises(relprop.UnsupportedLayerError, match="F.conv2d whose weight is computed in forward"):
         relprop.LRPEpsilon(model.eval())
+
+
+class ShapeScaledKernel(nn.Conv2d):
+    """A kernel scaled by the input's width: computed without activations, but from the input's shape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * (x.shape[-1] / 6), self.bias)
+
+
+def test_a_kernel_computed_from_the_input_shape_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(), ShapeScaledKernel(3, 2, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 6, 6))
+    with pytest.raises(relprop.UnsupportedLayerError, match="F.conv2d whose weight is computed in forward"):
+        relprop.LRPEpsilon(model.eval())
