@@ -313,7 +313,7 @@ def _parameter_value(node: fx.Node, model: nn.Module) -> Any:
 def _from_activations(values: Any, structural: set[str]) -> bool:
     """Whether a node among ``values`` is computed from the input (its activations, or its shape): not a
     parameter or a value computed from parameters only."""
-    return any(isinstance(v, fx.Node) and (v.name not in structural or _reads_input(v)) for v in values if v is not None)
+    return any(isinstance(v, fx.Node) and (v.name not in structural or _reads_input(v)) for v in values)
 
 
 def _reads_input(node: fx.Node) -> bool:
