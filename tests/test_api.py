@@ -66,8 +66,7 @@ def test_batch_invariance_and_permutation(make, net, x, dtype, bound):
     """A sample's map does not depend on its batch: exactly up to rounding in float64 (any coupling of the
     samples, such as a batch-wide maximum, shows far above 1e-12), and to the documented 1e-4 of max|R| in
     float32, where the forward pass itself rounds differently for other batch sizes (on an AVX-512 CPU
-    AE moves by 1.2e-5 here, through the residual add's share of a small branch output: docs/methods.md,
-    "Numerical guarantees")."""
+    AE moves by 1.3e-6 here: docs/methods.md, "Numerical guarantees")."""
     method = make(net.to(dtype))
     x = x.to(dtype)
     targets = [0, 1, 2, 3, 4]

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 
-import warnings
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings

@@ -440,12 +440,24 @@ def test_add_rule_floor_is_per_input_and_sample_and_makes_the_split_continuous()
     r = torch.ones(2, 3, dtype=D)
     ra, rb = add_rule(a, b, r, "magnitude")
     ea, eb = 2e-4, 2e-10  # 1e-4 · max|a|, 1e-4 · max|b| of sample 0
-    expected = [(1e-9 + ea) / (1e-9 + ea + eb), (2 + ea) / (2 + ea + 2e-6 + eb), ea / (ea + eb)]
+    # entry 0: b is exactly 0 where a is not, so it gets no floor and no share; entry 2: both are 0
+    expected = [1.0, (2 + ea) / (2 + ea + 2e-6 + eb), ea / (ea + eb)]
     close(ra[0], expected)
     close(ra[1], expected)
     close(ra + rb, r)
     # the small input keeps its small share where both are large: 2e-6 / 2, up to the floors
     assert abs(rb[0, 1].item() - 1e-6) < 1e-9
+
+
+def test_add_rule_gives_an_exactly_zero_input_no_share():
+    # a is exactly 0 in entries 0 and 2; b is not there.  ε_a = 1e-4 · 2, ε_b = 1e-4 · 4 where they apply
+    a = torch.tensor([[0.0, 2.0, 0.0, 0.0]], dtype=D)
+    b = torch.tensor([[4.0, -1.0, 1e-9, 0.0]], dtype=D)
+    r = torch.tensor([[3.0, 5.0, 7.0, 2.0]], dtype=D)
+    ra, rb = add_rule(a, b, r, "magnitude")
+    ea, eb = 2e-4, 4e-4
+    close(ra, [[0.0, 5 * (2 + ea) / (3 + ea + eb), 0.0, 2 * ea / (ea + eb)]])
+    close(rb, [[3.0, 5 * (1 + eb) / (3 + ea + eb), 7.0, 2 * eb / (ea + eb)]])
 
 
 def test_add_rule_keeps_the_smaller_share_precise_in_float32():

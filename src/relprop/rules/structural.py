@@ -92,7 +92,9 @@ def add_rule(a: Tensor, b: Tensor, relevance: Tensor, split: str, floor: float =
     inputs vanish, which then share in proportion to their scales.  Without the ε the share of an element
     where both inputs are near 0 is the ratio of two values that a float32 forward pass determines only
     to a few digits (a residual-stream element of 1e-5 rounded by ±1e-6 after many additions of O(1)
-    terms).  ``split='positive'``: the authors' ``ã = a⁺ + 1e-9`` shares.  Both shares are computed
+    terms).  An input that is exactly 0 where the other is not (a ReLU's zero, a branch whose input is 0
+    there) contributes nothing and gets no ε: the rules below it could not pass a share on, so it would
+    be lost.  ``split='positive'``: the authors' ``ã = a⁺ + 1e-9`` shares.  Both shares are computed
     directly: ``R − R_a`` would keep few digits of the smaller input's share.
     (N, ...) x (N, ...) x (N, ...) -> two tensors of relevance's shape.
     """
@@ -100,7 +102,8 @@ def add_rule(a: Tensor, b: Tensor, relevance: Tensor, split: str, floor: float =
         pa, pb = a.clamp(min=0) + 1e-9, b.clamp(min=0) + 1e-9
     else:
         pa, pb = a.abs(), b.abs()
-        pa, pb = pa + floor * sample_max(pa), pb + floor * sample_max(pb)
+        a_floored, b_floored = (pa != 0) | (pb == 0), (pb != 0) | (pa == 0)
+        pa, pb = pa + floor * sample_max(pa) * a_floored, pb + floor * sample_max(pb) * b_floored
         both_zero = (pa + pb) == 0
         pa, pb = pa.masked_fill(both_zero, 1.0), pb.masked_fill(both_zero, 1.0)
     share = relevance / (pa + pb)
