@@ -16,7 +16,7 @@ from ..rules.common import sample_total
 from ..targets import Target, channel_mismatch, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
 from .graph import INPUT, INPUT_CONV, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example
-from .precision import float32_precision, without_autocast
+from .precision import float32_precision, warn_if_sixteen_bit, without_autocast
 from .seeds import Seed
 from .table import Needs, Rule, RuleTable, Step
 
@@ -167,6 +167,7 @@ class Engine:
         """``x`` checked against the model (dtype, device, channels) and the graph that explains its shape."""
         x = check_input(x)
         self._check_dtype_and_device(x)
+        warn_if_sixteen_bit(self.method, x.dtype)
         known = self._latest
         if known is not None:  # before tracing for a new shape, which a wrong channel count would fail
             self._check_channels(x, known.plan)
