@@ -17,6 +17,7 @@ second worktree with an experimental change; give ``--head`` several times to co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import statistics
@@ -25,8 +26,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def checked_out(revision: str) -> Iterator[Path]:
+    """The ``src`` folder of git ``revision`` checked out into a temporary worktree, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="relprop-base-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "-q", str(tree), revision],
+                       check=True)
+        try:
+            yield tree / "src"
+        finally:
+            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 def _seconds(call) -> float:
@@ -115,24 +130,18 @@ def main(argv: list[str] | None = None) -> None:
     if not args.base:
         parser.error("--base is required")
 
-    with tempfile.TemporaryDirectory(prefix="relprop-base-") as tmp:
-        base_tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "-q", str(base_tree), args.base],
-                       check=True)
-        try:
-            heads = args.head or [str(HERE.parent / "src")]
-            revisions = {"base": base_tree / "src"} | {head: Path(head) for head in heads}
-            rounds: dict[str, dict[str, list[dict]]] = {m: {w: [] for w in revisions} for m in args.models.split(",")}
-            for r in range(args.rounds):
-                order = list(revisions) if r % 2 == 0 else list(reversed(revisions))
-                for model_name in rounds:
-                    for which in order:
-                        result = run_worker(revisions[which], args, model_name)
-                        rounds[model_name][which].append(result)
-                        print(f"round {r + 1}/{args.rounds} {model_name} {which}: " + ", ".join(
-                            f"{k} {statistics.median(v):.2f}×" for k, v in result["ratios"].items()), flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(base_tree)], check=False)
+    with checked_out(args.base) as base_src:
+        heads = args.head or [str(HERE.parent / "src")]
+        revisions = {"base": base_src} | {head: Path(head) for head in heads}
+        rounds: dict[str, dict[str, list[dict]]] = {m: {w: [] for w in revisions} for m in args.models.split(",")}
+        for r in range(args.rounds):
+            order = list(revisions) if r % 2 == 0 else list(reversed(revisions))
+            for model_name in rounds:
+                for which in order:
+                    result = run_worker(revisions[which], args, model_name)
+                    rounds[model_name][which].append(result)
+                    print(f"round {r + 1}/{args.rounds} {model_name} {which}: " + ", ".join(
+                        f"{k} {statistics.median(v):.2f}×" for k, v in result["ratios"].items()), flush=True)
 
     lines = [f"base: `{args.base}`; " + "; ".join(f"head {i + 1}: `{h}`" for i, h in enumerate(heads))
              + f". Batch {args.batch}, {args.size}×{args.size}, {args.rounds} interleaved rounds, median over rounds and "

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from compare_revisions import HERE, checked_out
 METHODS = ["rsp", "ae:ratio=2", "rap", "lrp_composite"]
 
 
@@ -65,15 +65,10 @@ def worker(model_name: str, methods: list[str], size: int, batch: int, images: s
     torch.save(maps, out)
 
 
-def relative(value, reference) -> float:  # type: ignore[no-untyped-def]
-    """max over samples of max|value − reference| / max|reference|."""
-    delta = (value.double() - reference.double()).flatten(1).abs().amax(dim=1)
-    return (delta / reference.double().flatten(1).abs().amax(dim=1)).max().item()
-
-
-def run_worker(src: Path, args: argparse.Namespace, model_name: str, out: Path) -> None:
-    command = [sys.executable, __file__, "--worker", json.dumps(
-        [model_name, args.methods.split(","), args.size, args.batch, args.images, str(out)])]
+def run_worker(src: Path, model_name: str, methods: list[str], size: int, batch: int, images: str | None,
+               out: Path) -> None:
+    """:func:`worker` in a fresh interpreter that imports relprop from ``src``."""
+    command = [sys.executable, __file__, "--worker", json.dumps([model_name, methods, size, batch, images, str(out)])]
     subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(src)})
 
 
@@ -93,29 +88,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.base is None:
         parser.error("--base REVISION is required")
     import torch
+    from numerics import relative_error
 
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(base), args.base], check=True, cwd=HERE)
-        try:
-            print("| model | method | moved | float32 vs float64 (base → head) | batch vs alone (base → head) |")
-            print("|---|---|---:|---:|---:|")
-            for model_name in args.models.split(","):
-                runs = {}
-                for label, src in (("base", base / "src"), ("head", HERE.parent / "src")):
-                    out = Path(tmp) / f"{label}.pt"
-                    images = args.images if model_name == "efficientnet_lite0" else None
-                    run_worker(src, argparse.Namespace(**{**vars(args), "images": images}), model_name, out)
-                    runs[label] = torch.load(out)
-                for spec in args.methods.split(","):
-                    b, h = runs["base"][spec], runs["head"][spec]
-                    precision = [relative(r["batch32"], r["batch64"]) for r in (b, h)]
-                    invariance = [relative(r["alone32"], r["batch32"][1:2]) for r in (b, h)]
-                    print(f"| {model_name} | {spec} | {relative(h['batch64'], b['batch64']):.1e} "
-                          f"| {precision[0]:.1e} → {precision[1]:.1e} | {invariance[0]:.1e} → {invariance[1]:.1e} |",
-                          flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], check=True, cwd=HERE)
+    methods = args.methods.split(",")
+    with checked_out(args.base) as base_src, tempfile.TemporaryDirectory() as tmp:
+        print("| model | method | moved | float32 vs float64 (base → head) | batch vs alone (base → head) |")
+        print("|---|---|---:|---:|---:|")
+        for model_name in args.models.split(","):
+            images = args.images if model_name == "efficientnet_lite0" else None
+            runs = {}
+            for label, src in (("base", base_src), ("head", HERE.parent / "src")):
+                out = Path(tmp) / f"{label}.pt"
+                run_worker(src, model_name, methods, args.size, args.batch, images, out)
+                runs[label] = torch.load(out)
+            for spec in methods:
+                b, h = runs["base"][spec], runs["head"][spec]
+                precision = [relative_error(r["batch32"], r["batch64"]) for r in (b, h)]
+                invariance = [relative_error(r["alone32"], r["batch32"][1:2]) for r in (b, h)]
+                print(f"| {model_name} | {spec} | {relative_error(h['batch64'], b['batch64']):.1e} "
+                      f"| {precision[0]:.1e} → {precision[1]:.1e} | {invariance[0]:.1e} → {invariance[1]:.1e} |",
+                      flush=True)
     return 0
 
 
