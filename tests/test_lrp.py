@@ -262,6 +262,24 @@ def test_zplus_own_sign_by_hand(kind, a, bias, own_sign, expected):
     torch.testing.assert_close(flat(out), torch.tensor([expected], dtype=D), rtol=0, atol=1e-12)
 
 
+def test_zplus_overlapping_windows_by_hand():
+    # A 2×2 kernel over a 3×3 input (stride 1, no padding), two output channels, non-negative x and K, so z+
+    # is the plain z rule: each output shares its relevance in proportion to x_q·K_q over its window.
+    x = torch.tensor([[1, 0, 2], [3, 1, 0], [0, 2, 1]], dtype=D).view(1, 1, 3, 3)
+    k = torch.tensor([[[[1, 0], [0, 2]]], [[[0, 1], [1, 0]]]], dtype=D)  # (2, 1, 2, 2)
+    # channel 0: Z[p] = x[p] + 2·x[p+(1,1)] = [[3, 0], [7, 3]]; R/Z = [[1, drop], [1, 2]] (Z = 0 passes nothing)
+    # channel 1: Z[p] = x[p+(0,1)] + x[p+(1,0)] = [[3, 3], [1, 2]]; R/Z = [[1, 2], [1, 2]]
+    r = torch.tensor([[[[3, 5], [7, 6]], [[3, 6], [1, 4]]]], dtype=D)
+    # channel 0 shares x_q·K·S: (0,0)←1·1·1, (1,1)←1·2·1 + 1·1·2, (1,0)←3·1, (2,1)←2·2·1, (2,2)←1·2·2
+    ch0 = [[1, 0, 0], [3, 4, 0], [0, 4, 4]]
+    # channel 1: (1,0)←3·1, (0,2)←2·1·2, (1,1)←1·1·2 + 1·1·1, (2,1)←2·1·2
+    ch1 = [[0, 0, 4], [3, 3, 0], [0, 4, 0]]
+    out = zplus_rule(x, r, k, None, conv_map(ConvGeometry((1, 1), (0, 0), (1, 1), 1), x.shape))
+    expected = torch.tensor(ch0, dtype=D) + torch.tensor(ch1, dtype=D)
+    torch.testing.assert_close(out, expected.view(1, 1, 3, 3), rtol=0, atol=1e-12)
+    assert out.sum().item() == pytest.approx(35.0 - 5.0)  # Σ R minus the dropped output (Z = 0)
+
+
 @pytest.mark.parametrize("name, conserves", [("lrp_composite", True), ("lrp_zplus", False)])
 def test_composite_conserves_on_linear_bottlenecks(name, conserves):
     """MNASNet's projection convolutions have no ReLU after them, so their outputs are signed: the

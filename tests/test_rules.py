@@ -17,7 +17,7 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 
 from relprop.rules.ae import ae_conv
 from relprop.rules.common import safe_divide, shift_
-from relprop.rules.conv_ops import ConvGeometry, z_rule
+from relprop.rules.conv_ops import ConvGeometry
 from relprop.rules.rsp import rsp_conv
 from relprop.rules.structural import (
     PoolWindows,
@@ -90,27 +90,6 @@ def test_shift_spreads_total_over_support_only():
     # sample 2: empty support -> unchanged (and no NaN from 5/0)
     close(out, [[0.0, 0.0, 2.0, -3.0], [-0.5, -1.5, 3.0, -2.0], [0.0, 0.0, 0.0, 0.0]])
     assert sums(out)[:2] == pytest.approx([2.0 - 3.0, 2.0 - 3.0])  # Σ shift(C, t) = Σ C − t
-
-
-# ----------------------------------------------------------------------------------------- z-rule
-
-
-def test_z_rule_two_output_channels_drops_zero_denominator():
-    x = img([1, 0, 2],
-            [3, 1, 0],
-            [0, 2, 1])
-    k = kernel([[1, 0], [0, 2]],   # channel 0: Z[p] = x[p] + 2·x[p+(1,1)]
-               [[0, 1], [1, 0]])   # channel 1: Z[p] = x[p+(0,1)] + x[p+(1,0)]
-    # channel 0: Z = [[1+2·1, 0+2·0], [3+2·2, 1+2·1]] = [[3, 0], [7, 3]]; R/Z = [[1, drop], [1, 2]]
-    # channel 1: Z = [[0+3, 2+1], [1+0, 0+2]] = [[3, 3], [1, 2]];          R/Z = [[1, 2], [1, 2]]
-    r = torch.tensor([[[[3, 5], [7, 6]], [[3, 6], [1, 4]]]], dtype=D)
-    # channel 0 shares x_q·K·S: (0,0)←1·1·1, (1,1)←1·2·1 + 1·1·2, (1,0)←3·1, (2,1)←2·2·1, (2,2)←1·2·2
-    ch0 = [[1, 0, 0], [3, 4, 0], [0, 4, 4]]
-    # channel 1: (1,0)←3·1, (0,2)←2·1·2, (1,1)←1·1·2 + 1·1·1, (2,1)←2·1·2
-    ch1 = [[0, 0, 4], [3, 3, 0], [0, 4, 0]]
-    out = z_rule(x, k, r, G1)
-    close(out, torch.tensor(ch0, dtype=D) + torch.tensor(ch1, dtype=D))
-    assert sums(out) == pytest.approx([35.0 - 5.0])  # Σ R minus the dropped output (Z = 0)
 
 
 # -------------------------------------------------------------------------------------------- RSP
@@ -725,7 +704,6 @@ def test_degenerate_outputs_never_nan():
         finite(rsp_conv(a, r, G1, (1, 1, 2, 2), sectional=sectional))
         for ratio, keep in itertools.product((1.0, 2.0), (True, False)):
             finite(ae_conv(a, r, AE_W, G1, ratio, sectional=sectional, keep_mass=keep))
-        finite(z_rule(a.clamp(min=0), AE_W.abs(), r, G1))
         finite(zbox_conv(a, r, AE_W, G1, a.amin().reshape(1, 1, 1, 1), a.amax().reshape(1, 1, 1, 1)))
 
 

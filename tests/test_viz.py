@@ -82,13 +82,6 @@ def test_save_grid(tmp_path, suffix):
         save_grid(images, maps, tmp_path / "bad.png", row_titles=["only one"])
 
 
-def _texts(fig) -> list[str]:  # type: ignore[no-untyped-def]
-    """Every text of a figure: axis titles, tick labels, legend entries."""
-    from matplotlib.text import Text
-
-    return [t.get_text() for t in fig.findobj(Text)]
-
-
 def test_grid_has_a_colour_bar_a_sign_legend_and_prediction_titles():
     """Issue 15 §3: a colour bar of the symmetric scale, a legend red = for / blue = against, and
     "prediction: class (p = …)" above each photo, long titles wrapped rather than cut."""

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.grad import conv2d_weight
 
-from .common import safe_divide
 
 
 @dataclass(frozen=True)
@@ -69,11 +68,6 @@ class ConvGeometry:
         ones = torch.ones(g, 1, *kernel_size, dtype=x.dtype, device=x.device)
         return F.conv2d(top.sign(), ones, None, self.stride, self.padding, self.dilation, g) > 0.5
 
-    def window_sums(self, x: Tensor, kernel: Tensor) -> Tensor:
-        """``conv(x, K)`` for an input constant along each group's channels, computed on one channel per
-        group: (N, g, H, W) x (O, C/g, kh, kw) -> (N, O, h, w)."""
-        return F.conv2d(x, kernel.sum(dim=1, keepdim=True), None, self.stride, self.padding, self.dilation, self.groups)
-
     def unfold(self, x: Tensor, kernel_size: tuple[int, int]) -> Tensor:
         """Receptive fields as columns, groups ignored: (N, C, H, W) -> (N, C·kh·kw, L), L = h·w."""
         if self.is_pointwise(kernel_size):
@@ -126,7 +120,3 @@ class ConvGeometry:
         )
         return out.reshape(n, *kernel_shape)
 
-
-def z_rule(x: Tensor, kernel: Tensor, relevance: Tensor, geometry: ConvGeometry) -> Tensor:
-    """``x ⊙ convᵀ(R ⊘ conv(x, K), K)``: each output's relevance shared in proportion to ``x_i K_i``."""
-    return x * geometry.conv_t(safe_divide(relevance, geometry.conv(x, kernel)), kernel, x.shape)
