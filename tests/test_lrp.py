@@ -18,7 +18,9 @@ import torchvision
 import relprop
 from model_state import assert_unchanged, snapshot
 from relprop.rules.conv_ops import ConvGeometry
-from relprop.rules.lrp import alpha_beta_rule, conv_map, dense_map, fold_batchnorm, gamma_rule, zplus_rule
+from relprop.rules.lrp import (
+    alpha_beta_rule, conv_map, dense_map, fold_batchnorm, fold_batchnorm_before, gamma_rule, zplus_rule,
+)
 
 D = torch.float64
 LRP_NAMES = ["lrp_epsilon", "lrp_zplus", "lrp_alpha1beta0", "lrp_alpha2beta1", "lrp_gamma", "lrp_composite"]
@@ -64,13 +66,14 @@ def test_rule_with_signed_input(kind, case):
     torch.testing.assert_close(flat(rule(a, r, w, layer)), torch.tensor([expected], dtype=D), rtol=0, atol=1e-12)
 
 
-def test_fold_batchnorm_by_hand():
+@pytest.mark.parametrize("bn_type, weight_shape", [(nn.BatchNorm2d, (1, 1, 1, 1)), (nn.BatchNorm1d, (1, 1))])
+def test_fold_batchnorm_by_hand(bn_type, weight_shape):
     # w = 2, b = 1; BN: mean 3, var 3, eps 1 (σ = 2), γ = 4, β = 5: scale 4/2 = 2, w' = 4, b' = (1 − 3)·2 + 5 = 1
-    bn = nn.BatchNorm2d(1, eps=1.0).to(D)
+    bn = bn_type(1, eps=1.0).to(D)
     with torch.no_grad():
         bn.running_mean.fill_(3.0), bn.running_var.fill_(3.0), bn.weight.fill_(4.0), bn.bias.fill_(5.0)
-    weight, bias = fold_batchnorm(torch.full((1, 1, 1, 1), 2.0, dtype=D), torch.ones(1, dtype=D), bn)
-    assert weight.item() == 4.0 and bias.item() == 1.0
+    weight, bias = fold_batchnorm(torch.full(weight_shape, 2.0, dtype=D), torch.ones(1, dtype=D), bn)
+    assert weight.shape == weight_shape and weight.item() == 4.0 and bias.item() == 1.0
 
 
 # --------------------------------------------------------------------------------------------- two-layer nets
@@ -182,6 +185,67 @@ def test_batchnorm_is_folded_into_its_convolution(make):
     torch.testing.assert_close(make(model).attribute(x, target=[0, 2]), expected, rtol=1e-9, atol=1e-12)
 
 
+def test_fold_batchnorm_before_a_linear_by_hand():
+    # W = (1, 2), b = 1; BN over the 2 inputs: μ = (1, 0), σ² = (3, 0), eps 1 (σ = (2, 1)), γ = (4, −1), β = (5, 2):
+    # s = (2, −1), t = β − μ·s = (3, 2); W' = (1·2, 2·(−1)) = (2, −2), b' = 1 + 1·3 + 2·2 = 8
+    bn = nn.BatchNorm1d(2, eps=1.0).to(D)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([1.0, 0.0])), bn.running_var.copy_(torch.tensor([3.0, 0.0]))
+        bn.weight.copy_(torch.tensor([4.0, -1.0])), bn.bias.copy_(torch.tensor([5.0, 2.0]))
+    weight, bias = fold_batchnorm_before(torch.tensor([[1.0, 2.0]], dtype=D), torch.ones(1, dtype=D), bn)
+    assert weight.tolist() == [[2.0, -2.0]] and bias.tolist() == [8.0]
+
+
+@pytest.mark.parametrize(
+    "make", [lambda m: relprop.LRPEpsilon(m, 0.01), relprop.LRPAlpha2Beta1, relprop.LRPGamma, relprop.RAP]
+)
+def test_batchnorm1d_read_only_by_a_linear_is_folded_into_it(make):
+    """A fastai-style head ``ReLU → BatchNorm1d → Dropout → Linear`` equals, for LRP, ``ReLU → Linear`` with the
+    BatchNorm folded in by hand: its shift joins the bias, and a unit the ReLU switched off gets no relevance
+    (passed unchanged, the BatchNorm would give it relevance for the shift, divided at the layer below by a
+    pre-activation near 0: float32 maps 6e-5 to 8e-4 of max|R| off float64 on a ResNet-50 with such a head)."""
+    torch.manual_seed(0)
+    bn, linear = nn.BatchNorm1d(6), nn.Linear(6, 3)
+    with torch.no_grad():
+        bn.weight.uniform_(-1.5, 1.5), bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    body = [nn.Conv2d(3, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 6), nn.ReLU()]
+    model = nn.Sequential(*body, bn, nn.Dropout(0.5), linear).to(D).eval()
+    folded_linear = nn.Linear(6, 3).to(D)
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        folded_linear.weight.copy_(linear.weight * scale)
+        folded_linear.bias.copy_(linear.bias + linear.weight @ (bn.bias - bn.running_mean * scale))
+    folded = nn.Sequential(*body, folded_linear).to(D).eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    torch.testing.assert_close(model(x), folded(x))
+    expected = make(folded).attribute(x, target=[0, 2])
+    torch.testing.assert_close(make(model).attribute(x, target=[0, 2]), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda m: relprop.LRPEpsilon(m, 0.01), relprop.LRPAlpha2Beta1, relprop.LRPGamma])
+def test_batchnorm1d_is_folded_into_its_linear(make):
+    """Linear -> BatchNorm1d -> ReLU (an MLP head) equals, for LRP, the single Linear with BN folded in by hand."""
+    torch.manual_seed(0)
+    linear, bn = nn.Linear(12, 6), nn.BatchNorm1d(6)
+    with torch.no_grad():
+        bn.weight.uniform_(-1.5, 1.5), bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    body = [nn.Conv2d(3, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()]
+    tail = [nn.ReLU(), nn.Linear(6, 3)]
+    model = nn.Sequential(*body, linear, bn, *tail).to(D).eval()
+    folded_linear = nn.Linear(12, 6).to(D)
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        folded_linear.weight.copy_(linear.weight * scale.view(-1, 1))
+        folded_linear.bias.copy_((linear.bias - bn.running_mean) * scale + bn.bias)
+    folded = nn.Sequential(*body, folded_linear, *tail).to(D).eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    torch.testing.assert_close(model(x), folded(x))
+    expected = make(folded).attribute(x, target=[0, 2])
+    torch.testing.assert_close(make(model).attribute(x, target=[0, 2]), expected, rtol=1e-9, atol=1e-12)
+
+
 # --------------------------------------------------------------------------------------------- conservation
 
 
@@ -212,7 +276,7 @@ def randomise_batchnorm(model: nn.Module) -> nn.Module:
     """Non-trivial BatchNorm statistics and affine parameters (scales of both signs)."""
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.weight.uniform_(-1.5, 1.5), m.bias.uniform_(-0.5, 0.5)
                 m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
     return model
@@ -225,7 +289,7 @@ def zero_biases(model: nn.Module) -> nn.Module:
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                 m.bias.zero_()
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.bias.zero_()
                 m.running_mean.zero_()
     return model
@@ -347,6 +411,36 @@ def test_sum_equals_logit_without_biases(make):
     logits = model(x).gather(1, targets[:, None]).squeeze(1).detach()
     attr = make(model).attribute(x, target=targets)
     torch.testing.assert_close(attr.sum(dim=(1, 2, 3)), logits, rtol=1e-8, atol=0)
+
+
+class ConcatPoolHead(nn.Module):
+    """A conv body under a fastai-style head: max and average pooling concatenated, then BatchNorm1d ->
+    Dropout -> Linear -> ReLU -> BatchNorm1d -> Linear (each BatchNorm1d read only by a Linear, which folds it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.BatchNorm1d(12), nn.Dropout(0.25), nn.Linear(12, 8), nn.ReLU(), nn.BatchNorm1d(8),
+            nn.Linear(8, 4),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(x)
+        return self.head(torch.cat([F.adaptive_max_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1)], dim=1))
+
+
+@pytest.mark.parametrize("make", [lambda m: relprop.LRPEpsilon(m, epsilon=0.0), lambda m: relprop.LRPComposite(m, epsilon=0.0)])
+def test_sum_equals_logit_through_a_batchnorm1d_head_without_biases(make):
+    torch.manual_seed(0)
+    model = zero_biases(randomise_batchnorm(ConcatPoolHead())).to(D).eval()
+    x = torch.randn(3, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 2, 3])
+    logits = model(x).gather(1, targets[:, None]).squeeze(1).detach()
+    attr = make(model).attribute(x, target=targets)
+    torch.testing.assert_close(attr.sum(dim=(1, 2, 3)), logits, rtol=1e-10, atol=0)
+    alone = make(model).attribute(x[1:2], target=targets[1:2])
+    torch.testing.assert_close(attr[1:2], alone, rtol=0, atol=1e-12 * attr.abs().max().item())
 
 
 def test_biases_absorb_relevance():

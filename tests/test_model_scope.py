@@ -3,6 +3,8 @@ models are explained through the module they wrap, torchvision's ``Normalize`` m
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -155,6 +157,39 @@ def test_compiled_model_is_explained_through_its_original_module(name):
     torch.manual_seed(1)
     direct = relprop.get_method(name)(model).attribute(X, target=[1, 2])
     assert torch.equal(through_compiled, direct)
+
+
+@pytest.mark.parametrize("name", RELEVANCE_METHODS)
+def test_sync_batchnorm_model_is_explained_as_the_plain_one(name):
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` (the recipe for multi-GPU training) gives an eval-mode
+    BatchNorm like the one it replaced: the same rule, the same maps."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(-1.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).eval()
+    assert isinstance(synced.bn1, nn.SyncBatchNorm)
+    before = snapshot(synced)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = relprop.get_method(name)(model).attribute(x, target=[1, 3])
+    assert torch.equal(relprop.get_method(name)(synced).attribute(x, target=[1, 3]), expected)
+    assert_unchanged(before, synced)
+
+
+@pytest.mark.parametrize("name", RELEVANCE_METHODS)
+def test_batchnorm_with_batch_statistics_is_refused_with_the_reason(name):
+    """Without running statistics an eval-mode BatchNorm normalises with the batch's statistics, so no map
+    could be a sample's own: refused, naming the layer and the setting."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    ).eval()
+    with pytest.raises(UnsupportedLayerError, match=r"BatchNorm2d at '1'.*track_running_stats=False.*running statistics"):
+        relprop.get_method(name)(model)
 
 
 def test_nested_wrappers_are_all_removed():

@@ -38,7 +38,8 @@ def linear_parameters(op: Op, a: Tensor) -> tuple[Tensor, Optional[Tensor], Line
     if op.conv is not None:
         weight, bias = op.conv.parameters(fold_batchnorm=True)
         return weight, bias, conv_map(op.conv.geometry, a.shape)
-    return op.linear.weight(), op.linear.bias(), dense_map()  # type: ignore[union-attr]
+    weight, bias = op.linear.parameters(fold_batchnorm=True)  # type: ignore[union-attr]
+    return weight, bias, dense_map()
 
 
 class LRPRule(Rule):

@@ -201,12 +201,9 @@ def _by_output_sign(
     return result
 
 
-def fold_batchnorm(weight: Tensor, bias: Optional[Tensor], bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Kernel and bias of ``bn(conv(x))`` as one convolution (eval-mode statistics).
-
-    weight: (O, C/g, kh, kw); bias: (O,) or None.  Returns ``(w·s, (b − μ)·s + β)`` with
-    ``s = γ / √(σ² + eps)``.
-    """
+def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Scale and shift (C,) of an eval-mode BatchNorm as the map ``x ↦ s·x + t``:
+    ``s = γ / √(σ² + eps)``, ``t = β − μ·s``."""
     scale = torch.rsqrt(bn.running_var + bn.eps)  # type: ignore[operator]
     shift = -bn.running_mean * scale  # type: ignore[operator]
     if bn.weight is not None:
@@ -214,7 +211,30 @@ def fold_batchnorm(weight: Tensor, bias: Optional[Tensor], bn: nn.BatchNorm2d) -
         shift = shift * bn.weight
     if bn.bias is not None:
         shift = shift + bn.bias
+    return scale.to(dtype), shift.to(dtype)
+
+
+def fold_batchnorm_before(
+    weight: Tensor, bias: Optional[Tensor], bn: nn.modules.batchnorm._BatchNorm
+) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``linear(bn(x))`` as one Linear layer (eval-mode statistics).
+
+    weight: (out, in); bias: (out,) or None; ``bn`` normalises the ``in`` features.  Returns
+    ``(W·diag(s), b + W·t)`` with ``s``, ``t`` from :func:`batchnorm_affine`: the BatchNorm's shift joins
+    the layer's bias.
+    """
+    scale, shift = batchnorm_affine(bn, weight.dtype)
+    folded_bias = weight @ shift
+    return weight * scale, folded_bias if bias is None else folded_bias + bias
+
+
+def fold_batchnorm(weight: Tensor, bias: Optional[Tensor], bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """Kernel and bias of ``bn(layer(x))`` as one layer (eval-mode statistics), for a convolution or a Linear.
+
+    weight: (O, C/g, kh, kw) or (O, in); bias: (O,) or None.  Returns ``(w·s, (b − μ)·s + β)`` with
+    ``s = γ / √(σ² + eps)``.
+    """
+    scale, shift = batchnorm_affine(bn, weight.dtype)
     if bias is not None:
         shift = shift + bias * scale
-    scale, shift = scale.to(weight.dtype), shift.to(weight.dtype)
     return weight * scale.view(-1, *([1] * (weight.dim() - 1))), shift

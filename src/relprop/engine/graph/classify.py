@@ -41,6 +41,13 @@ _GLOBAL_MAX_FUNCTIONS = {F.adaptive_max_pool2d, torch.amax}
 _AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d, torch.mean}
 _AVGPOOL_METHODS = {"mean"}
 _NORM_FUNCTIONS = {F.layer_norm, F.group_norm}
+# BatchNorm in eval mode with running statistics is a fixed per-channel affine map (on (N, C) or (N, C, H, W)).
+_BATCHNORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+_BATCH_STATISTICS = (
+    "{written} in training mode or without running statistics (track_running_stats=False) normalises with the "
+    "statistics of the batch, so a sample's output depends on the others; relprop explains BatchNorm with "
+    "running statistics, in eval mode."
+)
 _LINEAR_FUNCTIONS = {F.linear}
 _LAYOUT_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze, operator.getitem}
 _LAYOUT_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as"}
@@ -92,6 +99,17 @@ def traced_as_one_call() -> tuple[Callable[..., Any], ...]:
 def leaf_module_types() -> tuple[type, ...]:
     """Third-party module types that tracing keeps as one call (torchvision's ``Normalize`` transform)."""
     return tuple(t for t in _loaded(_THIRD_PARTY_POINTWISE_MODULES) if isinstance(t, type))
+
+
+_IDENTITY_IN_EVAL_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
+_IDENTITY_IN_EVAL_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout}
+
+
+def is_identity_in_eval(op: Op) -> bool:
+    """Whether ``op`` returns its input unchanged in eval mode (dropout, ``nn.Identity``)."""
+    if op.module is not None:
+        return isinstance(op.module, _IDENTITY_IN_EVAL_MODULES)
+    return op._node is not None and op._node.op == "call_function" and op._node.target in _IDENTITY_IN_EVAL_FUNCTIONS
 
 
 def module_stack(node: fx.Node) -> list[str]:
@@ -335,9 +353,7 @@ def _batchnorm_of_call(node: fx.Node, model: nn.Module, written: str, make: Call
     values = [_argument(node, i + 1, name, None) for i, name in enumerate(names)]
     training, eps = _argument(node, 5, "training", False), _argument(node, 7, "eps", 1e-5)
     if training or any(isinstance(v, fx.Node) and v.op != "get_attr" for v in values) or values[1] is None:
-        return make(UNKNOWN, written, unsupported=(
-            f"{written} in training mode or without running statistics; relprop explains eval-mode BatchNorm."
-        ))
+        return make(UNKNOWN, written, unsupported=_BATCH_STATISTICS.format(written=written))
     getters = {name: _parameter_getter(v, model) for name, v in zip(names, values)}
     getters["eps"] = lambda: eps
     return make(BATCHNORM, written, norm=BatchNormSpec(getters))
@@ -368,7 +384,9 @@ def _classify_module(module: nn.Module, make: Callable[..., Op], feeds_output: b
         return make(CONV, type_name, module=module, **_conv_of_module(module))
     if isinstance(module, nn.Linear):
         return make(LINEAR, type_name, module=module, linear=LinearSpec(lambda: module.weight, lambda: module.bias))
-    if isinstance(module, nn.BatchNorm2d):
+    if isinstance(module, _BATCHNORM_MODULES):
+        if module.running_var is None:
+            return make(UNKNOWN, type_name, module=module, unsupported=_BATCH_STATISTICS.format(written=type_name))
         return make(BATCHNORM, type_name, module=module)
     if isinstance(module, _SOFTMAX_MODULES):
         return make(UNKNOWN, type_name, module=module, unsupported=_softmax_reason(feeds_output))

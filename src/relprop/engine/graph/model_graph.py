@@ -17,10 +17,10 @@ from torch import Tensor
 
 from ...errors import RelpropError
 from ...rules.conv_ops import ConvGeometry
-from .classify import classify_node, module_stack, permutation
+from .classify import classify_node, is_identity_in_eval, module_stack, permutation
 from .ops import (
     ADD, BATCHNORM, CAT, CHANNELS_LAST, CONV, GATE, INPUT, INPUT_CONV, LAYOUT, LINEAR, NORM, OUTPUT, PAD, POINTWISE,
-    SPLIT, STRUCTURAL, ConvSpec, Op,
+    SPLIT, STRUCTURAL, ConvSpec, LinearSpec, Op,
 )
 from .trace import Example, trace_model
 
@@ -82,18 +82,22 @@ class ModelGraph:
                 op.reads = tuple(dict.fromkeys(op.reads + source.reads))
 
     def _canonicalise(self) -> None:
-        """Resolve layouts, Linear layers over channels, BatchNorm readers of convolutions and the
-        convolutions reading the image."""
+        """Resolve layouts, Linear layers over channels, BatchNorm readers of convolutions and Linear layers,
+        BatchNorms that only a Linear layer reads, and the convolutions reading the image."""
         for op in self.ops:
             self._resolve_layout(op)
+        folded_back: set[str] = set()  # BatchNorms folded into the layer they read
         for op in self.ops:
+            # a BatchNorm after a channels-last layer would normalise another dimension than its outputs
+            bn = None if op.channels_last else self._only_batchnorm_reader(op)
+            if bn is not None and op.kind == LINEAR and op.linear is not None:
+                op.linear = LinearSpec(op.linear.weight, op.linear.bias, bn)
+                folded_back.add(self.consumers[op.name][0])
             if op.conv is None:
                 continue
-            users = self.consumers[op.name]
-            if len(users) == 1 and self.by_name[users[0]].kind == BATCHNORM:
-                reader = self.by_name[users[0]]
-                bn = reader.module if reader.module is not None else reader.norm
+            if bn is not None:
                 op.conv = ConvSpec(op.conv.geometry, op.conv.weight, op.conv.bias, bn)
+                folded_back.add(self.consumers[op.name][0])
             pads: list[str] = []
             current = self.by_name[op.inputs[0]]
             while current.kind == PAD:
@@ -104,6 +108,30 @@ class ModelGraph:
             if chain is not None:
                 op.kind = INPUT_CONV
                 op.image_chain = chain
+        for op in self.ops:
+            if op.kind == LINEAR and op.linear is not None and not op.channels_last:
+                self._fold_batchnorm_before(op, folded_back)
+
+    def _fold_batchnorm_before(self, op: Op, folded_back: set[str]) -> None:
+        """Linear ``op`` reading a BatchNorm through dropout only, where nothing else reads them (a head's
+        ``BatchNorm1d → Dropout → Linear``): ``op`` becomes ``linear(bn(x))`` reading ``x``, so its rule sees
+        the BatchNorm's shift as bias (unless the BatchNorm is folded into the layer before it)."""
+        current = self.by_name[op.inputs[0]]
+        while is_identity_in_eval(current) and len(self.consumers[current.name]) == 1 and current.inputs:
+            current = self.by_name[current.inputs[0]]
+        if current.kind != BATCHNORM or len(self.consumers[current.name]) != 1 or current.name in folded_back:
+            return
+        bn = current.module if current.module is not None else current.norm
+        op.linear = LinearSpec(op.linear.weight, op.linear.bias, op.linear.batchnorm, bn)  # type: ignore[union-attr]
+        op.inputs = current.inputs[:1]
+
+    def _only_batchnorm_reader(self, op: Op) -> Any:
+        """The BatchNorm (module or :class:`BatchNormSpec`) that is the only reader of ``op``'s output, or None."""
+        users = self.consumers[op.name]
+        if len(users) != 1 or self.by_name[users[0]].kind != BATCHNORM:
+            return None
+        reader = self.by_name[users[0]]
+        return reader.module if reader.module is not None else reader.norm
 
     def _resolve_layout(self, op: Op) -> None:
         """Whether ``op``'s output is channels-last (a ``permute(0, 2, 3, 1)`` and what follows it up to the

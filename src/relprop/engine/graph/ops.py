@@ -18,7 +18,7 @@ from ...rules import lrp as lrp_rules
 CONV = "conv"
 INPUT_CONV = "input conv"  # a convolution reading the image (through padding / activations only)
 LINEAR = "linear"
-BATCHNORM = "batchnorm"  # BatchNorm2d and F.batch_norm
+BATCHNORM = "batchnorm"  # BatchNorm1d / 2d, SyncBatchNorm and F.batch_norm in eval mode
 NORM = "norm"  # LayerNorm, GroupNorm (channels-first or channels-last): a fixed per-sample affine map
 POINTWISE = "pointwise"  # activations, dropout, identity, scaling by a constant: relevance passes unchanged
 GATE = "gate"  # x * g: a signal times a gate (sigmoid-type); relevance goes to the signal only
@@ -50,12 +50,36 @@ class BatchNormSpec:
         raise AttributeError(name)
 
 
+def _folded(
+    weight: Tensor, bias: Optional[Tensor], batchnorm: Optional[Any], fold_batchnorm: bool
+) -> tuple[Tensor, Optional[Tensor]]:
+    """``(weight, bias)``, or with ``fold_batchnorm`` those of ``batchnorm(layer(x))`` where there is one."""
+    if not fold_batchnorm or batchnorm is None or batchnorm.running_var is None:
+        return weight, bias
+    return lrp_rules.fold_batchnorm(weight, bias, batchnorm)
+
+
 @dataclass(frozen=True)
 class LinearSpec:
-    """Parameter getters of a dense layer (``nn.Linear`` or ``F.linear``): weight (out, in), bias (out,) or None."""
+    """Parameter getters of a dense layer (``nn.Linear`` or ``F.linear``): weight (out, in), bias (out,) or None.
+
+    ``batchnorm`` is the BatchNorm (``nn.BatchNorm1d``) that is the layer's only reader, if any: rules that
+    fold it see the parameters of ``bn(linear(x))``.  ``batchnorm_before`` is a BatchNorm whose output only
+    this layer reads (through dropout): the op then reads the BatchNorm's input, and its parameters are
+    always those of ``linear(bn(x))``.
+    """
 
     weight: Callable[[], Tensor]
     bias: Callable[[], Optional[Tensor]]
+    batchnorm: Optional[Any] = None  # a BatchNorm module or a BatchNormSpec
+    batchnorm_before: Optional[Any] = None  # the same kinds
+
+    def parameters(self, fold_batchnorm: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """Weight (out, in) and bias (out,) or None; with ``fold_batchnorm`` those of ``bn(linear(x))``."""
+        weight, bias = self.weight(), self.bias()
+        if self.batchnorm_before is not None:
+            weight, bias = lrp_rules.fold_batchnorm_before(weight, bias, self.batchnorm_before)
+        return _folded(weight, bias, self.batchnorm, fold_batchnorm)
 
 
 @dataclass(frozen=True)
@@ -70,15 +94,11 @@ class ConvSpec:
     geometry: ConvGeometry
     weight: Callable[[], Tensor]
     bias: Callable[[], Optional[Tensor]]
-    batchnorm: Optional[Any] = None  # an nn.BatchNorm2d or a BatchNormSpec
+    batchnorm: Optional[Any] = None  # a BatchNorm module or a BatchNormSpec
 
     def parameters(self, fold_batchnorm: bool) -> tuple[Tensor, Optional[Tensor]]:
         """Kernel (O, C/g, kh, kw) and bias (O,) or None; with ``fold_batchnorm`` those of ``bn(conv(x))``."""
-        weight, bias = self.weight(), self.bias()
-        bn = self.batchnorm
-        if not fold_batchnorm or bn is None or bn.running_var is None:
-            return weight, bias
-        return lrp_rules.fold_batchnorm(weight, bias, bn)
+        return _folded(self.weight(), self.bias(), self.batchnorm, fold_batchnorm)
 
 
 @dataclass
@@ -86,7 +106,8 @@ class Op:
     """One traced, canonical operation.
 
     ``inputs`` are the ops whose activations feed this op, in argument order (repeats kept):
-    relevance flows back to these, except to the ``gate`` input of a multiplicative gate.  ``reads``
+    relevance flows back to these, except to the ``gate`` input of a multiplicative gate (a Linear layer
+    with a BatchNorm folded in front, ``linear.batchnorm_before``, lists the BatchNorm's input).  ``reads``
     are all ops it reads, structural ones included.  ``module`` is the leaf module of a module call.
     Canonical attributes: ``conv`` (convolutions), ``linear`` (dense layers), ``norm`` (an
     ``F.batch_norm`` call), ``pool`` (max pooling windows), ``dim`` (concatenation), ``gate`` (the
