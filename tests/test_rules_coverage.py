@@ -175,6 +175,25 @@ def test_normalisations_are_classified_as_norm():
     kinds = {op.type_name: op.kind for op in ModelGraph(TinyNet(ChannelsLast(nn.LayerNorm(2))).eval()).ops}
     assert kinds["LayerNorm"] == NORM
     assert {op.kind for op in ModelGraph(TinyNet(nn.GroupNorm(1, 2)).eval()).ops} >= {NORM}
+    assert {op.kind for op in ModelGraph(TinyNet(nn.InstanceNorm2d(2)).eval()).ops} >= {NORM}
+    assert {op.kind for op in ModelGraph(TinyNet(Func(F.instance_norm)).eval()).ops} >= {NORM}
+
+
+@pytest.mark.parametrize("norm", [nn.InstanceNorm2d(2), Func(F.instance_norm)], ids=["InstanceNorm2d", "F.instance_norm"])
+def test_instance_norm_passes_relevance_unchanged_by_hand(norm):
+    """IBN-Net's InstanceNorm2d (per-sample, per-channel statistics): x (1, 2, 1, 2) → identity 1×1 conv →
+    InstanceNorm → flatten → fc v = (1, 2, 3, 4), no biases.  Channel 0 holds (1, 3): mean 2, variance 1;
+    channel 1 holds (2, −2): mean 0, variance 4; a = ((−1, 1)/√(1 + ε), (2, −2)/√(4 + ε)), ε = 1e-5.
+    LRP-ε (ε = 0): R_a = a ⊙ v, passed unchanged to h = x, and the identity conv keeps it: R_x = a ⊙ v."""
+    model = nn.Sequential(nn.Conv2d(2, 2, 1, bias=False), norm, nn.Flatten(), nn.Linear(4, 1, bias=False)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+        model[3].weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    x = torch.tensor([[1.0, 3.0], [2.0, -2.0]], dtype=D).view(1, 2, 1, 2)
+    out = relprop.LRPEpsilon(model.eval(), epsilon=0.0).attribute(x, target=0)
+    s0, s1 = math.sqrt(1 + 1e-5), math.sqrt(4 + 1e-5)
+    expected = torch.tensor([[-1 * 1 / s0, 1 * 2 / s0], [2 * 3 / s1, -2 * 4 / s1]], dtype=D).view(1, 2, 1, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-12)
 
 
 # ------------------------------------------------------------------ z^B through transform_input

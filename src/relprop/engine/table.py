@@ -24,7 +24,7 @@ Key = Union[str, type]
 _DESCRIPTIONS = {
     CONV: "Conv2d (any stride, padding, dilation, groups; also a Linear over the channels of a channels-last map)",
     INPUT_CONV: "", LINEAR: "Linear",
-    BATCHNORM: "BatchNorm1d / BatchNorm2d / SyncBatchNorm / F.batch_norm", NORM: "LayerNorm / GroupNorm",
+    BATCHNORM: "BatchNorm1d / BatchNorm2d / SyncBatchNorm / F.batch_norm", NORM: "LayerNorm / GroupNorm / InstanceNorm2d",
     POINTWISE: "elementwise activations (ReLU family, SiLU, GELU, Hardswish, Mish, Sigmoid, Tanh, ...), Dropout, "
                "Identity, stochastic depth, scaling by a constant or parameter, torchvision's Normalize",
     GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA)",

@@ -40,7 +40,9 @@ _MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
 _GLOBAL_MAX_FUNCTIONS = {F.adaptive_max_pool2d, torch.amax}
 _AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d, torch.mean}
 _AVGPOOL_METHODS = {"mean"}
-_NORM_FUNCTIONS = {F.layer_norm, F.group_norm}
+# Normalisations with per-sample statistics (or fixed ones): a per-sample affine map once they are held fixed.
+_NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
+_NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.instance_norm}
 # BatchNorm in eval mode with running statistics is a fixed per-channel affine map (on (N, C) or (N, C, H, W)).
 _BATCHNORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 _BATCH_STATISTICS = (
@@ -390,7 +392,7 @@ def _classify_module(module: nn.Module, make: Callable[..., Op], feeds_output: b
         return make(BATCHNORM, type_name, module=module)
     if isinstance(module, _SOFTMAX_MODULES):
         return make(UNKNOWN, type_name, module=module, unsupported=_softmax_reason(feeds_output))
-    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+    if isinstance(module, _NORM_MODULES):
         return make(NORM, type_name, module=module)
     if isinstance(module, nn.Upsample):
         return _classify_resize(module.mode, type_name, make, module)
