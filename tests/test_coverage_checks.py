@@ -59,6 +59,18 @@ def test_relprop_methods_pass_on_a_small_network_which_stays_unchanged():
     assert all(c.invariance is not None and c.invariance <= 1e-4 for c in checks)
 
 
+def test_grayscale_model_is_checked_with_one_channel():
+    """The batch has the input channels of the model's first convolution (it was always 3: a raw torch
+    channel error for a grayscale model); ``channels`` overrides it."""
+    torch.manual_seed(0)
+    lenet = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 3),
+    ).eval()
+    assert [c.mark for c in check_model(lenet, ["rsp", "lrp_composite"], size=14)] == ["✔", "✔"]
+    with pytest.raises(Exception, match="expected input.*to have 1 channels"):
+        check_model(lenet, ["rsp"], size=14, channels=3)
+
+
 def test_claims_follow_what_each_method_documents():
     assert claim_for("rsp") == Claim("seed")
     assert claim_for("rsp", {"hostile": 3}) == Claim("seed")

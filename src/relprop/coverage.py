@@ -120,10 +120,12 @@ def check_model(
     size: int = 224,
     batch: int = 2,
     seed: int = 1,
+    channels: int | None = None,
 ) -> list[MethodCheck]:
     """Check relprop's ``methods`` (names from ``relprop.list_methods()``) on ``model`` with a random
-    normal batch (batch, 3, size, size) drawn with ``seed`` on the model's device, explained for each
-    sample's top-1 class.  The model is not changed (one in training mode is checked in eval mode).
+    normal batch (batch, channels, size, size) drawn with ``seed`` on the model's device, explained for each
+    sample's top-1 class.  ``channels`` defaults to the input channels of the model's first ``Conv2d``
+    (1 for a grayscale model).  The model is not changed (one in training mode is checked in eval mode).
 
     >>> [c.mark for c in relprop.coverage.check_model(torchvision.models.resnet18(), ["rsp", "gradcam"], size=64)]
     ['✔', '✔']
@@ -131,7 +133,10 @@ def check_model(
     factories = {name: relprop_factory(name) for name in methods}
     claims = {name: claim_for(name) for name in methods}
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+    if channels is None:
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = 3 if first_conv is None else first_conv.in_channels
+    x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
     return list(check_methods(model, factories, claims, x).values())
 
 
