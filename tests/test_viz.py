@@ -49,6 +49,22 @@ def test_overlay_shows_the_image_where_relevance_is_zero():
 def test_to_map_sums_channels():
     a = torch.arange(12.0).view(3, 2, 2)
     np.testing.assert_allclose(to_map(a), a.sum(dim=0).numpy())
+    batch = torch.arange(24.0).view(2, 3, 2, 2)  # an attribute() result: one (H, W) map per image
+    np.testing.assert_allclose(to_map(batch), batch.sum(dim=1).numpy())
+    np.testing.assert_allclose(to_map(a.numpy()), a.sum(dim=0).numpy())
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\); got shape \(4,\)"):
+        to_map(torch.zeros(4))
+
+
+def test_heatmaps_take_a_channel_map_as_attribute_returns_it(tmp_path):
+    """A (C, H, W) tensor is summed over its channels (it was drawn as (C, H, W, 3) colours: a garbled PNG)."""
+    a = torch.from_numpy(np.random.default_rng(2).normal(size=(3, 6, 10)))
+    with Image.open(save_heatmap(a, tmp_path / "map.png")) as picture:
+        assert picture.size == (10, 6)
+        pixels = np.asarray(picture.convert("RGB")).astype(float) / 255
+    np.testing.assert_allclose(pixels, signed_colors(a.sum(0).numpy()), atol=1 / 255 + 1e-9)
+    with pytest.raises(ValueError, match=r"For a batch, pass one map per image: to_map\(maps\)"):
+        save_heatmap(torch.zeros(2, 3, 6, 10), tmp_path / "batch.png")
 
 
 def test_save_heatmap_png_and_svg(tmp_path):
@@ -80,6 +96,22 @@ def test_save_grid(tmp_path, suffix):
         save_grid(images, {"RSP": [np.eye(8)]}, tmp_path / "bad.png")
     with pytest.raises(ValueError, match="one per image"):
         save_grid(images, maps, tmp_path / "bad.png", row_titles=["only one"])
+
+
+def test_grid_takes_the_model_input_batch_and_the_attribute_result(tmp_path):
+    """Channels-first, normalised image tensors (N, 3, H, W) are shown channels-last and rescaled to [0, 1];
+    the maps may be the (N, C, H, W) result of ``attribute``.  Before, matplotlib refused the images."""
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(2, 3, 8, 8)))
+    maps = torch.from_numpy(np.random.default_rng(4).normal(size=(2, 3, 8, 8)))
+    fig = viz.grid_figure(x, {"RSP": maps}, overlay_images=True)
+    shown = fig.axes[0].get_images()[0].get_array()
+    expected = (x[0].permute(1, 2, 0) - x[0].min()) / (x[0].max() - x[0].min())
+    np.testing.assert_allclose(np.asarray(shown), expected.numpy(), atol=1e-12)
+    assert save_grid(x, {"RSP": maps}, tmp_path / "grid.png").is_file()
+    gray = viz.grid_figure([np.linspace(0, 1, 64).reshape(8, 8)], {"RSP": [np.eye(8)]})
+    assert gray.axes[0].get_images()[0].get_cmap().name == "gray"
+    with pytest.raises(ValueError, match=r"an image must be \(H, W, 3\), \(3, H, W\) or \(H, W\); got shape \(8, 8, 4\)"):
+        viz.grid_figure([np.zeros((8, 8, 4))], {"RSP": [np.eye(8)]})
 
 
 def test_grid_has_a_colour_bar_a_sign_legend_and_prediction_titles():

@@ -32,10 +32,50 @@ _TITLE_WIDTH = 34  # characters per line of a photo's title in a grid
 _SIGNS = (("red: evidence for the class", (1.0, 0.0, 0.0)), ("blue: evidence against it", (0.0, 0.0, 1.0)))
 
 
-def to_map(attribution: _torch.Tensor) -> _np.ndarray:
-    """(C, H, W) or (H, W) relevance -> (H, W) numpy map summed over channels."""
-    a = attribution.detach().to("cpu", _torch.float64)
-    return (a.sum(dim=0) if a.dim() == 3 else a).numpy()
+def to_map(attribution: "_torch.Tensor | _np.ndarray") -> _np.ndarray:
+    """Relevance summed over channels as a float64 numpy array: (C, H, W) -> (H, W), a batch
+    (N, C, H, W) -> (N, H, W) (iterating over it gives one map per image); (H, W) is kept."""
+    a = _float64(attribution)
+    if a.ndim not in (2, 3, 4):
+        raise ValueError(f"relevance must be (H, W), (C, H, W) or (N, C, H, W); got shape {a.shape}.")
+    return a.sum(axis=-3) if a.ndim > 2 else a
+
+
+def _float64(values: "_torch.Tensor | _np.ndarray") -> _np.ndarray:
+    if isinstance(values, _torch.Tensor):
+        return values.detach().to("cpu", _torch.float64).numpy()
+    return _np.asarray(values, dtype=_np.float64)
+
+
+def _one_map(relevance: "_torch.Tensor | _np.ndarray") -> _np.ndarray:
+    """One (H, W) map from (H, W), (C, H, W) or (1, C, H, W) relevance (channels summed)."""
+    r = _float64(relevance)
+    if r.ndim == 4 and r.shape[0] == 1:
+        r = r[0]
+    if r.ndim == 3:
+        r = r.sum(axis=0)
+    if r.ndim != 2:
+        raise ValueError(
+            f"a relevance map must be (H, W) or (C, H, W); got shape {r.shape}. For a batch, pass one map per "
+            "image: to_map(maps) gives (N, H, W)."
+        )
+    return r
+
+
+def _picture(image: "_torch.Tensor | _np.ndarray") -> _np.ndarray:
+    """An image to show: (H, W, 3), (H, W) or channels-first (3, H, W) / (1, H, W), numpy or torch, uint8 or
+    float.  Floats outside [0, 1] (a normalised model input) are rescaled to [0, 1] for display."""
+    picture = image.detach().cpu().numpy() if isinstance(image, _torch.Tensor) else _np.asarray(image)
+    if picture.ndim == 3 and picture.shape[0] in (1, 3) and picture.shape[-1] not in (1, 3):
+        picture = _np.moveaxis(picture, 0, -1)
+    if picture.ndim == 3 and picture.shape[-1] == 1:
+        picture = picture[..., 0]
+    if picture.ndim not in (2, 3) or (picture.ndim == 3 and picture.shape[-1] != 3):
+        raise ValueError(f"an image must be (H, W, 3), (3, H, W) or (H, W); got shape {picture.shape}.")
+    if picture.dtype.kind == "f" and picture.size and (picture.min() < 0 or picture.max() > 1):
+        low, high = float(picture.min()), float(picture.max())
+        picture = (picture - low) / (high - low if high > low else 1.0)
+    return picture
 
 
 def signed_colors(relevance: _np.ndarray) -> _np.ndarray:
@@ -49,17 +89,17 @@ def signed_colors(relevance: _np.ndarray) -> _np.ndarray:
 
 
 def overlay(relevance: _np.ndarray, image: _np.ndarray, alpha: float = 0.7) -> _np.ndarray:
-    """The signed colours over a grayscale copy of ``image`` (H, W, 3) uint8 or float in [0, 1].
+    """The signed colours over a grayscale copy of ``image`` (an image as :func:`grid_figure` takes it).
 
     Each pixel mixes in its colour with weight ``alpha · |R| / max|R|``: the image shows where the
     relevance is small. Returns (H, W, 3) RGB in [0, 1].
     """
-    original = _np.asarray(image)
+    original = _picture(image)
     picture = original.astype(_np.float64) / (255.0 if original.dtype.kind in "ui" else 1.0)
     gray = picture.mean(axis=2, keepdims=True) if picture.ndim == 3 else picture[..., None]
-    if gray.shape[:2] != _np.shape(relevance):
-        raise ValueError(f"image is {gray.shape[:2]} but the relevance map is {_np.shape(relevance)}.")
-    r = _np.asarray(relevance, dtype=_np.float64)
+    r = _one_map(relevance)
+    if gray.shape[:2] != r.shape:
+        raise ValueError(f"image is {gray.shape[:2]} but the relevance map is {r.shape}.")
     limit = float(_np.abs(r).max()) or 1.0
     weight = alpha * (_np.abs(r) / limit)[..., None]
     return (1 - weight) * gray + weight * signed_colors(r)
@@ -72,8 +112,9 @@ def prediction_title(label: str, probability: float, kind: str = "prediction") -
 
 
 def show_heatmap(ax, relevance: _np.ndarray, image: "_np.ndarray | None" = None, alpha: float = 0.7) -> None:  # type: ignore[no-untyped-def]
-    """Draw a signed map on a matplotlib ``ax`` (symmetric scale), optionally over ``image``."""
-    ax.imshow(signed_colors(relevance) if image is None else overlay(relevance, image, alpha))
+    """Draw a signed map (H, W) or (C, H, W), numpy or torch, on a matplotlib ``ax`` (symmetric scale),
+    optionally over ``image``."""
+    ax.imshow(signed_colors(_one_map(relevance)) if image is None else overlay(relevance, image, alpha))
     ax.set_axis_off()
 
 
@@ -100,12 +141,12 @@ def add_signed_scale(fig, axes, handles: _Sequence = ()) -> None:  # type: ignor
 def save_heatmap(
     relevance: _np.ndarray, path: "str | _Path", image: "_np.ndarray | None" = None, alpha: float = 0.7
 ) -> _Path:
-    """One signed map as a picture with one pixel per map element (PNG or SVG), optionally over
-    ``image``; no colour bar (:func:`save_grid` writes a labelled figure)."""
+    """One signed map (H, W) or (C, H, W) as a picture with one pixel per map element (PNG or SVG),
+    optionally over ``image``; no colour bar (:func:`save_grid` writes a labelled figure)."""
     from matplotlib.image import imsave
 
     path = _checked(path)
-    imsave(path, signed_colors(relevance) if image is None else overlay(relevance, image, alpha))
+    imsave(path, signed_colors(_one_map(relevance)) if image is None else overlay(relevance, image, alpha))
     return path
 
 
@@ -118,9 +159,11 @@ def grid_figure(
     """Grid as a matplotlib ``Figure``: one row per image, the image then one signed heatmap per
     method (the mapping's keys are the column titles), a colour bar and the sign legend.
 
-    images: N pictures (H, W, 3); maps: method name -> N maps (H, W); ``row_titles``: one caption
-    per image, written above it (e.g. :func:`prediction_title`), wrapped to the column's width;
-    ``overlay_images`` draws each map over a grayscale copy of its image.
+    images: N pictures (H, W, 3), (3, H, W) or (H, W), numpy or torch (a model's input batch works: floats
+    outside [0, 1] are rescaled per image for display); maps: method name -> N maps (H, W) or (C, H, W)
+    (an ``attribute`` result works); ``row_titles``: one caption per image, written above it (e.g.
+    :func:`prediction_title`), wrapped to the column's width; ``overlay_images`` draws each map over a
+    grayscale copy of its image.
     """
     from matplotlib.figure import Figure
 
@@ -132,7 +175,7 @@ def grid_figure(
     fig = Figure(figsize=(2.3 * columns + 1.0, 2.6 * len(images) + 0.5), layout="constrained")
     axes = fig.subplots(len(images), columns, squeeze=False)
     for row, image in enumerate(images):
-        axes[row, 0].imshow(image)
+        axes[row, 0].imshow(_picture(image), cmap="gray")
         axes[row, 0].set_axis_off()
         if row_titles:
             axes[row, 0].set_title(_wrapped(row_titles[row]), fontsize=8)
