@@ -50,6 +50,9 @@ _BATCH_STATISTICS = (
     "statistics of the batch, so a sample's output depends on the others; relprop explains BatchNorm with "
     "running statistics, in eval mode."
 )
+# Ops that return their input unchanged in eval mode (a BatchNorm before them can be folded into a Linear layer).
+_IDENTITY_IN_EVAL_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
+_IDENTITY_IN_EVAL_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout}
 _LINEAR_FUNCTIONS = {F.linear}
 _LAYOUT_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze, operator.getitem}
 _LAYOUT_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as"}
@@ -101,10 +104,6 @@ def traced_as_one_call() -> tuple[Callable[..., Any], ...]:
 def leaf_module_types() -> tuple[type, ...]:
     """Third-party module types that tracing keeps as one call (torchvision's ``Normalize`` transform)."""
     return tuple(t for t in _loaded(_THIRD_PARTY_POINTWISE_MODULES) if isinstance(t, type))
-
-
-_IDENTITY_IN_EVAL_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
-_IDENTITY_IN_EVAL_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout}
 
 
 def is_identity_in_eval(op: Op) -> bool:
