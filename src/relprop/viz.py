@@ -49,11 +49,9 @@ def _float64(values: "_torch.Tensor | _np.ndarray") -> _np.ndarray:
 
 def _one_map(relevance: "_torch.Tensor | _np.ndarray") -> _np.ndarray:
     """One (H, W) map from (H, W), (C, H, W) or (1, C, H, W) relevance (channels summed)."""
-    r = _float64(relevance)
-    if r.ndim == 4 and r.shape[0] == 1:
+    r = to_map(relevance)
+    if r.ndim == 3 and r.shape[0] == 1:
         r = r[0]
-    if r.ndim == 3:
-        r = r.sum(axis=0)
     if r.ndim != 2:
         raise ValueError(
             f"a relevance map must be (H, W) or (C, H, W); got shape {r.shape}. For a batch, pass one map per "

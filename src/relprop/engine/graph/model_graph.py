@@ -28,6 +28,11 @@ from .trace import Example, trace_model
 _INPLACE_FUNCTION_TWINS = {operator.iadd: operator.add, F.relu_: F.relu, torch.relu_: torch.relu}
 
 
+def _batchnorm_of(op: Op) -> Any:
+    """What folding reads of BatchNorm op ``op``: its module, or the :class:`BatchNormSpec` of an ``F.batch_norm`` call."""
+    return op.module if op.module is not None else op.norm
+
+
 class ModelGraph:
     """A model traced into canonical ops in topological order, with consumer lists and name lookup.
 
@@ -89,15 +94,15 @@ class ModelGraph:
         folded_back: set[str] = set()  # BatchNorms folded into the layer they read
         for op in self.ops:
             # a BatchNorm after a channels-last layer would normalise another dimension than its outputs
-            bn = None if op.channels_last else self._only_batchnorm_reader(op)
-            if bn is not None and op.kind == LINEAR and op.linear is not None:
-                op.linear = LinearSpec(op.linear.weight, op.linear.bias, bn)
-                folded_back.add(self.consumers[op.name][0])
+            reader = None if op.channels_last else self._only_batchnorm_reader(op)
+            if reader is not None and op.kind == LINEAR and op.linear is not None:
+                op.linear = LinearSpec(op.linear.weight, op.linear.bias, _batchnorm_of(reader))
+                folded_back.add(reader.name)
             if op.conv is None:
                 continue
-            if bn is not None:
-                op.conv = ConvSpec(op.conv.geometry, op.conv.weight, op.conv.bias, bn)
-                folded_back.add(self.consumers[op.name][0])
+            if reader is not None:
+                op.conv = ConvSpec(op.conv.geometry, op.conv.weight, op.conv.bias, _batchnorm_of(reader))
+                folded_back.add(reader.name)
             pads: list[str] = []
             current = self.by_name[op.inputs[0]]
             while current.kind == PAD:
@@ -121,17 +126,16 @@ class ModelGraph:
             current = self.by_name[current.inputs[0]]
         if current.kind != BATCHNORM or len(self.consumers[current.name]) != 1 or current.name in folded_back:
             return
-        bn = current.module if current.module is not None else current.norm
-        op.linear = LinearSpec(op.linear.weight, op.linear.bias, op.linear.batchnorm, bn)  # type: ignore[union-attr]
+        linear = op.linear
+        op.linear = LinearSpec(linear.weight, linear.bias, linear.batchnorm, _batchnorm_of(current))  # type: ignore[union-attr]
         op.inputs = current.inputs[:1]
 
-    def _only_batchnorm_reader(self, op: Op) -> Any:
-        """The BatchNorm (module or :class:`BatchNormSpec`) that is the only reader of ``op``'s output, or None."""
+    def _only_batchnorm_reader(self, op: Op) -> Op | None:
+        """The BatchNorm op that is the only reader of ``op``'s output, or None."""
         users = self.consumers[op.name]
         if len(users) != 1 or self.by_name[users[0]].kind != BATCHNORM:
             return None
-        reader = self.by_name[users[0]]
-        return reader.module if reader.module is not None else reader.norm
+        return self.by_name[users[0]]
 
     def _resolve_layout(self, op: Op) -> None:
         """Whether ``op``'s output is channels-last (a ``permute(0, 2, 3, 1)`` and what follows it up to the
