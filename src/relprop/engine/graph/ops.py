@@ -53,8 +53,9 @@ class BatchNormSpec:
 def _folded(
     weight: Tensor, bias: Optional[Tensor], batchnorm: Optional[Any], fold_batchnorm: bool
 ) -> tuple[Tensor, Optional[Tensor]]:
-    """``(weight, bias)``, or with ``fold_batchnorm`` those of ``batchnorm(layer(x))`` where there is one."""
-    if not fold_batchnorm or batchnorm is None or batchnorm.running_var is None:
+    """``(weight, bias)``, or with ``fold_batchnorm`` those of ``batchnorm(layer(x))`` where there is one
+    (a BatchNorm without running statistics is refused when classified, so every one here has them)."""
+    if not fold_batchnorm or batchnorm is None:
         return weight, bias
     return lrp_rules.fold_batchnorm(weight, bias, batchnorm)
 
