@@ -204,6 +204,39 @@ def test_layer_paths_of_a_wrapped_model_are_those_of_its_module():
     assert method.seed_layer == "features.2"
 
 
+# ------------------------------------------------------------------------------------------ TorchScript
+
+SCRIPTED = {
+    "script": lambda model: torch.jit.script(model),
+    "trace": lambda model: torch.jit.trace(model, X),
+    "scripted part": lambda model: nn.Sequential(torch.jit.script(model.features), nn.AdaptiveAvgPool2d(1),
+                                                 nn.Flatten(), model.fc),
+}
+LAYERWISE_METHODS = [name for name in relprop.list_methods() if name not in
+                     ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad")]
+
+
+@pytest.mark.parametrize("how", SCRIPTED)
+@pytest.mark.parametrize("name", LAYERWISE_METHODS)
+def test_torchscript_model_is_refused_by_layerwise_methods_with_the_fix(name, how):
+    """Guided Backprop's ReLU hooks never run inside TorchScript: it returned the plain gradient, silently."""
+    scripted = SCRIPTED[how](_small())
+    with pytest.raises(ModelError) as info:
+        relprop.get_method(name)(scripted)
+    message = str(info.value)
+    assert "TorchScript module" in message and "load_state_dict(scripted.state_dict())" in message
+    assert ("'0' of Sequential is" if how == "scripted part" else "SmallNet is") in message
+
+
+@pytest.mark.parametrize("name", ["gradient", "gradient_x_input", "integrated_gradients"])
+def test_autograd_methods_explain_a_torchscript_model_as_the_module(name):
+    model = _small()
+    expected = relprop.get_method(name)(model).attribute(X, target=[1, 2])
+    for how in ("script", "trace"):
+        result = relprop.get_method(name)(SCRIPTED[how](model)).attribute(X, target=[1, 2])
+        torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------ normalisation in the model
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

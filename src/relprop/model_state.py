@@ -103,6 +103,23 @@ def refuse_attention(model: nn.Module, method: str) -> None:
         )
 
 
+def refuse_torchscript(model: nn.Module, method: str) -> None:
+    """Raise :class:`~relprop.errors.ModelError` when ``model`` is or holds a TorchScript module
+    (``torch.jit.script`` / ``torch.jit.trace``): its layers are compiled code, which torch.fx cannot
+    trace and module hooks do not reach, so a method that works layer by layer would fail or, through
+    hooks, silently explain only part of the model."""
+    scripted = next((path for path, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:
+        name = getattr(model, "original_name", type(model).__name__)  # a scripted model's own class name
+        where = f"'{scripted}' of {name} is" if scripted else f"{name} is"
+        raise ModelError(
+            f"{where} a TorchScript module (torch.jit.script / torch.jit.trace); {method} works on the layers "
+            "of a Python nn.Module, which TorchScript compiles away. Pass the module before scripting, or build "
+            "the architecture again and load the weights with model.load_state_dict(scripted.state_dict()). "
+            "'gradient', 'integrated_gradients' and 'smoothgrad' explain TorchScript models as they are."
+        )
+
+
 def check_model_tensors(model: nn.Module) -> None:
     """Refuse a model that relprop cannot explain correctly, before any work is done.
 

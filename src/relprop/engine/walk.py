@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import InputError, RelpropError, UnsupportedLayerError
-from ..model_state import check_model_tensors, evaluation_mode, refuse_attention, unwrap_model
+from ..model_state import check_model_tensors, evaluation_mode, refuse_attention, refuse_torchscript, unwrap_model
 from ..rules.common import sample_total
 from ..targets import Target, channel_mismatch, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
@@ -51,7 +51,7 @@ class Engine:
 
     Construction traces the model and checks that every op between the image and the seed layer has
     a rule (raising :class:`~relprop.UnsupportedLayerError` before any computation); a model with
-    attention is refused before tracing.  A ``DataParallel`` / ``DistributedDataParallel`` wrapper or a
+    attention or a TorchScript module is refused before tracing.  A ``DataParallel`` / ``DistributedDataParallel`` wrapper or a
     ``torch.compile``'d model is explained through the module it wraps.
     ``failure_hint`` completes the error raised when relevance stops being finite.
 
@@ -67,6 +67,7 @@ class Engine:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
         model = unwrap_model(model)
+        refuse_torchscript(model, method)
         refuse_attention(model, method)
         check_model_tensors(model)
         self.model, self.seed, self.table, self.method = model, seed, table, method

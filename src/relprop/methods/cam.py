@@ -18,7 +18,7 @@ from torch import Tensor
 from ..errors import RelpropError
 from ..engine import ModelGraph, default_seed_layer
 from ..engine.graph import BranchesOnInput, probe_example
-from ..model_state import refuse_attention, unwrap_model
+from ..model_state import refuse_attention, refuse_torchscript
 from ..registry import register
 from .gradient import AutogradMethod
 
@@ -37,12 +37,14 @@ class ClassActivationMap(AutogradMethod):
             times in one forward pass (EfficientNet's shared ``_swish``) contributes its last call,
             as in Captum.  A model with attention (a vision transformer) is refused when ``layer`` is
             not given: its only convolutional layer is the patch embedding, below the whole transformer.
+            A TorchScript model is refused: forward hooks do not reach its compiled layers.
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None) -> None:
-        if layer is None and isinstance(model, nn.Module):
-            refuse_attention(unwrap_model(model), self.name)
         super().__init__(model)
+        refuse_torchscript(self.model, self.name)
+        if layer is None:
+            refuse_attention(self.model, self.name)
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"layer must be a module path (a str such as 'layer4'); got {type(layer).__name__}.")
         self.layer = layer if layer is not None and _is_module_path(self.model, layer) else _module_layer(self.model, layer)

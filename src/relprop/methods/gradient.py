@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import InputError, RelpropError
 from ..engine import POINTWISE, ModelGraph
-from ..model_state import check_model_tensors, evaluation_mode, unwrap_model
+from ..model_state import check_model_tensors, evaluation_mode, refuse_torchscript, unwrap_model
 from ..registry import register
 from ..targets import Target, channel_mismatch, check_input, resolve_targets
 
@@ -243,7 +243,8 @@ class GuidedBackprop(AutogradMethod):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        unhooked = _unhooked_relus(model)
+        refuse_torchscript(self.model, self.name)  # hooks on its ReLUs would never run: the plain gradient
+        unhooked = _unhooked_relus(self.model)
         if unhooked:
             listed = ", ".join(unhooked[:4]) + (f" and {len(unhooked) - 4} more" if len(unhooked) > 4 else "")
             warnings.warn(
