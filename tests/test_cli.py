@@ -97,11 +97,27 @@ def test_force(images, tmp_path, capsys):
     assert (out / "mine.txt").read_text() == "keep me"
 
 
+def test_a_folder_stands_for_its_image_files_in_name_order_with_plain_progress_lines(images, tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes((folder / "gray.png").read_bytes())
+    (folder / "sub").mkdir()  # not searched
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "sub" / "deeper.png")
+    out = tmp_path / "out"
+    code, stdout, err = _run(["explain", str(folder), "--model", MODEL, "--method", "gradient", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert _files(out) == {"cut_out_gradient.png", "gray_gradient.png", "photo_gradient.png", "grid.png"}
+    names = [line.split(":")[0] for line in stdout.splitlines() if ": class " in line]
+    assert names == ["cut out.png", "gray.png", "photo.jpg"]
+    assert "\r" not in err and "relprop: explaining: 3/3 images" in err  # stderr is not a terminal here
+
+
 BAD_INPUTS = {
     # case: (option overrides, message); "IMAGE" replaces the image argument
     "unknown model": ({"--model": "resnet9000"}, "unknown model 'resnet9000'; choose one of: alexnet"),
     "unknown method": ({"--method": "rsp,magic"}, "unknown method 'magic'; choose one of: ae,"),
     "missing image": ({"IMAGE": "nope.jpg"}, "image not found"),
+    "folder without images": ({"IMAGE": "notes"}, "folder {tmp}/notes holds no image files (.jpg, .jpeg, .png"),
     "corrupt image": ({"IMAGE": "corrupt.jpg"}, "cannot read image"),
     "not a state dict": ({"--weights": "model.pt"}, "is not a state dict"),
     "other architecture": ({"--weights": "other.pt"}, "does not fit SqueezeNet"),
@@ -124,7 +140,10 @@ def test_bad_input_gives_a_one_line_error(case, images, tmp_path, capsys):
     torch.save(torchvision.models.squeezenet1_0().state_dict(), tmp_path / "other.pt")
     torch.save(torchvision.models.get_model(MODEL, weights=None, num_classes=10).state_dict(), tmp_path / "ten.pt")
     (tmp_path / "three.txt").write_text("cat\ndog\nbird\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("no images here")
     overrides, message = BAD_INPUTS[case]
+    message = message.replace("{tmp}", str(tmp_path))
     options = {"--model": MODEL, "--method": "gradient", "--out": str(tmp_path / "out")}
     paths = ("IMAGE", "--weights", "--class-names")
     options.update({k: str(tmp_path / v) if k in paths else v for k, v in overrides.items()})

@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import RelpropError
+from ..evaluation.progress import ProgressBar
 from ..model_state import check_model_output, check_model_tensors
 from ..preprocess import load_image
 from ..registry import get_method, list_methods
@@ -49,12 +50,14 @@ def explain_images(
     ``class_names`` is a text file with one class name per line, in output order. Without it a model
     with 1000 outputs has ImageNet's class names and any other model "class 0", "class 1", ...
 
+    A folder among ``images`` stands for the image files directly in it (:func:`image_files`).
     Every argument is checked (methods, images, ``out``, target, model and weights) before anything
     is written. An image that is missing or cannot be decoded is reported by its path and skipped;
     the others are explained. When no image can be read, nothing is written.
     """
     for name in methods:
         get_method(name)  # unknown names fail before any work, listing the valid ones
+    images = image_files(images)
     unreadable = _unreadable_images(images)
     if len(unreadable) == len(images):
         raise RelpropError(next(iter(unreadable.values())) if len(images) == 1 else
@@ -89,34 +92,36 @@ def explain_images(
     failed = list(unreadable)
     rows: list[tuple[np.ndarray, str, dict[str, np.ndarray]]] = []  # (image as the model sees it, caption, maps)
     readable = [p for p in images if p not in unreadable]
-    for path, stem in tqdm(list(zip(readable, _unique_stems(readable))), desc="explaining", unit="image",
-                           disable=len(readable) < 2):
-        try:
-            image = load_image(path)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            tqdm.write(f"relprop: error: cannot read image {path}: {_first_line(exc)}; skipped.", file=sys.stderr)
-            failed.append(path)
-            continue
-        x = preprocess(image).unsqueeze(0)
-        with torch.no_grad():
-            probs = model(x).softmax(dim=1)
-        t = int(resolve_targets(wanted, probs)[0])
-        tqdm.write(f"{path.name}: class {t} ({categories[t]}), p = {probs[0, t].item():.1%}")
-        crop = np.asarray(preprocess.crop(image))
-        top = int(probs[0].argmax())
-        caption = f"{path.name}\n{prediction_title(categories[top], probs[0, top].item())}"
-        if t != top:
-            caption += "\n" + prediction_title(categories[t], probs[0, t].item(), "explained")
-        maps = {}
-        for name, explainer in explainers.items():
-            attribution = _attribute(explainer, x, t)
-            title = getattr(explainer, "name", name)
-            maps[title] = to_map(attribution)
-            written.append(save_grid([crop], {title: [maps[title]]}, out / f"{stem}_{name}.png", [caption], overlay))
-            if save_npy:
-                np.save(out / f"{stem}_{name}.npy", attribution.numpy())
-                written.append(out / f"{stem}_{name}.npy")
-        rows.append((crop, caption, maps))
+    with ProgressBar(len(readable), "images", "explaining", enabled=len(readable) > 1) as progress:
+        for path, stem in zip(readable, _unique_stems(readable)):
+            try:
+                image = load_image(path)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                progress.write(f"relprop: error: cannot read image {path}: {_first_line(exc)}; skipped.")
+                failed.append(path)
+                progress.update(1)
+                continue
+            x = preprocess(image).unsqueeze(0)
+            with torch.no_grad():
+                probs = model(x).softmax(dim=1)
+            t = int(resolve_targets(wanted, probs)[0])
+            progress.write(f"{path.name}: class {t} ({categories[t]}), p = {probs[0, t].item():.1%}", sys.stdout)
+            crop = np.asarray(preprocess.crop(image))
+            top = int(probs[0].argmax())
+            caption = f"{path.name}\n{prediction_title(categories[top], probs[0, top].item())}"
+            if t != top:
+                caption += "\n" + prediction_title(categories[t], probs[0, t].item(), "explained")
+            maps = {}
+            for name, explainer in explainers.items():
+                attribution = _attribute(explainer, x, t)
+                title = getattr(explainer, "name", name)
+                maps[title] = to_map(attribution)
+                written.append(save_grid([crop], {title: [maps[title]]}, out / f"{stem}_{name}.png", [caption], overlay))
+                if save_npy:
+                    np.save(out / f"{stem}_{name}.npy", attribution.numpy())
+                    written.append(out / f"{stem}_{name}.npy")
+            rows.append((crop, caption, maps))
+            progress.update(1)
     if not rows:  # every image failed to decode: as when none passes the header check, an error
         if created:
             out.rmdir()
@@ -143,6 +148,24 @@ def _save_grids(rows: list[tuple[np.ndarray, str, dict[str, np.ndarray]]], out: 
         crops, captions = [crop for crop, _, _ in page], [caption for _, caption, _ in page]
         written.append(save_grid(crops, columns, out / name, captions, overlay))
     return written
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """``paths`` with every folder replaced by the image files directly in it (by extension, in name
+    order; hidden files left out).  A folder without images is an error naming the extensions looked for."""
+    files: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        extensions = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN}  # readable
+        found = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith("."))
+        if not found:
+            common = ", ".join(e for e in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".webp") if e in extensions)
+            raise RelpropError(f"folder {path} holds no image files ({common}, ...); pass a folder of images or image files.")
+        files.extend(found)
+    return files
 
 
 def _unreadable_images(images: list[Path]) -> dict[Path, str]:
@@ -246,13 +269,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "explain",
         help="explain image files with a torchvision or timm model or efficientnet_lite0",
-        description="Explain image files (any size; RGB, grayscale or with alpha) with a classification model. "
+        description="Explain image files or folders of them (any size; RGB, grayscale or with alpha) with a classification model. "
         "Writes into --out one PNG per image and method (the image as the model sees it, captioned with the "
         "prediction, beside its map: red = evidence for the class, blue = against it, with a colour bar) and a "
         "grid of all of them; --save-npy adds the raw attributions. An image that cannot be read is reported and skipped "
         "(exit status 1); when none can be read, or on any other error, nothing is written (exit status 2).",
     )
-    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                        help="image files, or folders: each stands for the image files directly in it, in name order")
     parser.add_argument("--model", required=True, help="a torchvision classification model name (e.g. resnet50), efficientnet_lite0 or timm:<name> (a timm model)")
     parser.add_argument(
         "--weights", metavar="PATH|DEFAULT",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -21,12 +22,13 @@ class ProgressBar:
         self.log = enabled and not self.on_terminal and total > 0
         self._bar = tqdm(total=total, unit=unit, desc=desc, disable=not (enabled and self.on_terminal))
 
-    def write(self, message: str) -> None:
-        """Print ``message`` on its own line of stderr (above the bar on a terminal)."""
+    def write(self, message: str, stream: TextIO | None = None) -> None:
+        """Print ``message`` on its own line of ``stream`` (default stderr; above the bar on a terminal)."""
+        stream = stream or sys.stderr
         if self._bar.disable:
-            print(message, file=sys.stderr, flush=True)
+            print(message, file=stream, flush=True)
         else:
-            tqdm.write(message, file=sys.stderr)
+            tqdm.write(message, file=stream)
 
     def update(self, count: int) -> None:
         tenth = self.done * LOG_STEPS // max(1, self.total)
