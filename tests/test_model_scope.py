@@ -204,6 +204,46 @@ def test_layer_paths_of_a_wrapped_model_are_those_of_its_module():
     assert method.seed_layer == "features.2"
 
 
+# ------------------------------------------------------------------------------------------ forward() signatures
+
+
+class WithOptions(SmallNet):
+    """A research-code forward: flags and optional arguments after the image, each with a default."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False, scale=None, *, pool: str = "avg"):
+        features = self.features(x)
+        if features.shape[-1] > 64:  # a branch on the shape: traced once per input shape
+            features = features[..., :64]
+        pooled = nn.functional.adaptive_avg_pool2d(features, 1) if pool == "avg" else features.amax((2, 3), True)
+        if return_features:
+            return pooled
+        return self.fc(torch.flatten(pooled if scale is None else pooled * scale, 1))
+
+
+class NeedsTwo(SmallNet):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * mask)
+
+
+@pytest.mark.parametrize("name", relprop.list_methods())
+def test_forward_parameters_with_defaults_take_them_as_model_x_does(name):
+    plain = _small()
+    model = WithOptions().eval()
+    model.load_state_dict(plain.state_dict())
+    state = snapshot(model)
+    torch.manual_seed(1)  # SmoothGrad draws noise
+    expected = relprop.get_method(name)(plain).attribute(X, target=[1, 2])
+    torch.manual_seed(1)
+    assert torch.equal(relprop.get_method(name)(model).attribute(X, target=[1, 2]), expected)
+    assert_unchanged(state, model)
+
+
+@pytest.mark.parametrize("name", relprop.list_methods())
+def test_forward_that_needs_a_second_input_is_refused_when_the_method_is_made(name):
+    with pytest.raises(ModelError, match=r"called as model\(x\) with one tensor input; NeedsTwo.forward also requires 'mask'"):
+        relprop.get_method(name)(NeedsTwo().eval())
+
+
 # ------------------------------------------------------------------------------------------ TorchScript
 
 SCRIPTED = {

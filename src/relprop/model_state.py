@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 import warnings
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -103,9 +104,31 @@ def refuse_attention(model: nn.Module, method: str) -> None:
         )
 
 
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def forward_defaults(model: nn.Module) -> dict[str, Any]:
+    """``model.forward``'s parameters after the input, by name, at their default values: what
+    ``model(x)`` passes them ({} when the signature cannot be read, as for TorchScript).  A second
+    parameter without a default raises :class:`~relprop.errors.ModelError`: relprop calls ``model(x)``."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return {}
+    required = [p.name for p in parameters if p.default is p.empty and
+                (p.kind in _POSITIONAL or p.kind == inspect.Parameter.KEYWORD_ONLY)]
+    if required:
+        raise ModelError(
+            f"relprop explains models called as model(x) with one tensor input; {type(model).__name__}.forward also "
+            f"requires {', '.join(repr(name) for name in required)}. Wrap the model in a module whose forward(x) "
+            "supplies them."
+        )
+    return {p.name: p.default for p in parameters if p.default is not p.empty}
+
+
 def refuse_torchscript(model: nn.Module, method: str) -> None:
     """Raise :class:`~relprop.errors.ModelError` when ``model`` is or holds a TorchScript module
-    (``torch.jit.script`` / ``torch.jit.trace``): its layers are compiled code, which torch.fx cannot
+    (``torch.jit.script`` / ``torch.jit.trace``): its layers are compiled code, which relprop cannot
     trace and module hooks do not reach, so a method that works layer by layer would fail or, through
     hooks, silently explain only part of the model."""
     scripted = next((path for path, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)

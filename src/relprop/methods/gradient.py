@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import InputError, RelpropError
 from ..engine import POINTWISE, ModelGraph
-from ..model_state import check_model_tensors, evaluation_mode, refuse_torchscript, unwrap_model
+from ..model_state import check_model_tensors, evaluation_mode, forward_defaults, refuse_torchscript, unwrap_model
 from ..registry import register
 from ..targets import Target, channel_mismatch, check_input, resolve_targets
 
@@ -40,6 +40,7 @@ class AutogradMethod:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
         self.model = unwrap_model(model)
+        forward_defaults(self.model)  # a forward() that needs more than x is refused here, not at the first call
         check_model_tensors(self.model)
 
     def attribute(self, x: Tensor, target: Target = None) -> Tensor:

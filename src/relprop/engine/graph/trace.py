@@ -16,6 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 
 from ...errors import RelpropError
+from ...model_state import forward_defaults
 from .classify import leaf_module_types, traced_as_one_call
 
 Example = tuple[torch.Size, torch.dtype, torch.device]
@@ -47,14 +48,19 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
 
     timm's dynamic "same" padding (which reads the input size) and torchvision's ``Normalize`` transform
     are traced as one call.  Without an example, a branch on the input raises :class:`BranchesOnInput`.
+    ``forward()``'s parameters after the input take their defaults, as in ``model(x)``
+    (``forward(self, x, return_features=False)`` is traced with ``return_features=False``).
     """
     flags = {m: m.training for m in model.modules()}
     autowrap = traced_as_one_call()
+    defaults = forward_defaults(model)
     try:
         model.eval()
         if example is None:
-            return _Tracer(autowrap_functions=autowrap).trace(model)
-        return _trace_with_shapes(model, example, autowrap)
+            graph = _Tracer(autowrap_functions=autowrap).trace(model, concrete_args=defaults or None)
+        else:
+            graph = _trace_with_shapes(model, example, autowrap, defaults)
+        return _without_placeholders_for(graph, defaults)
     except Exception as exc:  # tracing failures come in many exception types
         site = _trace_failure_site(model, exc)
         branches = isinstance(exc, fx.proxy.TraceError) and "control flow" in str(exc)
@@ -115,15 +121,26 @@ class _ShapeTracer(_Tracer, MetaTracer):
     def __init__(self, fake_mode: FakeTensorMode, autowrap: tuple[Callable[..., Any], ...]) -> None:
         super().__init__(autowrap_functions=autowrap)
         self.fake_mode = fake_mode
+        self._of_defaults: set[fx.Node] = set()  # the placeholders of concrete_args and the checks reading them
 
     def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **options: Any) -> Any:
         with self.fake_mode:
+            if (kind == "placeholder" and target not in self.meta_args) or self._reads_defaults((args, kwargs)):
+                # a default-valued parameter (not a tensor) and torch.fx's check of its value: no shape to compute
+                proxy = fx.Tracer.create_proxy(self, kind, target, args, kwargs, *rest, **options)
+                self._of_defaults.add(proxy.node)
+                return proxy
             if kind == "call_module" and self._is_kept_leaf(target):
                 # an elementwise map whose own forward checks values (Normalize's std == 0): same shape out
                 proxy = fx.Tracer.create_proxy(self, kind, target, args, kwargs, *rest, **options)
                 proxy.install_tensor_meta(torch.empty_like(args[0]._tensor_meta))
                 return proxy
             return super().create_proxy(kind, target, args, kwargs, *rest, **options)
+
+    def _reads_defaults(self, arguments: Any) -> bool:
+        read: list[fx.Node] = []
+        fx.node.map_aggregate(arguments, lambda a: read.append(a.node) if isinstance(a, fx.Proxy) else None)
+        return any(node in self._of_defaults for node in read)
 
     def _is_kept_leaf(self, target: str) -> bool:
         self._disable_module_getattr = True
@@ -136,7 +153,9 @@ class _ShapeTracer(_Tracer, MetaTracer):
         return _ShapedProxy(node, self)
 
 
-def _trace_with_shapes(model: nn.Module, example: Example, autowrap: tuple[Callable[..., Any], ...]) -> fx.Graph:
+def _trace_with_shapes(
+    model: nn.Module, example: Example, autowrap: tuple[Callable[..., Any], ...], defaults: dict[str, Any],
+) -> fx.Graph:
     shape, dtype, device = example
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     with fake_mode:
@@ -144,7 +163,25 @@ def _trace_with_shapes(model: nn.Module, example: Example, autowrap: tuple[Calla
     name = next(iter(inspect.signature(model.forward).parameters))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a value whose shape could not be computed: fail here, naming it
-        return _ShapeTracer(fake_mode, autowrap).trace(model, meta_args={name: fake})
+        return _ShapeTracer(fake_mode, autowrap).trace(model, meta_args={name: fake}, concrete_args=defaults or None)
+
+
+def _without_placeholders_for(graph: fx.Graph, defaults: dict[str, Any]) -> fx.Graph:
+    """``graph`` without the placeholders that torch.fx adds for ``concrete_args`` and the checks that
+    read them (the values are constants of the graph): the input is its only placeholder again."""
+    if not defaults:
+        return graph
+    placeholders = [node for node in graph.nodes if node.op == "placeholder"]
+    fixed = {node for node in placeholders[1:] if not str(node.target).startswith("*")}  # not *args, **kwargs
+    for node in graph.nodes:  # in topological order: the checks that read a placeholder, and what reads those
+        if any(arg in fixed for arg in node.all_input_nodes):
+            fixed.add(node)
+    if any(node.op == "output" for node in fixed):
+        raise RelpropError("the model's output depends on a parameter of forward() other than its input.")
+    for node in reversed(list(graph.nodes)):
+        if node in fixed:
+            graph.erase_node(node)
+    return graph
 
 
 def _trace_failure_site(model: nn.Module, exc: BaseException) -> str:
