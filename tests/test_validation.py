@@ -239,19 +239,27 @@ def test_layer_choosing_methods_are_found():
 
 @pytest.mark.parametrize("name", LAYER_METHODS)
 def test_unknown_seed_layer_lists_close_names(name, net):
-    kwargs = {_layer_parameter(name): "featurs.1"}
+    parameter = _layer_parameter(name)
+    kwargs = {parameter: "featurs.1"}
     cls = _method_class(name)
     if name.endswith("-reference"):
         kwargs["mode"] = "reference"
-    with pytest.raises(ValueError, match=r"'featurs\.1'.*Did you mean: features\.1"):
+    with pytest.raises(ValueError, match=rf"^{parameter} 'featurs\.1' names no module.*Did you mean: features\.1"):
         cls(net, **kwargs)
 
 
 @pytest.mark.parametrize("name", LAYER_METHODS)
 def test_seed_layer_of_the_wrong_type_is_a_clear_error(name, net):
     cls = _method_class(name)
-    with pytest.raises((TypeError, ValueError), match="str"):
-        cls(net, **{_layer_parameter(name): 3})
+    parameter = _layer_parameter(name)
+    with pytest.raises((TypeError, ValueError), match=rf"^{parameter} must be a module path .*str"):
+        cls(net, **{parameter: 3})
+
+
+@pytest.mark.parametrize("ratio", ["2", True, None, [2.0]])
+def test_ae_ratio_that_is_not_a_number_is_refused(ratio, net):
+    with pytest.raises(TypeError, match=f"ratio must be a number .*got {type(ratio).__name__}"):
+        relprop.AE(net, ratio=ratio)
 
 
 @pytest.mark.parametrize("name", ["rsp", "ae"])

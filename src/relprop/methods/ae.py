@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch.nn as nn
@@ -116,6 +117,8 @@ class AttributionEquilibrium(PropagationMethod):
         input_bounds: Bounds = None,
         allow_tf32: bool = False,
     ) -> None:
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+            raise TypeError(f"ratio must be a number (the paper uses 1 <= r <= 2); got {type(ratio).__name__} {ratio!r}.")
         ratio = float(ratio)
         if not ratio > 0 or ratio != ratio or ratio == float("inf"):
             raise ValueError(f"ratio must be a positive finite number (the paper uses 1 <= r <= 2); got {ratio}.")

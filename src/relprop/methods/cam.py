@@ -78,7 +78,7 @@ def _module_layer(model: nn.Module, layer: str | None) -> str:
         graph = ModelGraph(model)
     except BranchesOnInput:  # forward() branches on the input's shape: module paths do not depend on it
         graph = ModelGraph(model, probe_example(model))
-    name = graph.resolve(layer) if layer is not None else default_seed_layer(graph)
+    name = graph.resolve(layer, "layer") if layer is not None else default_seed_layer(graph)
     current = name
     while (path := graph.producing_module(current)) is None:
         inputs = graph.by_name[current].inputs

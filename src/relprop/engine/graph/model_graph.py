@@ -210,15 +210,16 @@ class ModelGraph:
         """Every named module path of the model (for messages)."""
         return [name for name, _ in self.model.named_modules() if name]
 
-    def resolve(self, layer: str) -> str:
-        """Op name of the output of ``layer`` (a module path such as ``'layer4'`` or an op name).
+    def resolve(self, layer: str, argument: str = "seed_layer") -> str:
+        """Op name of the output of ``layer`` (a module path such as ``'layer4'`` or an op name), given
+        as the method's ``argument`` (named in the errors).
 
         The output of a module is the last op traced inside it.  Raises ``ValueError`` listing
         close names when nothing matches.
         """
         if not isinstance(layer, str):
             raise TypeError(
-                f"seed_layer must be a module path such as 'layer4' (a str); got {type(layer).__name__} {layer!r}."
+                f"{argument} must be a module path such as 'layer4' (a str); got {type(layer).__name__} {layer!r}."
             )
         if layer in self.by_name:
             return layer
@@ -231,7 +232,7 @@ class ModelGraph:
             close = difflib.get_close_matches(layer, choices, n=5, cutoff=0.5)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise ValueError(
-                f"seed_layer '{layer}' names no module or operation of "
+                f"{argument} '{layer}' names no module or operation of "
                 f"{type(self.model).__name__}.{hint}"
             )
         return last
