@@ -256,10 +256,54 @@ def test_seed_layer_of_the_wrong_type_is_a_clear_error(name, net):
         cls(net, **{parameter: 3})
 
 
-@pytest.mark.parametrize("ratio", ["2", True, None, [2.0]])
-def test_ae_ratio_that_is_not_a_number_is_refused(ratio, net):
-    with pytest.raises(TypeError, match=f"ratio must be a number .*got {type(ratio).__name__}"):
-        relprop.AE(net, ratio=ratio)
+BAD_ARGUMENTS = [
+    # (method, constructor arguments, exception, message): nothing is converted or clamped silently
+    ("ae", {"ratio": "2"}, TypeError, r"ratio must be a positive finite number \(the paper uses 1 <= r <= 2\); got str '2'"),
+    ("ae", {"ratio": True}, TypeError, "ratio must be a positive finite number .*got bool"),
+    ("ae", {"ratio": None}, TypeError, "ratio must be a positive finite number .*got NoneType"),
+    ("ae", {"ratio": 0}, ValueError, "ratio must be a positive finite number .*got 0.0"),
+    ("lrp_epsilon", {"epsilon": "1e-3"}, TypeError, "epsilon must be a finite number >= 0; got str '1e-3'"),
+    ("lrp_gamma", {"gamma": "x"}, TypeError, "gamma must be a finite number >= 0; got str 'x'"),
+    ("rsp", {"allow_tf32": "no"}, ValueError, "allow_tf32 must be True or False; got 'no'"),
+    ("lrp_zplus", {"allow_tf32": 1}, ValueError, "allow_tf32 must be True or False; got 1"),
+    ("gradient", {"absolute": "no"}, ValueError, "absolute must be True or False; got 'no'"),
+    ("smoothgrad", {"absolute": 0}, ValueError, "absolute must be True or False; got 0"),
+    ("smoothgrad", {"n_samples": 2.5}, TypeError, "n_samples must be an integer >= 1; got float 2.5"),
+    ("smoothgrad", {"noise_level": -1}, ValueError, "noise_level must be a finite number >= 0; got -1.0"),
+    ("smoothgrad", {"seed": -1}, ValueError, "seed must be an integer >= 0; got -1"),
+    ("smoothgrad", {"samples_per_pass": 0}, ValueError, "samples_per_pass must be an integer >= 1; got 0"),
+    ("integrated_gradients", {"n_steps": 0}, ValueError, "n_steps must be an integer >= 1; got 0"),
+    ("integrated_gradients", {"steps_per_pass": "8"}, TypeError, "steps_per_pass must be an integer >= 1; got str"),
+    ("integrated_gradients", {"method": "simpson"}, ValueError, "method must be one of 'gausslegendre', 'riemann_left'"),
+    ("integrated_gradients", {"baseline": "black"}, TypeError, "baseline must be a float or a tensor broadcastable to x"),
+    ("rsp", {"input_bounds": (1.0, -1.0)}, ValueError, r"input_bounds must be \(low, high\) with low <= high"),
+    ("rap", {"input_bounds": 3.0}, TypeError, r"input_bounds must be None or \(low, high\), each a float or one value"),
+    ("lrp_composite", {"input_bounds": ([0.0] * 3, [1.0] * 2)}, ValueError, "input_bounds: low has 3 channel values but high has 2"),
+    ("ae", {"input_bounds": (float("nan"), 1.0)}, ValueError, "input_bounds must be finite"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "error", "message"), BAD_ARGUMENTS,
+                         ids=[f"{name}-{next(iter(kwargs))}={next(iter(kwargs.values()))!r}" for name, kwargs, *_ in BAD_ARGUMENTS])
+def test_bad_constructor_arguments_are_refused_naming_them(name, kwargs, error, message, net):
+    with pytest.raises(error, match=f"^{message}"):
+        relprop.get_method(name)(net, **kwargs)
+
+
+def test_integrated_gradients_baseline_broadcasts_to_the_batch_as_documented(net):
+    x = small_input(2)
+    expected = relprop.IntegratedGradients(net, baseline=0.5, n_steps=4).attribute(x, target=1)
+    for shape in [(), (3, 1, 1), x.shape[1:], (1, *x.shape[1:]), x.shape]:
+        baseline = torch.full(shape, 0.5, dtype=x.dtype)
+        torch.testing.assert_close(relprop.IntegratedGradients(net, baseline=baseline, n_steps=4).attribute(x, target=1),
+                                   expected, rtol=0, atol=0)
+    with pytest.raises(relprop.InputError, match=r"baseline of shape \(4, 1, 1\) does not broadcast to x's shape"):
+        relprop.IntegratedGradients(net, baseline=torch.zeros(4, 1, 1)).attribute(x, target=1)
+
+
+def test_per_channel_input_bounds_must_match_the_channels(net):
+    with pytest.raises(relprop.InputError, match="input_bounds has 4 values per bound but x has 3 channels"):
+        relprop.LRPComposite(net, input_bounds=([0.0] * 4, [1.0] * 4)).attribute(small_input(1), target=1)
 
 
 @pytest.mark.parametrize("name", ["rsp", "ae"])

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..arguments import flag
 from ..errors import InputError, RelpropError, UnsupportedLayerError
 from ..model_state import check_model_tensors, evaluation_mode, refuse_attention, refuse_torchscript, unwrap_model
 from ..rules.common import sample_total
@@ -71,7 +72,7 @@ class Engine:
         refuse_attention(model, method)
         check_model_tensors(model)
         self.model, self.seed, self.table, self.method = model, seed, table, method
-        self.failure_hint, self.allow_tf32 = failure_hint, allow_tf32
+        self.failure_hint, self.allow_tf32 = failure_hint, flag("allow_tf32", allow_tf32)
         self._by_shape: OrderedDict[Example, Traced] | None = None
         try:
             self._latest: Traced | None = self._prepare(ModelGraph(model))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Sequence
 
 import torch.nn as nn
 from torch import Tensor
 
+from ..arguments import number
 from ..engine import (
     ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, MAXPOOL, STANDARD_TABLE, Bounds, ChannelContributionSeed,
     Needs, Op, Rule, Step, ZBox,
@@ -117,11 +117,7 @@ class AttributionEquilibrium(PropagationMethod):
         input_bounds: Bounds = None,
         allow_tf32: bool = False,
     ) -> None:
-        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-            raise TypeError(f"ratio must be a number (the paper uses 1 <= r <= 2); got {type(ratio).__name__} {ratio!r}.")
-        ratio = float(ratio)
-        if not ratio > 0 or ratio != ratio or ratio == float("inf"):
-            raise ValueError(f"ratio must be a positive finite number (the paper uses 1 <= r <= 2); got {ratio}.")
+        ratio = number("ratio", ratio, positive=True, hint=" (the paper uses 1 <= r <= 2)")
         self.ratio, self.mode = ratio, mode
         variant = select_mode({"default": _default, "reference": _reference}, mode)
         seed, table, hint = variant(ratio, seed_layer, input_bounds)

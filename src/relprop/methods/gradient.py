@@ -9,6 +9,7 @@ parameters' ``.grad`` stay as they were).
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Union
 
@@ -16,13 +17,17 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..errors import InputError, RelpropError
+from ..arguments import choice, flag, integer, number
 from ..engine import POINTWISE, ModelGraph
+from ..errors import InputError, RelpropError
 from ..model_state import check_model_tensors, evaluation_mode, forward_defaults, refuse_torchscript, unwrap_model
 from ..registry import register
 from ..targets import Target, channel_mismatch, check_input, resolve_targets
 
 Baseline = Union[float, Tensor]
+
+QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+"""The quadrature rules of Captum's integrated gradients (``method``)."""
 
 
 class AutogradMethod:
@@ -108,7 +113,7 @@ class Gradient(AutogradMethod):
 
     def __init__(self, model: nn.Module, absolute: bool = False) -> None:
         super().__init__(model)
-        self.absolute = absolute
+        self.absolute = flag("absolute", absolute)
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         from captum.attr import Saliency
@@ -137,7 +142,7 @@ class IntegratedGradients(AutogradMethod):
         baseline: ``x̄``, a float (a constant image; the default 0 is the mean image for inputs
             normalised with the data set's mean) or a tensor broadcastable to ``x``.
         n_steps: number of points of the integral.
-        method: Captum's quadrature rule ("gausslegendre", "riemann_trapezoid", ...).
+        method: Captum's quadrature rule, one of :data:`QUADRATURES`.
         steps_per_pass: interpolation points evaluated per sample in one forward/backward pass
             (memory grows with ``steps_per_pass × N``); None evaluates all ``n_steps`` at once.
             The maps do not depend on it beyond rounding (≤ 2e-7 of max|R| measured).  On a CPU
@@ -156,18 +161,26 @@ class IntegratedGradients(AutogradMethod):
         steps_per_pass: int | None = 8,
     ) -> None:
         super().__init__(model)
-        if n_steps < 1 or (steps_per_pass is not None and steps_per_pass < 1):
-            raise ValueError("n_steps and steps_per_pass must be positive.")
+        if isinstance(baseline, bool) or not isinstance(baseline, (numbers.Real, Tensor)):
+            raise TypeError(f"baseline must be a float or a tensor broadcastable to x; got {type(baseline).__name__}.")
         self.baseline = baseline
-        self.n_steps = n_steps
-        self.method = method
-        self.steps_per_pass = steps_per_pass
+        self.n_steps = integer("n_steps", n_steps)
+        self.method = choice("method", method, QUADRATURES)
+        self.steps_per_pass = None if steps_per_pass is None else integer("steps_per_pass", steps_per_pass)
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
         batch = None if self.steps_per_pass is None else self.steps_per_pass * x.shape[0]
-        baseline = self.baseline.to(x) if isinstance(self.baseline, Tensor) else self.baseline
+        baseline = self.baseline
+        if isinstance(baseline, Tensor):
+            try:
+                baseline = baseline.to(x).expand_as(x)
+            except RuntimeError:
+                raise InputError(
+                    f"baseline of shape {tuple(baseline.shape)} does not broadcast to x's shape {tuple(x.shape)}; "
+                    "pass a float, a (C, 1, 1) or (C, H, W) image, or one image per sample (N, C, H, W)."
+                ) from None
         return CaptumIntegratedGradients(self.model).attribute(
             x, baselines=baseline, target=targets, n_steps=self.n_steps, method=self.method,
             internal_batch_size=batch,
@@ -201,13 +214,11 @@ class SmoothGrad(AutogradMethod):
         samples_per_pass: int = 16,
     ) -> None:
         super().__init__(model)
-        if n_samples < 1 or samples_per_pass < 1 or noise_level < 0:
-            raise ValueError("n_samples and samples_per_pass must be positive, noise_level non-negative.")
-        self.n_samples = n_samples
-        self.noise_level = noise_level
-        self.seed = seed
-        self.absolute = absolute
-        self.samples_per_pass = samples_per_pass
+        self.n_samples = integer("n_samples", n_samples)
+        self.noise_level = number("noise_level", noise_level)
+        self.seed = integer("seed", seed, low=0)
+        self.absolute = flag("absolute", absolute)
+        self.samples_per_pass = integer("samples_per_pass", samples_per_pass)
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         from captum.attr import Saliency

@@ -20,12 +20,12 @@ convolutions use the rules of :mod:`relprop.rules.lrp`; everything else is the e
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional, Sequence
 
 import torch.nn as nn
 from torch import Tensor
 
+from ..arguments import number
 from ..engine import CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, LogitSeed, Op, Rule, Step, ZBox
 from ..registry import register
 from ..rules.lrp import LayerRule, LinearMap, alpha_beta_rule, conv_map, dense_map, epsilon_rule, gamma_rule, zplus_rule
@@ -104,13 +104,6 @@ class LRP(PropagationMethod):
         return f"{type(self).__name__}({type(self.model).__name__})"
 
 
-def _check(name: str, value: float) -> float:
-    value = float(value)
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number >= 0; got {value}.")
-    return value
-
-
 @register("lrp_epsilon")
 class LRPEpsilon(LRP):
     """LRP-ε at every layer, the image layer included (Bach et al. 2015).
@@ -127,7 +120,7 @@ class LRPEpsilon(LRP):
     name = "LRP-ε"
 
     def __init__(self, model: nn.Module, epsilon: float = 1e-6, allow_tf32: bool = False) -> None:
-        self.epsilon = _check("epsilon", epsilon)
+        self.epsilon = number("epsilon", epsilon)
         rule = functools.partial(epsilon_rule, epsilon=self.epsilon)
         super().__init__(model, rule, rule, rule, allow_tf32=allow_tf32)
 
@@ -164,7 +157,7 @@ class LRPAlphaBeta(LRP):
     name = "LRP-αβ"
 
     def __init__(self, model: nn.Module, alpha: float = 1.0, beta: float = 0.0, allow_tf32: bool = False) -> None:
-        self.alpha, self.beta = _check("alpha", alpha), _check("beta", beta)
+        self.alpha, self.beta = number("alpha", alpha), number("beta", beta)
         rule = functools.partial(alpha_beta_rule, alpha=self.alpha, beta=self.beta)
         super().__init__(model, rule, rule, rule, allow_tf32=allow_tf32)
 
@@ -203,7 +196,7 @@ class LRPGamma(LRP):
     name = "LRP-γ"
 
     def __init__(self, model: nn.Module, gamma: float = 0.25, epsilon: float = 1e-6, allow_tf32: bool = False) -> None:
-        self.gamma, self.epsilon = _check("gamma", gamma), _check("epsilon", epsilon)
+        self.gamma, self.epsilon = number("gamma", gamma), number("epsilon", epsilon)
         rule = functools.partial(gamma_rule, gamma=self.gamma, epsilon=self.epsilon)
         super().__init__(model, rule, rule, rule, allow_tf32=allow_tf32)
 
@@ -233,7 +226,7 @@ class LRPComposite(LRP):
     def __init__(
         self, model: nn.Module, epsilon: float = 1e-6, input_bounds: Bounds = None, allow_tf32: bool = False
     ) -> None:
-        self.epsilon = _check("epsilon", epsilon)
+        self.epsilon = number("epsilon", epsilon)
         super().__init__(
             model,
             functools.partial(epsilon_rule, epsilon=self.epsilon),

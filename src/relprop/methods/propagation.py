@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..arguments import choice
 from ..engine import Engine, RuleTable, Seed, Step
 from ..targets import Target
 
@@ -20,9 +21,7 @@ V = TypeVar("V")
 
 def select_mode(variants: Mapping[str, V], mode: str) -> V:
     """The variant (default or reference) of a method for ``mode``; ValueError for anything else."""
-    if mode not in variants:
-        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in variants)}; got {mode!r}.")
-    return variants[mode]
+    return variants[choice("mode", mode, list(variants))]
 
 
 def explicit_padding(step: Step) -> Tensor | None:

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch.nn as nn
 from torch import Tensor
 
+from ..arguments import flag
 from ..competitors import Hostile
 from ..engine import (
     ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT_CONV, LINEAR, MAXPOOL, STANDARD_TABLE, Bounds, ChannelContributionSeed,
@@ -134,8 +135,7 @@ class RSP(PropagationMethod):
         self, model: nn.Module, seed_layer: str | None = None, mode: Mode = "default", input_bounds: Bounds = None,
         allow_tf32: bool = False, hostile: Hostile = None, purge: bool = False,
     ) -> None:
-        if not isinstance(purge, bool):
-            raise ValueError(f"purge must be True or False; got {purge!r}.")
+        purge = flag("purge", purge)
         self.mode, self.hostile, self.purge = mode, hostile, purge
         variant = select_mode({"default": _default, "reference": _reference}, mode)
         seed, table, hint = variant(seed_layer, input_bounds, hostile, purge)

@@ -1,0 +1,44 @@
+"""Checks of the methods' constructor arguments: a value of the wrong type or out of range is refused when
+the method is made, with the argument's name, what it must be and what was given (a string such as
+``"1e-3"`` is not silently converted; ``allow_tf32="no"`` does not silently mean True)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Sequence
+
+
+def number(name: str, value: Any, *, positive: bool = False, hint: str = "") -> float:
+    """``value`` as a float: a real number (not a bool), finite, ``> 0`` with ``positive`` else ``>= 0``.
+    ``hint`` follows the requirement in the message (e.g. ``" (the paper uses 1 <= r <= 2)"``)."""
+    requirement = "a positive finite number" if positive else "a finite number >= 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {requirement}{hint}; got {type(value).__name__} {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {requirement}{hint}; got {value}.")
+    return value
+
+
+def integer(name: str, value: Any, *, low: int = 1) -> int:
+    """``value`` as an int (not a bool, not a float) of at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {low}; got {type(value).__name__} {value!r}.")
+    if value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value}.")
+    return int(value)
+
+
+def flag(name: str, value: Any) -> bool:
+    """``value`` when it is True or False (a NumPy bool included)."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise ValueError(f"{name} must be True or False; got {value!r}.")
+    return bool(value)
+
+
+def choice(name: str, value: Any, options: Sequence[str]) -> str:
+    """``value`` when it is one of ``options``."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}.")
+    return value
