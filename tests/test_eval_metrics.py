@@ -386,6 +386,11 @@ def test_deletion_follows_the_saliency_order() -> None:
 def test_method_specs() -> None:
     spec = MethodSpec.parse("ae:ratio=1")
     assert spec.name == "ae" and dict(spec.kwargs) == {"ratio": 1} and spec.label == "ae:ratio=1"
+    assert dict(MethodSpec.parse("rsp:purge=true:hostile=3:mode=default").kwargs) == {
+        "purge": True, "hostile": 3, "mode": "default"}
+    assert dict(MethodSpec.parse("gradient:absolute=False").kwargs) == {"absolute": False}
+    with pytest.raises(ValueError, match="method 'rsp:purge=yes': purge must be True or False; got 'yes'"):
+        MethodSpec.parse("rsp:purge=yes").build(torch.nn.Conv2d(3, 4, 3))
     assert MethodSpec.parse("gradcam").default_smoothing == 0.0
     assert MethodSpec.parse("rsp").default_smoothing == 0.02
     assert MethodSpec.parse("gradient").default_reduce == "max_abs"

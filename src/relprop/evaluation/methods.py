@@ -1,7 +1,7 @@
 """Methods by name for the evaluation: any registered relprop method plus the model-free ``center``.
 
-A method spec is ``name`` or ``name:key=value:key=value`` (e.g. ``ae:ratio=1``); the keys are
-passed to the method's constructor. The spec text is the method's name in the results.
+A method spec is ``name`` or ``name:key=value:key=value`` (e.g. ``ae:ratio=1``, ``rsp:purge=true``);
+the keys are passed to the method's constructor. The spec text is the method's name in the results.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ POINTING_SMOOTHING = 0.02
 
 
 def _value(text: str) -> Any:
+    """A Python literal (``1``, ``1.5``, ``True``, ``[3, 5]``; also ``true`` / ``false``), else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -90,7 +93,7 @@ class MethodSpec:
             return None
         try:
             return get_method(self.name)(model, **dict(self.kwargs))
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # an unknown or bad option, a layer without a rule
             raise ValueError(f"method '{self.label}': {exc}") from exc
 
 
