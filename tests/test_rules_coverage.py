@@ -107,6 +107,13 @@ PASS_THROUGH = {
     "torch.tanh": (Func(torch.tanh), tuple(math.tanh(v) for v in H)),
     "Hardsigmoid": (nn.Hardsigmoid(), tuple(min(max(v / 6 + 0.5, 0), 1) for v in H)),
     "Softplus": (nn.Softplus(), tuple(math.log1p(math.exp(v)) for v in H)),
+    "RReLU (eval: the mean slope)": (nn.RReLU(0.1, 0.3), tuple(v if v > 0 else 0.2 * v for v in H)),
+    "F.rrelu": (Func(F.rrelu), tuple(v if v > 0 else (1 / 8 + 1 / 3) / 2 * v for v in H)),
+    "LogSigmoid": (nn.LogSigmoid(), tuple(math.log(sigmoid(v)) for v in H)),
+    "Softsign": (nn.Softsign(), tuple(v / (1 + abs(v)) for v in H)),
+    "Tanhshrink": (nn.Tanhshrink(), tuple(v - math.tanh(v) for v in H)),
+    "-x": (Func(lambda h: -h), tuple(-v for v in H)),
+    "torch.neg": (Func(torch.neg), tuple(-v for v in H)),
     "x / 6 + 1": (Func(lambda h: h / 6 + 1), tuple(v / 6 + 1 for v in H)),
     "layer scale": (LayerScale(), (0.5 * H[0], 3.0 * H[1])),
     "stochastic depth (eval)": (torchvision.ops.StochasticDepth(0.5, "row"), H),
@@ -341,6 +348,56 @@ def test_channel_shuffle_and_chunk_route_relevance_like_permuted_weights(layout,
 ])
 def test_mean_and_amax_pool_like_average_and_max_pooling(pooled, reference):
     _assert_same_maps(Head(nn.Identity(), pool=pooled), Head(nn.Identity(), pool=reference))
+
+
+MOVES = {
+    # name: (op on (1, 4, 2, 2), the number of entries of its output)
+    "torch.flip": (lambda h: torch.flip(h, dims=[3]), 16),
+    "Tensor.flip": (lambda h: h.flip(2, 3), 16),
+    "torch.roll": (lambda h: torch.roll(h, shifts=1, dims=3), 16),
+    "Tensor.roll over two dims": (lambda h: h.roll((1, 1), (1, 2)), 16),
+    "torch.rot90": (lambda h: torch.rot90(h, 1, (2, 3)), 16),
+    "Tensor.repeat": (lambda h: h.repeat(1, 2, 1, 1), 32),
+    "torch.tile": (lambda h: torch.tile(h, (1, 1, 2)), 32),
+    "F.pixel_unshuffle": (lambda h: F.pixel_unshuffle(h, 2), 16),
+    "nn.PixelUnshuffle": (nn.PixelUnshuffle(2), 16),
+    "nn.PixelShuffle": (nn.PixelShuffle(2), 16),
+    "nn.ChannelShuffle": (nn.ChannelShuffle(2), 16),
+    "torch.channel_shuffle": (lambda h: torch.channel_shuffle(h, 2), 16),
+    "nn.Unflatten after flatten": (nn.Sequential(nn.Flatten(), nn.Unflatten(1, (4, 2, 2))), 16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MOVES))
+def test_layout_ops_hand_each_entry_its_moved_copies_relevance(name):
+    """x (1, 4, 2, 2) → 1×1 conv (identity kernel) → op → flatten → fc w (no biases): logit = Σ_k w_k y_k with
+    y_k = x[s(k)], s the op's source of output entry k (found by passing entry indices through the op).
+    LRP-ε (ε = 0) gives y_k the relevance w_k y_k and the adjoint hands it back: R_x[i] = Σ_{k: s(k) = i} w_k x[i]."""
+    op, entries = MOVES[name]
+    module = op if isinstance(op, nn.Module) else Func(op)
+    x = torch.arange(1.0, 17.0, dtype=D).view(1, 4, 2, 2)
+    sources = module(torch.arange(16, dtype=D).view(1, 4, 2, 2)).flatten().long()
+    w = torch.linspace(-1.0, 2.0, len(sources), dtype=D)
+    model = nn.Sequential(nn.Conv2d(4, 4, 1, bias=False), module, nn.Flatten(), nn.Linear(len(sources), 1, bias=False))
+    model = model.double().eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(4).view(4, 4, 1, 1)), model[3].weight.copy_(w.view(1, -1))
+    assert len(sources) == entries and len(set(sources.tolist())) == 16  # every entry of x reaches the logit
+    out = relprop.LRPEpsilon(model, epsilon=0.0).attribute(x, target=0)
+    expected = torch.zeros(16, dtype=D).index_add_(0, sources, w * x.flatten()[sources]).view_as(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["rsp", "ae", "rap", "lrp_composite"])
+def test_a_horizontal_flip_inside_the_model_explains_like_the_flipped_kernel(name):
+    """flip(W) before the last 3×3 conv (symmetric padding, stride 1) computes what the plain model with that
+    conv's kernel mirrored computes, flipped; global pooling removes the flip. Every method must give both
+    models the same maps (its rules are mirror-equivariant there, and the flip's adjoint undoes it)."""
+    plain = Head(nn.Identity())
+    flipped = Head(Func(lambda h: h.flip(3)))
+    with torch.no_grad():
+        flipped.last.weight.copy_(plain.last.weight.flip(3))
+    _assert_same_maps(flipped, plain, {name: METHODS[name]})
 
 
 def test_nearest_upsampling_sums_relevance_over_the_copies():

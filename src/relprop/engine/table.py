@@ -30,7 +30,8 @@ _DESCRIPTIONS = {
     GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA)",
     MAXPOOL: "max pooling (also adaptive / global max, amax)",
     AVGPOOL: "average / adaptive-average pooling, mean, bilinear upsampling", PAD: "zero, reflection and replication padding",
-    LAYOUT: "flatten / view / reshape / permute / transpose / slicing / chunk / nearest upsampling",
+    LAYOUT: "flatten / view / reshape / permute / transpose / slicing / chunk / flip / roll / repeat / pixel and "
+            "channel shuffle / nearest upsampling",
     ADD: "residual addition", CAT: "torch.cat", STRUCTURAL: "",
 }
 """How messages name the op kinds; empty: not worth listing (covered by another entry, or no relevance)."""

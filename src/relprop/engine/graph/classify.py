@@ -25,15 +25,18 @@ _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh)
 _GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.tanh, F.tanh}
 _GATE_METHODS = {"sigmoid", "sigmoid_", "tanh", "tanh_"}
 _POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish,
-    nn.Softplus, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity, *_GATE_MODULES,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish,
+    nn.Softplus, nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
+    *_GATE_MODULES,
 )
 _POINTWISE_FUNCTIONS = {
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.silu, F.gelu,
-    F.hardswish, F.mish, F.softplus, F.hardtanh, torch.clamp, F.dropout, F.dropout2d, torch.dropout,
-    *_GATE_FUNCTIONS,
+    F.hardswish, F.mish, F.softplus, F.hardtanh, F.rrelu, F.logsigmoid, F.softsign, F.tanhshrink, torch.clamp,
+    F.dropout, F.dropout2d, torch.dropout, operator.neg, torch.neg, *_GATE_FUNCTIONS,
 }
-_POINTWISE_METHODS = {"relu", "relu_", "contiguous", "clone", "clamp", "clamp_", "clamp_min", "clamp_min_", *_GATE_METHODS}
+_POINTWISE_METHODS = {
+    "relu", "relu_", "contiguous", "clone", "clamp", "clamp_", "clamp_min", "clamp_min_", "neg", "neg_", *_GATE_METHODS,
+}
 _SCALE_FUNCTIONS = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div, operator.sub, torch.sub}
 _SCALE_METHODS = {"mul", "mul_", "div", "div_"}
 _MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
@@ -54,8 +57,17 @@ _BATCH_STATISTICS = (
 _IDENTITY_IN_EVAL_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
 _IDENTITY_IN_EVAL_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout}
 _LINEAR_FUNCTIONS = {F.linear}
-_LAYOUT_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze, operator.getitem}
-_LAYOUT_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as"}
+# Ops that move, select or copy entries (relevance follows the adjoint: a copy's relevance returns to its source).
+_LAYOUT_FUNCTIONS = {
+    torch.flatten, torch.unflatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze,
+    operator.getitem, torch.flip, torch.fliplr, torch.flipud, torch.rot90, torch.roll, torch.tile,
+    torch.pixel_shuffle, torch.pixel_unshuffle, torch.channel_shuffle,
+}
+_LAYOUT_METHODS = {
+    "view", "reshape", "flatten", "unflatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as",
+    "flip", "fliplr", "flipud", "rot90", "roll", "repeat", "tile",
+}
+_LAYOUT_MODULES = (nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle)
 _SPLIT_FUNCTIONS = {torch.chunk, torch.split, torch.tensor_split}
 _SPLIT_METHODS = {"chunk", "split", "tensor_split"}
 # Functions of other libraries, by (module, name): torchvision's stochastic depth (identity in eval mode) and
@@ -406,7 +418,7 @@ def _classify_module(module: nn.Module, make: Callable[..., Op], feeds_output: b
         return make(AVGPOOL, type_name, module=module)
     if isinstance(module, _COPYING_PADS) or (isinstance(module, nn.ConstantPad2d) and module.value == 0):
         return make(PAD, type_name, module=module)
-    if isinstance(module, nn.Flatten):
+    if isinstance(module, _LAYOUT_MODULES):
         return make(LAYOUT, type_name, module=module)
     return make(UNKNOWN, type_name, module=module)
 
