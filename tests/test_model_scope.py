@@ -4,6 +4,7 @@ models are explained through the module they wrap, torchvision's ``Normalize`` m
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -242,6 +243,59 @@ def test_forward_parameters_with_defaults_take_them_as_model_x_does(name):
 def test_forward_that_needs_a_second_input_is_refused_when_the_method_is_made(name):
     with pytest.raises(ModelError, match=r"called as model\(x\) with one tensor input; NeedsTwo.forward also requires 'mask'"):
         relprop.get_method(name)(NeedsTwo().eval())
+
+
+# ------------------------------------------------------------------------------------------ seeds with a bypass
+
+
+class MirrorAveraged(nn.Module):
+    """The average of a network's logits for the image and its mirror image (test-time augmentation)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.net(x) + self.net(x.flip(3))) / 2
+
+
+class EarlyFeaturesHead(nn.Module):
+    """A classifier that reads the pooled early feature map besides the last one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.early = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        self.late = nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU())
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        early = self.early(x)
+        return self.fc(torch.cat([early.mean((2, 3)), self.late(early).mean((2, 3))], 1))
+
+
+@pytest.mark.parametrize("name", ["rsp", "ae"])
+@pytest.mark.parametrize("model, seed, around", [
+    (lambda: MirrorAveraged(_small()), "net.features", "net.features.0 (Conv2d)"),
+    (lambda: EarlyFeaturesHead(), "late", "mean (Tensor.mean)"),
+], ids=["test-time flip", "early features in the head"])
+def test_a_seed_that_evidence_can_bypass_is_warned_about_naming_the_bypass(name, model, seed, around):
+    """The map of a feature-map seed holds only the evidence that passes the seed (here: one of the two calls)."""
+    with pytest.warns(UserWarning) as caught:
+        method = relprop.get_method(name)(model().eval())
+    bypass_path, bypass_type = around.split(" (")
+    messages = [str(w.message) for w in caught]
+    assert any(f"starts at '{seed}', but the logits also depend on the input through ops that do not pass through it "
+               f"(from '{bypass_path}', {bypass_type[:-1]})" in m for m in messages), messages
+    assert method.seed_layer == seed
+
+
+@pytest.mark.parametrize("name", ["rsp", "ae", "lrp_epsilon"])
+def test_a_seed_on_every_path_is_not_warned_about(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        relprop.get_method(name)(_small())
+        relprop.get_method(name)(torchvision.models.resnet18().eval())
+        relprop.get_method(name)(torchvision.models.densenet121().eval())
 
 
 # ------------------------------------------------------------------------------------------ TorchScript

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
@@ -12,7 +13,9 @@ from torch import Tensor
 
 from ..arguments import flag
 from ..errors import InputError, RelpropError, UnsupportedLayerError
-from ..model_state import check_model_tensors, evaluation_mode, refuse_attention, refuse_torchscript, unwrap_model
+from ..model_state import (
+    caller_stacklevel, check_model_tensors, evaluation_mode, refuse_attention, refuse_torchscript, unwrap_model,
+)
 from ..rules.common import sample_total
 from ..targets import Target, channel_mismatch, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
@@ -111,7 +114,17 @@ class Engine:
         if seed_op == graph.input_name:
             raise ValueError("seed_layer must be a layer after the input.")
         seed_layer = graph.display_name(seed_op)
-        return Traced(graph, seed_op, seed_layer, self._make_plan(graph, seed_op, seed_layer))
+        plan = self._make_plan(graph, seed_op, seed_layer)
+        bypass = graph.bypass(seed_op)
+        if bypass is not None:
+            warnings.warn(
+                f"{self.method} starts at '{seed_layer}', but the logits also depend on the input through ops that "
+                f"do not pass through it (from '{bypass.path}', {bypass.type_name}); their evidence is not in the "
+                "map. Choose a seed_layer that every path from the input to the logits passes through, or a method "
+                "that starts at the logits (LRP, the gradient family).",
+                UserWarning, stacklevel=caller_stacklevel(),
+            )
+        return Traced(graph, seed_op, seed_layer, plan)
 
     def _make_plan(self, g: ModelGraph, seed_op: str, seed_layer: str) -> _Plan:
         # ops that only compute a gate's multiplier get no relevance: they are off the path and need no rule

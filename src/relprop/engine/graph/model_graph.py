@@ -193,6 +193,24 @@ class ModelGraph:
         """Names of the ops relevance can flow back to from ``name`` (not into gate multipliers), itself included."""
         return self._closure(name, lambda op: op.relevance_inputs)
 
+    def bypass(self, name: str) -> Op | None:
+        """The first op (in forward order) through which relevance can
+        flow from the output to the input without passing op ``name``, or None when op ``name`` lies on
+        every such path.  A model that averages two calls of one network (test-time augmentation) has
+        such a path around a seed in either call; so has a head that also reads an early feature map."""
+
+        def avoiding(start: str, step: Callable[[Op], Any]) -> set[str]:
+            return self._closure(start, lambda op: [] if op.name == name else step(op))
+
+        forward = avoiding(self.input_name, lambda op: [u for u in self.consumers[op.name]
+                                                         if op.name in self.by_name[u].relevance_inputs])
+        if self.output_name not in forward:
+            return None
+        explained = self.ancestors(name)
+        around = [op for op in self.ops if op.name in forward & avoiding(self.output_name, lambda op: op.relevance_inputs)
+                  and op.name not in explained and op.kind not in (INPUT, OUTPUT)]
+        return around[0] if around else None
+
     def descendants(self, name: str) -> set[str]:
         """Names of all ops that depend on ``name``, itself included."""
         return self._closure(name, lambda op: [u.name for u in op._node.users])  # type: ignore[union-attr]
