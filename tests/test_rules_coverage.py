@@ -468,6 +468,48 @@ def test_copying_padding_conserves(name):
     torch.testing.assert_close(r.flatten(1).sum(1), expected, rtol=1e-10, atol=0)
 
 
+CONV_PADDINGS = {
+    # name: (Conv2d arguments, the padding module it equals followed by the unpadded convolution)
+    "reflect": ({"kernel_size": 3, "padding": 1, "padding_mode": "reflect"}, nn.ReflectionPad2d(1)),
+    "replicate": ({"kernel_size": 5, "padding": (2, 1), "padding_mode": "replicate"}, nn.ReplicationPad2d((1, 1, 2, 2))),
+    "circular, stride 2": ({"kernel_size": 3, "padding": 1, "padding_mode": "circular", "stride": 2}, nn.CircularPad2d(1)),
+    "same, even kernel": ({"kernel_size": 4, "padding": "same"}, nn.ZeroPad2d((1, 2, 1, 2))),
+    "same, even kernel, dilated": ({"kernel_size": (2, 3), "padding": "same", "dilation": 3}, nn.ZeroPad2d((3, 3, 1, 2))),
+    "same, even kernel, reflect": ({"kernel_size": 4, "padding": "same", "padding_mode": "reflect"}, nn.ReflectionPad2d((1, 2, 1, 2))),
+}
+
+
+def _padded_conv_pair(kwargs: dict, pad: nn.Module, first: bool) -> tuple[nn.Module, nn.Module]:
+    """The same network twice: with a Conv2d padding as ``kwargs`` say, and with ``pad`` + an unpadded Conv2d
+    (the convolution reading the image if ``first``, else the second one)."""
+    torch.manual_seed(1)  # every map of both samples is non-zero (Grad-CAM's ReLU zeroes some at other seeds)
+    padded = nn.Conv2d(3 if first else 4, 5, **kwargs)
+    unpadded = nn.Conv2d(padded.in_channels, 5, padded.kernel_size, stride=padded.stride, dilation=padded.dilation)
+    unpadded.load_state_dict(padded.state_dict())
+    stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    tail = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
+    a = nn.Sequential(*([] if first else [stem]), padded, tail)
+    b = nn.Sequential(*([] if first else [stem]), nn.Sequential(pad, unpadded), tail)
+    return a.double().eval(), b.double().eval()
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["hidden conv", "conv reading the image"])
+@pytest.mark.parametrize("padding", sorted(CONV_PADDINGS))
+def test_conv_padding_other_than_even_zeros_is_explained_as_the_padding_then_the_conv(padding, first):
+    """Before: refused (padding_mode) or refused (asymmetric 'same'). Now the maps equal those of the model
+    with the padding written out as a module, for every relevance method and Grad-CAM."""
+    a, b = _padded_conv_pair(*CONV_PADDINGS[padding], first)
+    x = torch.randn(2, 3, 12, 12, dtype=D, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a(x), b(x), rtol=1e-12, atol=1e-12)
+    for name in ["rsp", "ae", "rap", "lrp_composite", "lrp_epsilon", "gradcam"]:
+        method = relprop.get_method(name)(a)
+        expected = relprop.get_method(name)(b).attribute(x, target=[1, 2])
+        assert (expected.flatten(1).abs().amax(1) > 0).all(), name
+        torch.testing.assert_close(method.attribute(x, target=[1, 2]), expected, rtol=1e-10, atol=1e-13, msg=name)
+    seed = relprop.RSP(a, seed_layer="0" if first else "1")  # the convolution keeps its module path
+    assert seed.seed_layer == ("0" if first else "1")
+
+
 # ------------------------------------------------------------------------- kernels computed from parameters
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 
@@ -49,7 +50,8 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
     timm's dynamic "same" padding (which reads the input size) and torchvision's ``Normalize`` transform
     are traced as one call.  Without an example, a branch on the input raises :class:`BranchesOnInput`.
     ``forward()``'s parameters after the input take their defaults, as in ``model(x)``
-    (``forward(self, x, return_features=False)`` is traced with ``return_features=False``).
+    (``forward(self, x, return_features=False)`` is traced with ``return_features=False``).  A Conv2d that
+    pads otherwise than with zeros evenly is traced as its padding followed by an unpadded convolution.
     """
     flags = {m: m.training for m in model.modules()}
     autowrap = traced_as_one_call()
@@ -60,7 +62,7 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
             graph = _Tracer(autowrap_functions=autowrap).trace(model, concrete_args=defaults or None)
         else:
             graph = _trace_with_shapes(model, example, autowrap, defaults)
-        return _without_placeholders_for(graph, defaults)
+        return _with_explicit_conv_padding(_without_placeholders_for(graph, defaults), model)
     except Exception as exc:  # tracing failures come in many exception types
         site = _trace_failure_site(model, exc)
         branches = isinstance(exc, fx.proxy.TraceError) and "control flow" in str(exc)
@@ -164,6 +166,47 @@ def _trace_with_shapes(
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a value whose shape could not be computed: fail here, naming it
         return _ShapeTracer(fake_mode, autowrap).trace(model, meta_args={name: fake}, concrete_args=defaults or None)
+
+
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+def _with_explicit_conv_padding(graph: fx.Graph, model: nn.Module) -> fx.Graph:
+    """``graph`` with every call of an ``nn.Conv2d`` that pads with copies of its input (``padding_mode``
+    'reflect', 'replicate', 'circular') or unevenly (``padding='same'`` with an even kernel) replaced by
+    ``F.pad`` followed by ``F.conv2d`` without padding, as the module computes it: the padding becomes an
+    op with its own rule (copies hand their relevance back to what they copy; zeros get none)."""
+    for node in list(graph.nodes):
+        module = model.get_submodule(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(module, nn.Conv2d) or type(module).forward is not nn.Conv2d.forward:
+            continue
+        pads = _conv_pads(module)
+        if module.padding_mode == "zeros" and pads[0::2] == pads[1::2]:
+            continue  # even zero padding: the convolution's own
+        with graph.inserting_before(node):
+            padded = graph.call_function(F.pad, (node.args[0], pads), {"mode": _PAD_MODES[module.padding_mode]})
+            weight = graph.get_attr(f"{node.target}.weight")
+            bias = graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
+            conv = graph.call_function(
+                F.conv2d, (padded, weight, bias, module.stride, 0, module.dilation, module.groups)
+            )
+        for new in (padded, weight, bias, conv):
+            if new is not None:
+                new.meta = dict(node.meta)  # traced inside the module: its path and module stack
+        node.replace_all_uses_with(conv)
+        graph.erase_node(node)
+    return graph
+
+
+def _conv_pads(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """The (left, right, top, bottom) padding of ``conv``'s input (``padding='same'``: as torch pads it)."""
+    if conv.padding == "valid":
+        return (0, 0, 0, 0)
+    if conv.padding == "same":
+        high, wide = (d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size))
+        return (wide // 2, wide - wide // 2, high // 2, high - high // 2)
+    high, wide = conv.padding  # type: ignore[misc]
+    return (wide, wide, high, high)
 
 
 def _without_placeholders_for(graph: fx.Graph, defaults: dict[str, Any]) -> fx.Graph:
