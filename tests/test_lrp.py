@@ -1,8 +1,8 @@
 """LRP baselines: rules and two-layer nets against hand-computed values, conservation, ResNet-50
-stability, BatchNorm canonisation, batch invariance, stock models and Captum.
+stability, BatchNorm canonisation, batch invariance, stock models, Captum and Zennit.
 
 Every expected value is written literally (derived by hand in the comments), computed by an
-independent model written in the test (BatchNorm folded by hand) or produced by Captum.
+independent model written in the test (BatchNorm folded by hand) or produced by Captum or Zennit.
 """
 
 from __future__ import annotations
@@ -561,3 +561,75 @@ def test_lrp_epsilon_equals_captum():
     ours = relprop.LRPEpsilon(model, epsilon=1e-9).attribute(x, target=targets)
     assert expected.abs().max() > 0
     assert _rel(ours, expected.detach()) <= 1e-6
+
+
+# --------------------------------------------------------------------------------------------- Zennit
+
+
+class ZennitNet(nn.Module):
+    """A VGG-like net with BatchNorm and non-zero biases everywhere (a bias changes the sign-split rules)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Dropout(), nn.Linear(16, 5))
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.uniform_(module.bias, -0.3, 0.3)
+            if isinstance(module, nn.BatchNorm2d):
+                # eps 0: Zennit's canonizer leaves the merged BatchNorm dividing by sqrt(1 + eps), not the identity
+                module.eps = 0.0
+                nn.init.uniform_(module.weight, -1.0, 2.0), nn.init.uniform_(module.bias, -0.5, 0.5)
+                nn.init.uniform_(module.running_mean, -0.5, 0.5), nn.init.uniform_(module.running_var, 0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _zennit_rules():  # type: ignore[no-untyped-def]
+    """Zennit's composite for each relprop LRP method: the same rule per layer type, with Zennit's stabiliser
+    made negligible (1e-30) where relprop's sign-split rules use none (their denominators are sums of one sign)."""
+    from zennit.composites import LayerMapComposite, SpecialFirstLayerMapComposite
+    from zennit.rules import AlphaBeta, Epsilon, Gamma, ZBox, ZPlus
+
+    tiny = 1e-30
+    layers = (nn.Conv2d, nn.Linear)
+
+    def everywhere(rule):  # type: ignore[no-untyped-def]
+        return lambda canonizers: LayerMapComposite([(kind, rule) for kind in layers], canonizers=canonizers)
+
+    return {
+        "lrp_epsilon": everywhere(Epsilon(1e-6)),
+        "lrp_zplus": everywhere(ZPlus(stabilizer=tiny, zero_params=["bias"])),  # z⁺ ignores the bias
+        "lrp_alpha1beta0": everywhere(AlphaBeta(1.0, 0.0, stabilizer=tiny)),
+        "lrp_alpha2beta1": everywhere(AlphaBeta(2.0, 1.0, stabilizer=tiny)),
+        "lrp_gamma": everywhere(Gamma(0.25, stabilizer=1e-6)),
+        "lrp_composite": lambda canonizers: SpecialFirstLayerMapComposite(
+            layer_map=[(nn.Linear, Epsilon(1e-6)), (nn.Conv2d, ZPlus(stabilizer=tiny, zero_params=["bias"]))],
+            first_map=[(nn.Conv2d, ZBox(-3.0, 3.0, stabilizer=tiny))], canonizers=canonizers,
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", LRP_NAMES)
+def test_lrp_rules_equal_zennit(name):
+    """Zennit (an independent implementation) with the matching rule per layer type and its BatchNorm
+    canonizer gives the same maps to float64 rounding, on a net with biases, a folded BatchNorm whose
+    scale is negative in some channels, max pooling, dropout and a Linear head."""
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    torch.manual_seed(0)
+    model = ZennitNet().to(D).eval()
+    x = torch.randn(3, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(5)).clamp(-3.0, 3.0)  # in z^B's box
+    targets = torch.tensor([0, 3, 4])
+    options = {"input_bounds": (-3.0, 3.0)} if name == "lrp_composite" else {}
+    ours = relprop.get_method(name)(model, **options).attribute(x, target=targets)
+    composite = _zennit_rules()[name]([SequentialMergeBatchNorm()])
+    with Gradient(model=copy.deepcopy(model), composite=composite) as attributor:
+        _, expected = attributor(x, lambda out: torch.zeros_like(out).scatter_(1, targets[:, None], 1.0) * out)
+    assert expected.abs().max() > 0
+    assert _rel(ours, expected) <= 1e-12, _rel(ours, expected)
