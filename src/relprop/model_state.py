@@ -139,7 +139,8 @@ def refuse_torchscript(model: nn.Module, method: str) -> None:
             f"{where} a TorchScript module (torch.jit.script / torch.jit.trace); {method} works on the layers "
             "of a Python nn.Module, which TorchScript compiles away. Pass the module before scripting, or build "
             "the architecture again and load the weights with model.load_state_dict(scripted.state_dict()). "
-            "'gradient', 'integrated_gradients' and 'smoothgrad' explain TorchScript models as they are."
+            "'gradient', 'gradient_x_input', 'integrated_gradients' and 'smoothgrad' explain TorchScript models "
+            "as they are."
         )
 
 

@@ -194,10 +194,10 @@ class ModelGraph:
         return self._closure(name, lambda op: op.relevance_inputs)
 
     def bypass(self, name: str) -> Op | None:
-        """The first op (in forward order) through which relevance can
-        flow from the output to the input without passing op ``name``, or None when op ``name`` lies on
-        every such path.  A model that averages two calls of one network (test-time augmentation) has
-        such a path around a seed in either call; so has a head that also reads an early feature map."""
+        """The first op (in forward order) through which relevance can flow from the output to the input
+        without passing op ``name``, or None when op ``name`` lies on every such path.  A model that averages
+        two calls of one network (test-time augmentation) has such a path around a seed in either call; so
+        has a head that also reads an early feature map."""
 
         def avoiding(start: str, step: Callable[[Op], Any]) -> set[str]:
             return self._closure(start, lambda op: [] if op.name == name else step(op))
