@@ -203,6 +203,22 @@ def test_instance_norm_passes_relevance_unchanged_by_hand(norm):
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("norm", [nn.LocalResponseNorm(2, alpha=1.0, beta=0.5, k=1.0),
+                                  Func(lambda h: F.local_response_norm(h, 2, alpha=1.0, beta=0.5, k=1.0))],
+                         ids=["LocalResponseNorm", "F.local_response_norm"])
+def test_local_response_norm_passes_relevance_unchanged_by_hand(norm):
+    """The original AlexNet's and GoogLeNet's LRN, b_c = a_c / (k + α/n Σ_{c' = c−1..c} a_c'²)^β (size n = 2):
+    x (1, 2, 1, 1) = (1, 2) → identity 1×1 conv → LRN → flatten → fc v = (1, 2), no biases.
+    b = (1/√(1 + 1/2), 2/√(1 + 5/2)); LRP-ε (ε = 0): R_b = b ⊙ v, passed unchanged (the scale held fixed)."""
+    model = nn.Sequential(nn.Conv2d(2, 2, 1, bias=False), norm, nn.Flatten(), nn.Linear(2, 1, bias=False)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2).view(2, 2, 1, 1)), model[3].weight.copy_(torch.tensor([[1.0, 2.0]]))
+    x = torch.tensor([1.0, 2.0], dtype=D).view(1, 2, 1, 1)
+    out = relprop.LRPEpsilon(model.eval(), epsilon=0.0).attribute(x, target=0)
+    expected = torch.tensor([1 / math.sqrt(1.5), 2 * 2 / math.sqrt(3.5)], dtype=D).view(1, 2, 1, 1)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
+
+
 # ------------------------------------------------------------------ z^B through transform_input
 
 

@@ -24,12 +24,13 @@ Key = Union[str, type]
 _DESCRIPTIONS = {
     CONV: "Conv2d (any stride, padding, dilation, groups; also a Linear over the channels of a channels-last map)",
     INPUT_CONV: "", LINEAR: "Linear",
-    BATCHNORM: "BatchNorm1d / BatchNorm2d / SyncBatchNorm / F.batch_norm", NORM: "LayerNorm / GroupNorm / InstanceNorm2d",
+    BATCHNORM: "BatchNorm1d / BatchNorm2d / SyncBatchNorm / F.batch_norm",
+    NORM: "LayerNorm / GroupNorm / InstanceNorm2d / LocalResponseNorm",
     POINTWISE: "elementwise activations (ReLU family, SiLU, GELU, Hardswish, Mish, Sigmoid, Tanh, ...), Dropout, "
                "Identity, stochastic depth, scaling by a constant or parameter, torchvision's Normalize",
     GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA)",
     MAXPOOL: "max pooling (also adaptive / global max, amax)",
-    AVGPOOL: "average / adaptive-average pooling, mean, bilinear upsampling", PAD: "zero, reflection and replication padding",
+    AVGPOOL: "average / adaptive-average pooling, mean, bilinear upsampling", PAD: "zero, reflection, replication and circular padding",
     LAYOUT: "flatten / view / reshape / permute / transpose / slicing / chunk / flip / roll / repeat / pixel and "
             "channel shuffle / nearest upsampling",
     ADD: "residual addition", CAT: "torch.cat", STRUCTURAL: "",

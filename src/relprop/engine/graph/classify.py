@@ -43,9 +43,10 @@ _MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
 _GLOBAL_MAX_FUNCTIONS = {F.adaptive_max_pool2d, torch.amax}
 _AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d, torch.mean}
 _AVGPOOL_METHODS = {"mean"}
-# Normalisations with per-sample statistics (or fixed ones): a per-sample affine map once they are held fixed.
-_NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
-_NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.instance_norm}
+# Normalisations with per-sample statistics (or fixed ones): a per-sample affine map once they are held fixed
+# (local response normalisation: a per-element scale).
+_NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d, nn.LocalResponseNorm)
+_NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.instance_norm, F.local_response_norm}
 # BatchNorm in eval mode with running statistics is a fixed per-channel affine map (on (N, C) or (N, C, H, W)).
 _BATCHNORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 _BATCH_STATISTICS = (

@@ -206,10 +206,9 @@ class ModelGraph:
                                                          if op.name in self.by_name[u].relevance_inputs])
         if self.output_name not in forward:
             return None
-        explained = self.ancestors(name)
-        around = [op for op in self.ops if op.name in forward & avoiding(self.output_name, lambda op: op.relevance_inputs)
-                  and op.name not in explained and op.kind not in (INPUT, OUTPUT)]
-        return around[0] if around else None
+        around = forward & avoiding(self.output_name, lambda op: op.relevance_inputs)
+        around -= self.ancestors(name) | {self.input_name, self.output_name}
+        return next((op for op in self.ops if op.name in around), None)
 
     def descendants(self, name: str) -> set[str]:
         """Names of all ops that depend on ``name``, itself included."""
