@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import relprop
 from relprop.errors import ModelError
 from relprop.model_state import check_model_output, check_model_tensors
 
@@ -48,10 +49,25 @@ def test_an_inference_buffer_in_a_normal_model_is_refused() -> None:
         check_model_tensors(model)
 
 
-@pytest.mark.parametrize("kind, name", [("tuple", "tuple"), ("dict", "dict")])
-def test_a_model_returning_a_tuple_or_dict_is_refused(kind: str, name: str) -> None:
-    with pytest.raises(ModelError, match=f"returns a {name}, not a tensor of logits"):
+OUTPUT_REFUSALS = {
+    "tuple": r"TupleOutput returns a tuple of 2, not a tensor of logits \(N, classes\)\. Explain a module that "
+             r"returns the logits: a wrapper whose forward\(x\) returns model\(x\)\[0\]\.",
+    "dict": r"TupleOutput returns a dict \(keys 'out'\), not a tensor of logits .* returns model\(x\)\['out'\]\.",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OUTPUT_REFUSALS))
+def test_a_model_returning_a_tuple_or_dict_is_refused(kind: str) -> None:
+    with pytest.raises(ModelError, match=OUTPUT_REFUSALS[kind]):
         check_model_output(TupleOutput(kind), torch.zeros(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("method", ["rsp", "lrp_epsilon", "gradcam", "gradient"])
+@pytest.mark.parametrize("kind", sorted(OUTPUT_REFUSALS))
+def test_every_method_refuses_a_tuple_or_dict_output_with_the_same_fix(kind: str, method: str) -> None:
+    """The traced walk saw torch.fx's own containers ('immutable_dict'); the message names what the user wrote."""
+    with pytest.raises(ModelError, match=OUTPUT_REFUSALS[kind]):
+        relprop.get_method(method)(TupleOutput(kind).eval()).attribute(torch.randn(2, 3, 8, 8), target=1)
 
 
 def test_a_model_with_nan_weights_is_refused_with_the_parameter_named() -> None:

@@ -195,18 +195,34 @@ def check_model_output(model: nn.Module, example: Tensor) -> int:
             raise ModelError(
                 f"{type(model).__name__} fails on a {tuple(example.shape[1:])} input: {reason}"
             ) from exc
-    if not isinstance(output, Tensor):
-        kind = type(output).__name__
-        raise ModelError(
-            f"{type(model).__name__} returns a {kind}, not a tensor of logits (N, classes). Explain a module "
-            f"that returns the logits, e.g. a wrapper whose forward returns model(x)[0] or model(x)['out']."
-        )
-    if output.dim() != 2 or output.shape[0] != 1:
-        raise ModelError(
-            f"{type(model).__name__} returns a tensor of shape {tuple(output.shape)} for one input; relprop "
-            "explains classifiers whose output is (N, classes)."
-        )
+    refusal = not_logits(model, output, 1)
+    if refusal is not None:
+        raise refusal
     return int(output.shape[1])
+
+
+def not_logits(model: nn.Module, output: Any, batch: int) -> ModelError | None:
+    """None if ``output`` is a (batch, classes) tensor; otherwise the error to raise, which describes what
+    ``model`` returned (a tuple, a dict and its keys, a tensor of another shape) and how to explain it."""
+    name = type(model).__name__
+    if isinstance(output, Tensor):
+        if output.dim() == 2 and output.shape[0] == batch:
+            return None
+        return ModelError(
+            f"{name} returns a tensor of shape {tuple(output.shape)} for {batch} input(s); relprop explains "
+            "classifiers whose output is the logits (N, classes)."
+        )
+    if isinstance(output, dict):
+        kind, pick = f"dict (keys {', '.join(map(repr, output))})", f"model(x)[{next(iter(output), 'key')!r}]"
+    elif isinstance(output, (tuple, list)):
+        kind, pick = f"{type(output).__name__} of {len(output)}", "model(x)[0]"
+    else:
+        kind, pick = type(output).__name__, "the logits"
+    kind = kind.replace("immutable_dict", "dict").replace("immutable_list", "list")  # as a traced graph returns them
+    return ModelError(
+        f"{name} returns a {kind}, not a tensor of logits (N, classes). Explain a module that returns the "
+        f"logits: a wrapper whose forward(x) returns {pick}."
+    )
 
 
 def _listing(items: list[str]) -> str:

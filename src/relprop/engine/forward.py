@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..errors import RelpropError
+from ..model_state import not_logits
 from .graph import ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT, INPUT_CONV, LINEAR, MAXPOOL, OUTPUT, ModelGraph
 
 # Ops whose output is a new tensor, safe to overwrite in place once nobody reads it.
@@ -69,11 +69,9 @@ def record_forward(graph: ModelGraph, x: Tensor, seed: str, keep: set[str], repl
         for r in op.reads:
             if last_use[r] == i and r not in keep:
                 env.pop(r, None)
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        raise RelpropError(
-            f"{type(graph.model).__name__} must return a (N, classes) tensor of logits; it returned "
-            f"{type(logits).__name__}{tuple(logits.shape) if isinstance(logits, Tensor) else ''}."
-        )
+    refusal = not_logits(graph.model, logits, x.shape[0])
+    if refusal is not None:
+        raise refusal
     assert seed_value is not None
     values = {name: env[name] for name in keep if name in env}
     return ForwardRecord(values, shapes, replays, logits, seed_value)
