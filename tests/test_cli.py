@@ -112,10 +112,31 @@ def test_a_folder_stands_for_its_image_files_in_name_order_with_plain_progress_l
     assert "\r" not in err and "relprop: explaining: 3/3 images" in err  # stderr is not a terminal here
 
 
+def test_explain_takes_method_options_as_evaluate_does(images, tmp_path, capsys):
+    """ae:ratio=1 beside ae: two maps, two files, two grid columns; each map is the method's own."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(MODEL, weights=None).eval()
+    weights = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "out"
+    code, _, err = _run(["explain", str(images[0]), "--model", MODEL, "--weights", str(weights), "--method",
+                         "ae:ratio=1,ae,gradient:absolute=true", "--target", "7", "--out", str(out), "--save-npy"], capsys)
+    assert code == 0, err
+    stems = {"ae_ratio=1": {"ratio": 1}, "ae": {}, "gradient_absolute=True": {"absolute": True}}
+    assert _files(out) == {f"photo_{s}.{e}" for s in stems for e in ("png", "npy")} | {"grid.png"}
+    x = Preprocess()(load_image(images[0])).unsqueeze(0)
+    for stem, options in stems.items():
+        method = relprop.get_method(stem.split("_")[0])(model, **options)
+        np.testing.assert_allclose(np.load(out / f"photo_{stem}.npy"), method.attribute(x, target=7)[0].numpy(),
+                                   rtol=1e-5, atol=1e-7)
+
+
 BAD_INPUTS = {
     # case: (option overrides, message); "IMAGE" replaces the image argument
     "unknown model": ({"--model": "resnet9000"}, "unknown model 'resnet9000'; choose one of: alexnet"),
     "unknown method": ({"--method": "rsp,magic"}, "unknown method 'magic'; choose one of: ae,"),
+    "bad method option": ({"--method": "ae:ratio=x"}, "method 'ae:ratio=x': ratio must be a positive finite number"),
+    "the evaluation baseline": ({"--method": "center"}, "'center' is an evaluation baseline, not a method; choose one of: ae,"),
     "missing image": ({"IMAGE": "nope.jpg"}, "image not found"),
     "folder without images": ({"IMAGE": "notes"}, "folder {tmp}/notes holds no image files (.jpg, .jpeg, .png"),
     "corrupt image": ({"IMAGE": "corrupt.jpg"}, "cannot read image"),

@@ -18,7 +18,8 @@ from ..errors import RelpropError
 from ..evaluation.progress import ProgressBar
 from ..model_state import check_model_output, check_model_tensors
 from ..preprocess import load_image
-from ..registry import get_method, list_methods
+from ..evaluation.methods import CENTER, MethodSpec
+from ..registry import list_methods
 from ..targets import resolve_targets
 from ..viz import prediction_title, save_grid, to_map
 from ..zoo import has_random_weights, load_model
@@ -55,8 +56,7 @@ def explain_images(
     is written. An image that is missing or cannot be decoded is reported by its path and skipped;
     the others are explained. When no image can be read, nothing is written.
     """
-    for name in methods:
-        get_method(name)  # unknown names fail before any work, listing the valid ones
+    specs = _method_specs(methods)  # unknown names and bad options fail before any work
     images = image_files(images)
     unreadable = _unreadable_images(images)
     if len(unreadable) == len(images):
@@ -77,7 +77,7 @@ def explain_images(
     wanted = _target_index(target, categories)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        explainers = {name: get_method(name)(model) for name in methods}
+        explainers = {spec: spec.build(model) for spec in specs}
     if has_random_weights(model_name, weights):
         warn_random_weights(model_name, where=None)
     _print_warnings(caught)
@@ -112,14 +112,15 @@ def explain_images(
             if t != top:
                 caption += "\n" + prediction_title(categories[t], probs[0, t].item(), "explained")
             maps = {}
-            for name, explainer in explainers.items():
+            for spec, explainer in explainers.items():
                 attribution = _attribute(explainer, x, t)
-                title = getattr(explainer, "name", name)
+                title = _title(spec, explainer)
                 maps[title] = to_map(attribution)
-                written.append(save_grid([crop], {title: [maps[title]]}, out / f"{stem}_{name}.png", [caption], overlay))
+                name = f"{stem}_{_file_label(spec)}"
+                written.append(save_grid([crop], {title: [maps[title]]}, out / f"{name}.png", [caption], overlay))
                 if save_npy:
-                    np.save(out / f"{stem}_{name}.npy", attribution.numpy())
-                    written.append(out / f"{stem}_{name}.npy")
+                    np.save(out / f"{name}.npy", attribution.numpy())
+                    written.append(out / f"{name}.npy")
             rows.append((crop, caption, maps))
             progress.update(1)
     if not rows:  # every image failed to decode: as when none passes the header check, an error
@@ -248,10 +249,39 @@ def _first_line(exc: Exception) -> str:
 
 
 def _method_list(text: str) -> list[str]:
-    names = list(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not names:
         raise RelpropError(f"--method needs at least one name; choose from: {', '.join(list_methods())}.")
     return names
+
+
+def _method_specs(methods: list[str]) -> list[MethodSpec]:
+    """Each method as a spec (``name`` or ``name:key=value:...``); the center baseline is no explanation."""
+    specs = []
+    for text in methods:
+        name = text.split(":")[0].strip().lower()
+        if name not in list_methods():
+            what = f"'{name}' is an evaluation baseline, not a method" if name == CENTER else f"unknown method '{name}'"
+            raise RelpropError(f"{what}; choose one of: {', '.join(list_methods())}.")
+        try:
+            spec = MethodSpec.parse(text)
+        except ValueError as exc:
+            raise RelpropError(str(exc)) from exc
+        if spec not in specs:
+            specs.append(spec)
+    return specs
+
+
+def _title(spec: MethodSpec, explainer: object) -> str:
+    """The method's display name, with the options given (``AE (ratio=1)``)."""
+    options = ", ".join(f"{key}={value}" for key, value in spec.kwargs)
+    name = getattr(explainer, "name", spec.name)
+    return f"{name} ({options})" if options else name
+
+
+def _file_label(spec: MethodSpec) -> str:
+    """``ae``, ``ae_ratio=1``: the spec in file-name-safe characters."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec.label)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -285,7 +315,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--method", default="rsp,ae,gradcam",
-        help=f"comma-separated methods (default: rsp,ae,gradcam) from: {', '.join(list_methods())}",
+        help=f"comma-separated methods (default: rsp,ae,gradcam), each a name or name:option=value "
+        f"(e.g. ae:ratio=1, rsp:purge=true), from: {', '.join(list_methods())}",
     )
     parser.add_argument(
         "--num-classes", type=int, metavar="N",
