@@ -38,6 +38,14 @@ def _files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+def _saved_model(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
+    """The test model (seed 0) and its state dict saved as tmp_path/weights.pt, for --weights."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(MODEL, weights=None).eval()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    return model, tmp_path / "weights.pt"
+
+
 def _run(args: list[str], capsys) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
     code = main(args)
     captured = capsys.readouterr()
@@ -45,10 +53,7 @@ def _run(args: list[str], capsys) -> tuple[int, str, str]:  # type: ignore[no-un
 
 
 def test_explain_jpeg_png_with_alpha_and_grayscale(images, tmp_path, capsys):
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(MODEL, weights=None).eval()
-    weights = tmp_path / "weights.pt"
-    torch.save(model.state_dict(), weights)
+    model, weights = _saved_model(tmp_path)
     out = tmp_path / "out"
     inputs = _files(tmp_path / "in")
     code, stdout, err = _run(
@@ -114,10 +119,7 @@ def test_a_folder_stands_for_its_image_files_in_name_order_with_plain_progress_l
 
 def test_explain_takes_method_options_as_evaluate_does(images, tmp_path, capsys):
     """ae:ratio=1 beside ae: two maps, two files, two grid columns; each map is the method's own."""
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(MODEL, weights=None).eval()
-    weights = tmp_path / "weights.pt"
-    torch.save(model.state_dict(), weights)
+    model, weights = _saved_model(tmp_path)
     out = tmp_path / "out"
     code, _, err = _run(["explain", str(images[0]), "--model", MODEL, "--weights", str(weights), "--method",
                          "ae:ratio=1,ae,gradient:absolute=true", "--target", "7", "--out", str(out), "--save-npy"], capsys)
