@@ -15,10 +15,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import RelpropError
+from ..evaluation.methods import CENTER, MethodSpec
 from ..evaluation.progress import ProgressBar
 from ..model_state import check_model_output, check_model_tensors
 from ..preprocess import load_image
-from ..evaluation.methods import CENTER, MethodSpec
 from ..registry import list_methods
 from ..targets import resolve_targets
 from ..viz import prediction_title, save_grid, to_map
@@ -155,11 +155,11 @@ def image_files(paths: list[Path]) -> list[Path]:
     """``paths`` with every folder replaced by the image files directly in it (by extension, in name
     order; hidden files left out).  A folder without images is an error naming the extensions looked for."""
     files: list[Path] = []
+    extensions = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN}  # readable
     for path in paths:
         if not path.is_dir():
             files.append(path)
             continue
-        extensions = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN}  # readable
         found = sorted(p for p in path.iterdir()
                        if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith("."))
         if not found:
@@ -249,14 +249,15 @@ def _first_line(exc: Exception) -> str:
 
 
 def _method_list(text: str) -> list[str]:
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise RelpropError(f"--method needs at least one name; choose from: {', '.join(list_methods())}.")
     return names
 
 
 def _method_specs(methods: list[str]) -> list[MethodSpec]:
-    """Each method as a spec (``name`` or ``name:key=value:...``); the center baseline is no explanation."""
+    """Each method as a spec (``name`` or ``name:key=value:...``), repeats dropped; the center baseline is no
+    explanation."""
     specs = []
     for text in methods:
         name = text.split(":")[0].strip().lower()
