@@ -8,6 +8,8 @@ import math
 import numbers
 from typing import Any, Sequence
 
+import torch
+
 
 def number(name: str, value: Any, *, positive: bool = False, hint: str = "") -> float:
     """``value`` as a float: a real number (not a bool), finite, ``> 0`` with ``positive`` else ``>= 0``.
@@ -42,3 +44,27 @@ def choice(name: str, value: Any, options: Sequence[str]) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}.")
     return value
+
+
+def input_bounds(bounds: Any) -> Any:
+    """z^B's ``bounds`` if they are None or ``(low, high)``, each a number or a 1-d sequence / tensor of
+    per-channel values, finite, with ``low <= high``; otherwise a ValueError (TypeError for other types)."""
+    if bounds is None:
+        return None
+    form = "input_bounds must be None or (low, high), each a float or one value per channel"
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise TypeError(f"{form}; got {type(bounds).__name__} {bounds!r}.")
+    try:
+        low, high = (torch.as_tensor(b, dtype=torch.float64, device="cpu") if not isinstance(b, bool) else None
+                     for b in bounds)
+    except (TypeError, ValueError, RuntimeError):
+        low = high = None
+    if low is None or high is None or low.dim() > 1 or high.dim() > 1:
+        raise TypeError(f"{form}; got {bounds!r}.")
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise ValueError(f"input_bounds must be finite; got {bounds!r}.")
+    if low.dim() == high.dim() == 1 and low.numel() != high.numel():
+        raise ValueError(f"input_bounds: low has {low.numel()} channel values but high has {high.numel()}.")
+    if (low > high).any():
+        raise ValueError(f"input_bounds must be (low, high) with low <= high; got {bounds!r}.")
+    return bounds

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..arguments import input_bounds
 from ..errors import InputError
 from ..rules.structural import (
     add_rule, adjoint, cat_rule, maxpool_rule, nonzero_mask_rule, proportional_pool_rule,
@@ -23,30 +24,6 @@ from .graph import (
 from .table import Needs, Rule, RuleTable, Step
 
 Bounds = Union[None, tuple[Union[float, Tensor], Union[float, Tensor]]]
-
-
-def _checked_bounds(bounds: Bounds) -> Bounds:
-    """``bounds`` if it is None or ``(low, high)``, each a number or a 1-d sequence / tensor of per-channel
-    values, finite, with ``low <= high``; otherwise a ValueError (TypeError for other types) saying so."""
-    if bounds is None:
-        return None
-    form = "input_bounds must be None or (low, high), each a float or one value per channel"
-    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
-        raise TypeError(f"{form}; got {type(bounds).__name__} {bounds!r}.")
-    try:
-        low, high = (torch.as_tensor(b, dtype=torch.float64, device="cpu") if not isinstance(b, bool) else None
-                     for b in bounds)
-    except (TypeError, ValueError, RuntimeError):
-        low = high = None
-    if low is None or high is None or low.dim() > 1 or high.dim() > 1:
-        raise TypeError(f"{form}; got {bounds!r}.")
-    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-        raise ValueError(f"input_bounds must be finite; got {bounds!r}.")
-    if low.dim() == high.dim() == 1 and low.numel() != high.numel():
-        raise ValueError(f"input_bounds: low has {low.numel()} channel values but high has {high.numel()}.")
-    if (low > high).any():
-        raise ValueError(f"input_bounds must be (low, high) with low <= high; got {bounds!r}.")
-    return bounds
 
 
 def _first(op: Op, relevance: Tensor | None) -> list[Tensor | None]:
@@ -191,7 +168,7 @@ class ZBox(Rule):
     """
 
     def __init__(self, bounds: Bounds = None, fold_batchnorm: bool = True) -> None:
-        self.bounds, self.fold_batchnorm = _checked_bounds(bounds), fold_batchnorm
+        self.bounds, self.fold_batchnorm = input_bounds(bounds), fold_batchnorm
 
     def needs(self, op: Op) -> Needs:
         return Needs(op.inputs[:1], tuple(o.name for o in op.image_chain))
