@@ -164,7 +164,9 @@ def image_files(paths: list[Path]) -> list[Path]:
                        if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith("."))
         if not found:
             common = ", ".join(e for e in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".webp") if e in extensions)
-            raise RelpropError(f"folder {path} holds no image files ({common}, ...); pass a folder of images or image files.")
+            raise RelpropError(
+                f"folder {path} holds no image files ({common}, ...); pass a folder of images or image files."
+            )
         files.extend(found)
     return files
 
@@ -300,7 +302,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "explain",
         help="explain image files with a torchvision or timm model or efficientnet_lite0",
-        description="Explain image files or folders of them (any size; RGB, grayscale or with alpha) with a classification model. "
+        description="Explain image files or folders of them (any size; RGB, grayscale or with alpha) with a "
+        "classification model. "
         "Writes into --out one PNG per image and method (the image as the model sees it, captioned with the "
         "prediction, beside its map: red = evidence for the class, blue = against it, with a colour bar) and a "
         "grid of all of them; --save-npy adds the raw attributions. An image that cannot be read is reported and skipped "

@@ -30,7 +30,8 @@ _DESCRIPTIONS = {
                "Identity, stochastic depth, scaling by a constant or parameter, torchvision's Normalize",
     GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA)",
     MAXPOOL: "max pooling (also adaptive / global max, amax)",
-    AVGPOOL: "average / adaptive-average pooling, mean, bilinear upsampling", PAD: "zero, reflection, replication and circular padding",
+    AVGPOOL: "average / adaptive-average pooling, mean, bilinear upsampling",
+    PAD: "zero, reflection, replication and circular padding",
     LAYOUT: "flatten / view / reshape / permute / transpose / slicing / chunk / flip / roll / repeat / pixel and "
             "channel shuffle / nearest upsampling",
     ADD: "residual addition", CAT: "torch.cat", STRUCTURAL: "",

@@ -55,8 +55,8 @@ class Engine:
 
     Construction traces the model and checks that every op between the image and the seed layer has
     a rule (raising :class:`~relprop.UnsupportedLayerError` before any computation); a model with
-    attention or a TorchScript module is refused before tracing.  A ``DataParallel`` / ``DistributedDataParallel`` wrapper or a
-    ``torch.compile``'d model is explained through the module it wraps.
+    attention or a TorchScript module is refused before tracing.  A ``DataParallel`` /
+    ``DistributedDataParallel`` wrapper or a ``torch.compile``'d model is explained through the module it wraps.
     ``failure_hint`` completes the error raised when relevance stops being finite.
 
     A model whose ``forward()`` branches on its input's shape (timm's VGG head pools inputs smaller
