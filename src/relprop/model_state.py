@@ -195,20 +195,18 @@ def check_model_output(model: nn.Module, example: Tensor) -> int:
             raise ModelError(
                 f"{type(model).__name__} fails on a {tuple(example.shape[1:])} input: {reason}"
             ) from exc
-    refusal = not_logits(model, output, 1)
-    if refusal is not None:
-        raise refusal
+    check_logits(model, output, 1)
     return int(output.shape[1])
 
 
-def not_logits(model: nn.Module, output: Any, batch: int) -> ModelError | None:
-    """None if ``output`` is a (batch, classes) tensor; otherwise the error to raise, which describes what
-    ``model`` returned (a tuple, a dict and its keys, a tensor of another shape) and how to explain it."""
+def check_logits(model: nn.Module, output: Any, batch: int) -> None:
+    """Raise :class:`~relprop.errors.ModelError` unless ``output`` is a (batch, classes) tensor, describing
+    what ``model`` returned (a tuple, a dict and its keys, a tensor of another shape) and how to explain it."""
     name = type(model).__name__
     if isinstance(output, Tensor):
         if output.dim() == 2 and output.shape[0] == batch:
-            return None
-        return ModelError(
+            return
+        raise ModelError(
             f"{name} returns a tensor of shape {tuple(output.shape)} for {batch} input(s); relprop explains "
             "classifiers whose output is the logits (N, classes)."
         )
@@ -219,7 +217,7 @@ def not_logits(model: nn.Module, output: Any, batch: int) -> ModelError | None:
     else:
         kind, pick = type(output).__name__, "the logits"
     kind = kind.replace("immutable_dict", "dict").replace("immutable_list", "list")  # as a traced graph returns them
-    return ModelError(
+    raise ModelError(
         f"{name} returns a {kind}, not a tensor of logits (N, classes). Explain a module that returns the "
         f"logits: a wrapper whose forward(x) returns {pick}."
     )

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..model_state import not_logits
+from ..model_state import check_logits
 from .graph import ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT, INPUT_CONV, LINEAR, MAXPOOL, OUTPUT, ModelGraph
 
 # Ops whose output is a new tensor, safe to overwrite in place once nobody reads it.
@@ -69,9 +69,7 @@ def record_forward(graph: ModelGraph, x: Tensor, seed: str, keep: set[str], repl
         for r in op.reads:
             if last_use[r] == i and r not in keep:
                 env.pop(r, None)
-    refusal = not_logits(graph.model, logits, x.shape[0])
-    if refusal is not None:
-        raise refusal
+    check_logits(graph.model, logits, x.shape[0])
     assert seed_value is not None
     values = {name: env[name] for name in keep if name in env}
     return ForwardRecord(values, shapes, replays, logits, seed_value)

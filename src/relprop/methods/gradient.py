@@ -21,7 +21,7 @@ from ..arguments import choice, flag, integer, number
 from ..engine import POINTWISE, ModelGraph
 from ..errors import InputError, RelpropError
 from ..model_state import (
-    check_model_tensors, evaluation_mode, forward_defaults, not_logits, refuse_torchscript, unwrap_model,
+    check_logits, check_model_tensors, evaluation_mode, forward_defaults, refuse_torchscript, unwrap_model,
 )
 from ..registry import register
 from ..targets import Target, channel_mismatch, check_input, resolve_targets
@@ -67,9 +67,7 @@ class AutogradMethod:
                 except RuntimeError:
                     _raise_if_channels_differ(self.model, x)
                     raise
-            refusal = not_logits(self.model, logits, x.shape[0])
-            if refusal is not None:
-                raise refusal
+            check_logits(self.model, logits, x.shape[0])
             targets = resolve_targets(target, logits)
             with torch.enable_grad():
                 result = self._attribute(inputs, targets).detach().to(x.dtype)  # autocast may compute in another dtype
