@@ -361,9 +361,50 @@ def test_channel_shuffle_and_chunk_route_relevance_like_permuted_weights(layout,
     (lambda h: torch.mean(h, dim=(-2, -1)), lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1)),
     (lambda h: h.amax((2, 3)), lambda h: F.max_pool2d(h, 8).flatten(1)),
     (lambda h: F.adaptive_max_pool2d(h, 1).flatten(1), lambda h: F.max_pool2d(h, 8).flatten(1)),
+    (lambda h: h.sum((2, 3)), lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1) * 64),
+    (lambda h: torch.sum(h, dim=[-1, -2]), lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1) * 64),
+    (lambda h: h.max(-1)[0].max(-1)[0], lambda h: F.max_pool2d(h, 8).flatten(1)),
+    (lambda h: torch.max(h.flatten(2), dim=2).values, lambda h: F.max_pool2d(h, 8).flatten(1)),
+    (lambda h: torch.max(h, 3, keepdim=True)[0].amax(2).flatten(1), lambda h: F.max_pool2d(h, 8).flatten(1)),
+    (lambda h: F.max_pool2d(h, kernel_size=h.size()[2:]).flatten(1), lambda h: F.max_pool2d(h, 8).flatten(1)),
 ])
-def test_mean_and_amax_pool_like_average_and_max_pooling(pooled, reference):
+def test_mean_sum_and_max_over_dims_pool_like_average_and_max_pooling(pooled, reference):
     _assert_same_maps(Head(nn.Identity(), pool=pooled), Head(nn.Identity(), pool=reference))
+
+
+def test_a_max_pool_window_read_from_the_input_shape_follows_each_input_size():
+    """``F.max_pool2d(h, h.size()[2:])`` is a global max pool at every input size, as the model computes it."""
+    dynamic = Head(nn.Identity(), pool=lambda h: F.max_pool2d(h, h.size()[2:]).flatten(1)).double().eval()
+    fixed = Head(nn.Identity(), pool=lambda h: F.adaptive_max_pool2d(h, 1).flatten(1)).double().eval()
+    for name, method in METHODS.items():
+        explain_dynamic, explain_fixed = method(dynamic), method(fixed)
+        for size in (8, 11, 6):
+            x = torch.randn(2, 3, size, size, dtype=D, generator=torch.Generator().manual_seed(size))
+            a, b = explain_dynamic.attribute(x, target=[0, 2]), explain_fixed.attribute(x, target=[0, 2])
+            assert b.abs().max() > 0, name
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * float(b.abs().max()), msg=f"{name} at {size} px")
+
+
+class MaxWithIndices(nn.Module):
+    """The values of ``max(dim)`` pooled, and its indices read as well (an arg-max, not a pooling)."""
+
+    def __init__(self, read_indices: bool) -> None:
+        super().__init__()
+        self.read_indices = read_indices
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        values, indices = h.flatten(2).max(2)
+        logits = self.fc(values)
+        return logits + indices[:, :1] if self.read_indices else logits
+
+
+def test_max_over_a_dim_is_a_max_pool_only_when_its_indices_are_not_read():
+    pooled = [op.type_name for op in ModelGraph(MaxWithIndices(False)).ops if op.kind == "maxpool"]
+    assert pooled == ["torch.amax"]
+    assert [op for op in ModelGraph(MaxWithIndices(True)).ops if op.kind == "maxpool"] == []
+    with pytest.raises(relprop.UnsupportedLayerError, match="Tensor.max"):
+        relprop.get_method("lrp_epsilon")(MaxWithIndices(True))
 
 
 MOVES = {

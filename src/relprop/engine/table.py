@@ -29,8 +29,8 @@ _DESCRIPTIONS = {
     POINTWISE: "elementwise activations (ReLU family, SiLU, GELU, Hardswish, Mish, Sigmoid, Tanh, ...), Dropout, "
                "Identity, stochastic depth, scaling by a constant or parameter, torchvision's Normalize",
     GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA)",
-    MAXPOOL: "max pooling (also adaptive / global max, amax)",
-    AVGPOOL: "average / adaptive-average pooling, mean, bilinear upsampling",
+    MAXPOOL: "max pooling (also adaptive / global max, amax, the values of max(dim))",
+    AVGPOOL: "average / adaptive-average pooling, mean, sum, bilinear upsampling",
     PAD: "zero, reflection, replication and circular padding",
     LAYOUT: "flatten / view / reshape / permute / transpose / slicing / chunk / flip / roll / repeat / pixel and "
             "channel shuffle / nearest upsampling",

@@ -41,8 +41,8 @@ _SCALE_FUNCTIONS = {operator.mul, operator.imul, torch.mul, operator.truediv, op
 _SCALE_METHODS = {"mul", "mul_", "div", "div_"}
 _MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
 _GLOBAL_MAX_FUNCTIONS = {F.adaptive_max_pool2d, torch.amax}
-_AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d, torch.mean}
-_AVGPOOL_METHODS = {"mean"}
+_AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d, torch.mean, torch.sum}
+_AVGPOOL_METHODS = {"mean", "sum"}
 # Normalisations with per-sample statistics (or fixed ones): a per-sample affine map once they are held fixed
 # (local response normalisation: a per-element scale).
 _NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d, nn.LocalResponseNorm)

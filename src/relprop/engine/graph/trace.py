@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import linecache
+import operator
 import traceback
 import warnings
 from typing import Any, Callable, Optional
@@ -51,7 +52,8 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
     are traced as one call.  Without an example, a branch on the input raises :class:`BranchesOnInput`.
     ``forward()``'s parameters after the input take their defaults, as in ``model(x)``
     (``forward(self, x, return_features=False)`` is traced with ``return_features=False``).  A Conv2d that
-    pads otherwise than with zeros evenly is traced as its padding followed by an unpadded convolution.
+    pads otherwise than with zeros evenly is traced as its padding followed by an unpadded convolution, and
+    the values of a maximum along dimensions (``x.max(dim)[0]``, ``torch.max(x, dim).values``) as ``torch.amax``.
     """
     flags = {m: m.training for m in model.modules()}
     autowrap = traced_as_one_call()
@@ -60,9 +62,13 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
         model.eval()
         if example is None:
             graph = _Tracer(autowrap_functions=autowrap).trace(model, concrete_args=defaults or None)
+            _refuse_shape_dependent_windows(graph)
         else:
             graph = _trace_with_shapes(model, example, autowrap, defaults)
-        return _with_explicit_conv_padding(_without_placeholders_for(graph, defaults), model)
+        graph = _without_placeholders_for(graph, defaults)
+        return _with_max_values_as_amax(_with_explicit_conv_padding(graph, model))
+    except BranchesOnInput:
+        raise
     except Exception as exc:  # tracing failures come in many exception types
         site = _trace_failure_site(model, exc)
         branches = isinstance(exc, fx.proxy.TraceError) and "control flow" in str(exc)
@@ -81,6 +87,20 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
     finally:
         for module, flag in flags.items():
             module.training = flag
+
+
+def _refuse_shape_dependent_windows(graph: fx.Graph) -> None:
+    """Raise :class:`BranchesOnInput` if a max pooling's window is computed from a shape
+    (``F.max_pool2d(x, x.size()[2:])``): its rule needs the windows, which are then known per input shape."""
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
+            window: list[fx.Node] = []
+            fx.node.map_arg((node.args[1:], {k: v for k, v in node.kwargs.items() if k != "input"}), window.append)
+            if window:
+                raise BranchesOnInput(
+                    f"the window of {node.name} is computed from its input's shape, so relprop traces the model "
+                    "once per input shape."
+                )
 
 
 class _InferenceProxy(fx.Proxy):
@@ -196,6 +216,44 @@ def _with_explicit_conv_padding(graph: fx.Graph, model: nn.Module) -> fx.Graph:
         node.replace_all_uses_with(conv)
         graph.erase_node(node)
     return graph
+
+
+_MAX_CALLS = (("call_method", "max"), ("call_function", torch.max))
+
+
+def _with_max_values_as_amax(graph: fx.Graph) -> fx.Graph:
+    """``graph`` with every maximum along dimensions whose indices are not read (``x.max(dim)[0]``,
+    ``torch.max(x, dim=1).values``) replaced by ``torch.amax(x, dim, keepdim)``, which computes the same
+    values and is a (global) max pooling; ``max`` of a whole tensor or of two tensors stays as it is."""
+    for node in list(graph.nodes):
+        if (node.op, node.target) not in _MAX_CALLS:
+            continue
+        arguments = dict(zip(("input", "dim", "keepdim"), node.args)) | dict(node.kwargs)
+        if set(arguments) - {"input", "dim", "keepdim"} or not isinstance(arguments.get("dim"), int):
+            continue
+        values = [user for user in node.users if _reads_values(user, node)]
+        unread = [  # the indices of `values, _ = x.max(1)`
+            user for user in node.users if user.target is operator.getitem and user.args == (node, 1) and not user.users
+        ]
+        if len(values) + len(unread) != len(node.users):
+            continue  # the indices are read (an arg-max): not a pooling
+        with graph.inserting_before(node):
+            amax = graph.call_function(torch.amax, (arguments["input"], arguments["dim"], arguments.get("keepdim", False)))
+        amax.meta = dict(node.meta)
+        for user in values:
+            user.replace_all_uses_with(amax)
+        for user in values + unread:
+            graph.erase_node(user)
+        graph.erase_node(node)
+    return graph
+
+
+def _reads_values(user: fx.Node, result: fx.Node) -> bool:
+    """Whether ``user`` takes the values of the ``(values, indices)`` pair ``result``."""
+    return user.op == "call_function" and (
+        user.target is operator.getitem and user.args == (result, 0)
+        or user.target is getattr and user.args == (result, "values")
+    )
 
 
 def _conv_pads(conv: nn.Conv2d) -> tuple[int, int, int, int]:
