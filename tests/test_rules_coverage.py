@@ -445,6 +445,31 @@ def test_layout_ops_hand_each_entry_its_moved_copies_relevance(name):
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
+class SpaceToDepthStem(nn.Module):
+    """TResNet's stem: ``pixel_unshuffle(x, 2)`` (3 → 12 channels) read by a 1×1 convolution, then ReLU,
+    global average pooling and a Linear classifier."""
+
+    def __init__(self, conv: nn.Conv2d, fc: nn.Linear, unshuffle: bool) -> None:
+        super().__init__()
+        self.conv, self.fc, self.unshuffle = conv, fc, unshuffle
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(F.pixel_unshuffle(x, 2) if self.unshuffle else x)
+        return self.fc(F.adaptive_avg_pool2d(torch.relu(h), 1).flatten(1))
+
+
+def test_a_space_to_depth_stem_explains_like_the_strided_convolution_it_equals():
+    """A 2×2 stride-2 convolution W (O, 3, 2, 2) equals pixel_unshuffle followed by the 1×1 convolution whose
+    input channel 4c + 2i + j carries W[:, c, i, j]. The first convolution then reads 12 channels of a
+    3-channel image; the maps must be those of the strided convolution."""
+    torch.manual_seed(11)
+    strided, fc = nn.Conv2d(3, 5, 2, stride=2), nn.Linear(5, 3)
+    pointwise = nn.Conv2d(12, 5, 1)
+    with torch.no_grad():
+        pointwise.weight.copy_(strided.weight.reshape(5, 12, 1, 1)), pointwise.bias.copy_(strided.bias)
+    _assert_same_maps(SpaceToDepthStem(pointwise, fc, unshuffle=True), SpaceToDepthStem(strided, fc, unshuffle=False))
+
+
 @pytest.mark.parametrize("name", ["rsp", "ae", "rap", "lrp_composite"])
 def test_a_horizontal_flip_inside_the_model_explains_like_the_flipped_kernel(name):
     """flip(W) before the last 3×3 conv (symmetric padding, stride 1) computes what the plain model with that

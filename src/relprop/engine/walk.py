@@ -19,7 +19,7 @@ from ..model_state import (
 from ..rules.common import sample_total
 from ..targets import Target, channel_mismatch, check_input, resolve_targets
 from .forward import ForwardRecord, record_forward
-from .graph import INPUT, INPUT_CONV, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example
+from .graph import INPUT, INPUT_CONV, PAD, POINTWISE, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example
 from .precision import float32_precision, warn_if_sixteen_bit, without_autocast
 from .seeds import Seed
 from .table import Needs, Rule, RuleTable, Step
@@ -211,8 +211,11 @@ class Engine:
 
     @staticmethod
     def _check_channels(x: Tensor, plan: _Plan) -> None:
+        """InputError if x's channels differ from those of a convolution that reads the image through
+        channel-preserving ops only (not, e.g., TResNet's space-to-depth, which makes 48 of 3)."""
         for op in plan.order:
-            if op.kind == INPUT_CONV and op.conv is not None:
+            preserved = all(link.kind in (PAD, POINTWISE) for link in op.image_chain)
+            if op.kind == INPUT_CONV and op.conv is not None and preserved:
                 weight = op.conv.weight()
                 expected = weight.shape[1] * op.conv.geometry.groups
                 if x.shape[1] != expected:
