@@ -673,3 +673,97 @@ def test_a_kernel_computed_from_the_input_shape_is_refused():
     model(torch.zeros(1, 3, 6, 6))
     with pytest.raises(relprop.UnsupportedLayerError, match="F.conv2d whose weight is computed in forward"):
         relprop.LRPEpsilon(model.eval())
+
+
+# ------------------------------------------------------------------ in-place writes
+
+
+class InPlaceScaled(nn.Module):
+    """``body`` → ``out`` → ``write(out)`` (in place, its result unused, as timm's NFNet skip-init gain
+    ``out.mul_(gain)``) → ``out * 0.5`` + ``body`` → ReLU → pool → Linear; ``write=None``: the same model
+    written out of place (``out = out * gain`` etc.)."""
+
+    def __init__(self, write, pure) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        torch.manual_seed(4)
+        self.features, self.conv, self.fc = _features(2), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 3)
+        self.gain = nn.Parameter(torch.tensor([0.5, -2.0, 1.5, 3.0]).view(1, 4, 1, 1))
+        self.act = nn.ReLU(inplace=True)
+        self.write, self.pure = write, pure
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        out = self.conv(h)
+        if self.write is not None:
+            self.write(self, out)
+        else:
+            out = self.pure(self, out)
+        return self.fc(F.adaptive_avg_pool2d(torch.relu(out * 0.5 + h), 1).flatten(1))
+
+
+def _inplace_mul(m, t): t.mul_(m.gain)  # noqa: E704
+def _inplace_div(m, t): t.div_(4.0)  # noqa: E704
+def _inplace_relu_function(m, t): F.relu(t, inplace=True)  # noqa: E704
+def _inplace_relu_(m, t): torch.relu_(t)  # noqa: E704
+def _inplace_relu_module(m, t): m.act(t)  # noqa: E704
+
+
+WRITES = {
+    "Tensor.mul_": (_inplace_mul, lambda m, t: t * m.gain),
+    "Tensor.div_": (_inplace_div, lambda m, t: t / 4.0),
+    "F.relu(inplace=True)": (_inplace_relu_function, lambda m, t: F.relu(t)),
+    "torch.relu_": (_inplace_relu_, lambda m, t: torch.relu(t)),
+    "nn.ReLU(inplace=True)": (_inplace_relu_module, lambda m, t: torch.relu(t)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRITES))
+def test_what_reads_a_tensor_after_an_in_place_write_sees_the_written_values(name):
+    """relprop runs in-place ops out of place; the readers of the overwritten tensor must read the op's result,
+    or the traced forward computes another function than the model (NFNet: logits 0.04 off of 0.09)."""
+    write, pure = WRITES[name]
+    _assert_same_maps(InPlaceScaled(write, None), InPlaceScaled(None, pure))
+
+
+class AliasWrittenInPlace(nn.Module):
+    """``g = h; g *= 0.25; g -= 0.05`` (augmented assignments), then ``h`` read: in PyTorch ``g`` is ``h``, so
+    ``h`` holds the written values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.features, self.fc = _features(3), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features[0](x)
+        g = h
+        g *= 0.25
+        g -= 0.05
+        h = self.features[3](self.features[2](self.features[1](h)))
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def test_an_augmented_assignment_to_an_alias_which_the_trace_misses_is_refused():
+    """torch.fx records ``g *= 0.25`` as ``g = g * 0.25``: the trace's ``h`` keeps the old values, and its logits
+    differ from the model's. The first attribute() compares them and refuses, naming the cause."""
+    model = AliasWrittenInPlace().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    for name, method in METHODS.items():
+        with pytest.raises(relprop.RelpropError, match="computes other logits than the model"):
+            method(model).attribute(x)
+
+
+class WritesIntoAView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features, self.fc = _features(6), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        h[:, :2].mul_(2.0)
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def test_an_in_place_write_into_a_view_read_through_its_base_is_refused():
+    with pytest.raises(relprop.RelpropError, match="writes in place into a view"):
+        relprop.RSP(WritesIntoAView())

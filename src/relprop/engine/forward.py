@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ..errors import RelpropError
 from ..model_state import check_logits
 from .graph import ADD, AVGPOOL, BATCHNORM, CAT, CONV, INPUT, INPUT_CONV, LINEAR, MAXPOOL, OUTPUT, ModelGraph
 
@@ -73,3 +74,29 @@ def record_forward(graph: ModelGraph, x: Tensor, seed: str, keep: set[str], repl
     assert seed_value is not None
     values = {name: env[name] for name in keep if name in env}
     return ForwardRecord(values, shapes, replays, logits, seed_value)
+
+
+def check_against_model(model: torch.nn.Module, x: Tensor, logits: Tensor) -> None:
+    """Raise RelpropError unless ``model(x)`` gives the recorded ``logits`` (N, classes) up to rounding.
+
+    The graph relprop explains is the model as traced; Python that the trace does not record
+    (an in-place write through an alias, ``g = h; g *= 2``, which changes ``h`` too) or randomness at
+    inference makes it another function, whose maps would explain something the model does not compute.
+    """
+    reference = model(x)
+    if not isinstance(reference, Tensor) or reference.shape != logits.shape:
+        return  # check_logits has named what the model returns
+    scale = reference.abs().amax(dim=1)
+    tolerance = max(1e-4, 100 * torch.finfo(logits.dtype).eps)
+    off = (logits - reference).abs().amax(dim=1)
+    if bool((off > tolerance * scale + torch.finfo(logits.dtype).tiny).any()):
+        worst = int((off / scale.clamp(min=torch.finfo(logits.dtype).tiny)).argmax())
+        raise RelpropError(
+            f"relprop's trace of {type(model).__name__} computes other logits than the model: sample {worst} is "
+            f"off by {float(off[worst]):.3g} (its largest logit is {float(scale[worst]):.3g}). forward() does "
+            "something the trace does not record, such as an in-place write through an alias (g = h; g *= 2 "
+            "also changes h) or random numbers at inference. Write that step out of place (g = h * 2) in a "
+            "subclass or a copy of the module, or use a method that does not trace the model ('gradient', "
+            "'integrated_gradients', 'gradcam')."
+        )
+

@@ -18,7 +18,7 @@ from ..model_state import (
 )
 from ..rules.common import sample_total
 from ..targets import Target, channel_mismatch, check_input, resolve_targets
-from .forward import ForwardRecord, record_forward
+from .forward import ForwardRecord, check_against_model, record_forward
 from .graph import INPUT, INPUT_CONV, PAD, POINTWISE, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example
 from .precision import float32_precision, warn_if_sixteen_bit, without_autocast
 from .seeds import Seed
@@ -44,6 +44,7 @@ class Traced:
     seed_op: str
     seed_layer: str
     plan: _Plan
+    matches_model: bool = False  # whether a forward pass of the graph has been checked against the model's
 
 
 _SHAPES_KEPT = 8
@@ -196,6 +197,9 @@ class Engine:
         """The recording forward pass and the seed relevance for the targets."""
         plan = traced.plan
         record = record_forward(traced.graph, x, traced.seed_op, set(plan.uses), plan.replay)
+        if not traced.matches_model:  # once per graph: the first batch it explains
+            check_against_model(self.model, x, record.logits.detach())
+            traced.matches_model = True
         targets = resolve_targets(target, record.logits.detach())
         seed = self.seed.relevance(record, targets, traced.graph, traced.seed_layer)
         record.logits = record.logits.detach()

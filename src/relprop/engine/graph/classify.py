@@ -56,6 +56,12 @@ _BATCH_STATISTICS = (
 )
 # Ops that return their input unchanged in eval mode (a BatchNorm before them can be folded into a Linear layer).
 _IDENTITY_IN_EVAL_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
+# In-place functions and the out-of-place twins relprop runs instead (a tensor a rule needs must not change).
+INPLACE_FUNCTION_TWINS = {
+    operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+    operator.itruediv: operator.truediv, F.relu_: F.relu, torch.relu_: torch.relu, torch.sigmoid_: torch.sigmoid,
+    torch.tanh_: torch.tanh,
+}
 _IDENTITY_IN_EVAL_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout}
 _LINEAR_FUNCTIONS = {F.linear}
 # Ops that move, select or copy entries (relevance follows the adjoint: a copy's relevance returns to its source).

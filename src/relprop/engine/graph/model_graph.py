@@ -12,20 +12,17 @@ from typing import Any, Callable, Optional
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import RelpropError
 from ...rules.conv_ops import ConvGeometry
-from .classify import classify_node, is_identity_in_eval, module_stack, permutation
+from .classify import INPLACE_FUNCTION_TWINS, classify_node, is_identity_in_eval, module_stack, permutation
 from .ops import (
     ADD, BATCHNORM, CAT, CHANNELS_LAST, CONV, GATE, INPUT, INPUT_CONV, LAYOUT, LINEAR, NORM, OUTPUT, PAD, POINTWISE,
     SPLIT, STRUCTURAL, ConvSpec, LinearSpec, Op,
 )
 from .trace import Example, trace_model
 
-# In-place functions and the out-of-place twins a replay calls instead (unless in place is allowed).
-_INPLACE_FUNCTION_TWINS = {operator.iadd: operator.add, F.relu_: F.relu, torch.relu_: torch.relu}
 
 
 def _batchnorm_of(op: Op) -> Any:
@@ -321,7 +318,7 @@ class ModelGraph:
             if name.endswith("_") and not name.endswith("__"):
                 name = name[:-1]
             return getattr(args[0], name)(*args[1:], **kwargs)
-        target = _INPLACE_FUNCTION_TWINS.get(node.target, node.target)  # type: ignore[union-attr]
+        target = INPLACE_FUNCTION_TWINS.get(node.target, node.target)  # type: ignore[union-attr]
         return target(*args, **kwargs)  # type: ignore[operator]
 
 

@@ -19,7 +19,7 @@ from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 
 from ...errors import RelpropError
 from ...model_state import forward_defaults
-from .classify import leaf_module_types, traced_as_one_call
+from .classify import INPLACE_FUNCTION_TWINS, leaf_module_types, traced_as_one_call
 
 Example = tuple[torch.Size, torch.dtype, torch.device]
 """The shape, dtype and device of the inputs a shape-specialised graph is traced for."""
@@ -54,6 +54,7 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
     (``forward(self, x, return_features=False)`` is traced with ``return_features=False``).  A Conv2d that
     pads otherwise than with zeros evenly is traced as its padding followed by an unpadded convolution, and
     the values of a maximum along dimensions (``x.max(dim)[0]``, ``torch.max(x, dim).values``) as ``torch.amax``.
+    What reads a tensor after an in-place op changed it reads that op's result (see :func:`_with_writes_followed`).
     """
     flags = {m: m.training for m in model.modules()}
     autowrap = traced_as_one_call()
@@ -65,7 +66,7 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
             _refuse_shape_dependent_windows(graph)
         else:
             graph = _trace_with_shapes(model, example, autowrap, defaults)
-        graph = _without_placeholders_for(graph, defaults)
+        graph = _with_writes_followed(_without_placeholders_for(graph, defaults), model)
         return _with_max_values_as_amax(_with_explicit_conv_padding(graph, model))
     except BranchesOnInput:
         raise
@@ -215,6 +216,66 @@ def _with_explicit_conv_padding(graph: fx.Graph, model: nn.Module) -> fx.Graph:
                 new.meta = dict(node.meta)  # traced inside the module: its path and module stack
         node.replace_all_uses_with(conv)
         graph.erase_node(node)
+    return graph
+
+
+# ops whose result may share memory with their input: an in-place write to the result changes the input too
+_VIEW_METHODS = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "t", "squeeze",
+    "unsqueeze", "expand", "expand_as", "narrow", "select", "split", "chunk", "unbind", "diagonal", "movedim",
+    "contiguous", "unfold", "as_strided", "detach",
+}
+_VIEW_FUNCTIONS = {
+    operator.getitem, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
+    torch.narrow, torch.select, torch.split, torch.chunk, torch.unbind, torch.movedim, torch.diagonal, torch.t,
+}
+
+
+def _writes_in_place(node: fx.Node, model: nn.Module) -> bool:
+    """Whether ``node`` overwrites its first argument (``x.mul_(g)``, ``x += y``, ``F.relu(x, inplace=True)``,
+    a module built with ``inplace=True``)."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.kwargs.get("inplace") is True:
+        return True
+    if node.op == "call_method":
+        name = str(node.target)
+        return name.endswith("_") and not name.endswith("__")
+    if node.op == "call_module":
+        return getattr(model.get_submodule(str(node.target)), "inplace", False) is True
+    return node.op == "call_function" and node.target in INPLACE_FUNCTION_TWINS
+
+
+def _is_view(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target in _VIEW_METHODS
+            or node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+
+
+def _with_writes_followed(graph: fx.Graph, model: nn.Module) -> fx.Graph:
+    """``graph`` in which every op that reads a tensor after an in-place op overwrote it reads that op's
+    result instead: relprop runs in-place ops out of place (a tensor a rule needs must not change), so
+    ``out.mul_(gain); return out * alpha`` must read ``mul_``'s result, as the model's ``out`` holds it.
+
+    Raises RelpropError for an in-place write into a view whose base (or another view of it) is read
+    afterwards (``x[:, :8].mul_(2); return x``): which entries of the base change is not followed."""
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op == "output" or not _writes_in_place(node, model):
+            continue
+        written = node.args[0]
+        for user in list(written.users):
+            if order[user] > order[node]:
+                user.replace_input_with(written, node)
+        if _is_view(written):
+            base = written.args[0] if written.args and isinstance(written.args[0], fx.Node) else None
+            later = [u for u in (base.users if base is not None else ()) if u is not written and order[u] > order[node]]
+            if later:
+                raise RelpropError(
+                    f"forward() writes in place into a view of a tensor ({node.name} into {written.name}, a view of "
+                    f"{base.name}) and reads that tensor afterwards ({later[0].name}); relprop runs in-place ops "
+                    "out of place and cannot follow such a write. Compute the changed part out of place (e.g. "
+                    "torch.cat of the parts) in a subclass or a copy of the module."
+                )
     return graph
 
 
