@@ -164,6 +164,28 @@ def test_gate_branch_needs_no_rules_and_its_multiplier_is_recognised():
     assert off_path and not off_path & graph.relevance_ancestors(graph.output_name)
 
 
+class CoarseGate(nn.Module):
+    """GhostNet-v2's attention: a sigmoid gate computed at half resolution, upsampled (nearest) to the signal's
+    size, ``upsample(sigmoid(s))``; or, the same function, ``sigmoid(upsample(s))``."""
+
+    def __init__(self, upsample, sigmoid_first: bool) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        torch.manual_seed(8)
+        self.squeeze, self.upsample, self.sigmoid_first = nn.Conv2d(4, 4, 1), upsample, sigmoid_first
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        s = self.squeeze(F.avg_pool2d(h, 2))
+        gate = self.upsample(torch.sigmoid(s)) if self.sigmoid_first else torch.sigmoid(self.upsample(s))
+        return h * gate
+
+
+@pytest.mark.parametrize("upsample", [
+    nn.Upsample(scale_factor=2), lambda s: F.interpolate(s, size=(8, 8), mode="nearest"),
+], ids=["nn.Upsample", "F.interpolate"])
+def test_a_gate_upsampled_to_the_signal_is_a_gate(upsample):
+    _assert_same_maps(Head(CoarseGate(upsample, sigmoid_first=True)), Head(CoarseGate(upsample, sigmoid_first=False)))
+
+
 def test_product_of_two_signals_is_refused_with_a_clear_message():
     class Product(nn.Module):
         def __init__(self) -> None:

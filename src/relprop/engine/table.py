@@ -28,7 +28,7 @@ _DESCRIPTIONS = {
     NORM: "LayerNorm / GroupNorm / InstanceNorm2d / LocalResponseNorm",
     POINTWISE: "elementwise activations (ReLU family, SiLU, GELU, Hardswish, Mish, Sigmoid, Tanh, ...), Dropout, "
                "Identity, stochastic depth, scaling by a constant or parameter, torchvision's Normalize",
-    GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA)",
+    GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA, upsampled gates)",
     MAXPOOL: "max pooling (also adaptive / global max, amax, the values of max(dim))",
     AVGPOOL: "average / adaptive-average pooling, mean, sum, bilinear upsampling",
     PAD: "zero, reflection, replication and circular padding",

@@ -288,13 +288,16 @@ def _classify_product(node: fx.Node, model: nn.Module, inputs: tuple[str, ...], 
 
 
 def _is_gate_output(node: fx.Node, model: nn.Module) -> bool:
-    """Whether ``node`` is a sigmoid-type activation, possibly followed by views / expands / reshapes."""
+    """Whether ``node`` is a sigmoid-type activation, possibly followed by views / expands / reshapes and
+    resizing (GhostNet-v2 upsamples its gate to the signal's size)."""
     while True:
-        if node.op == "call_module":
-            return isinstance(model.get_submodule(str(node.target)), _GATE_MODULES)
+        module = model.get_submodule(str(node.target)) if node.op == "call_module" else None
+        if module is not None and not isinstance(module, nn.Upsample):
+            return isinstance(module, _GATE_MODULES)
         if node.target in _GATE_FUNCTIONS or node.target in _GATE_METHODS:
             return True
-        if node.target not in _LAYOUT_METHODS and node.target not in _LAYOUT_FUNCTIONS:
+        if module is None and node.target is not F.interpolate and node.target not in _LAYOUT_METHODS \
+                and node.target not in _LAYOUT_FUNCTIONS:
             return False
         if not node.args or not isinstance(node.args[0], fx.Node):
             return False
