@@ -530,6 +530,24 @@ def test_timm_padding_same_convolution_is_the_padded_convolution():
 # ------------------------------------------------------------------------------- copying padding modes
 
 
+@pytest.mark.parametrize("explicit, implicit", [
+    (lambda h: F.max_pool2d(F.pad(h, (1, 1, 1, 1), value=float("-inf")), 3, 2), lambda h: F.max_pool2d(h, 3, 2, 1)),
+    (lambda h: F.avg_pool2d(F.pad(torch.relu(h - 0.3), (1, 1, 1, 1)), 3, 1),
+     lambda h: F.avg_pool2d(torch.relu(h - 0.3), 3, 1, 1)),
+], ids=["-inf padding, max pool", "zero padding, average pool"])
+def test_padding_written_before_a_pooling_explains_like_the_poolings_own(explicit, implicit):
+    """timm's MaxPool2dSame / AvgPool2dSame pad (with -inf / zeros) and then pool: the function of the pooling
+    with its own padding, whose padded entries hold no relevance; the maps must be the same. (``relu(h - 0.3)``
+    leaves windows that are all zero, whose relevance is split evenly over the window's real entries.)"""
+    _assert_same_maps(Head(Func(explicit)), Head(Func(implicit)))
+
+
+def test_minus_infinity_padding_read_by_anything_but_max_pooling_is_refused():
+    model = Head(Func(lambda h: F.avg_pool2d(F.pad(h, (1, 1, 1, 1), value=float("-inf")), 3, 1)))
+    with pytest.raises(relprop.UnsupportedLayerError, match=r"F\.pad .*with value -inf"):
+        relprop.get_method("lrp_composite")(model)
+
+
 class FunctionalReflect(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (1, 1, 1, 1), mode="reflect")

@@ -95,8 +95,12 @@ class ProportionalPool(Rule):
         self.epsilon, self.clamp = epsilon, clamp
         self.conserves = clamp  # without it a window's a + ε may sum to 0, and its relevance is dropped
 
+    def needs(self, op: Op) -> Needs:
+        return Needs(op.inputs[:1], (op.name, *op.pads_before))
+
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
-        result = proportional_pool_rule(step.replay(), step.input(), step.relevance, epsilon=self.epsilon, clamp=self.clamp)
+        result = proportional_pool_rule(step.replay(), step.input(), step.relevance, epsilon=self.epsilon,
+                                        clamp=self.clamp, padding=step.explicit_padding())
         return _first(step.op, result)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence, Union
 
+import torch
 from torch import Tensor
 
 from ..errors import UnsupportedLayerError
@@ -31,7 +32,7 @@ _DESCRIPTIONS = {
     GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA, upsampled gates)",
     MAXPOOL: "max pooling (also adaptive / global max, amax, the values of max(dim))",
     AVGPOOL: "average / adaptive-average pooling, mean, sum, bilinear upsampling",
-    PAD: "zero, reflection, replication and circular padding",
+    PAD: "zero, reflection, replication and circular padding (-inf padding before max pooling)",
     LAYOUT: "flatten / view / reshape / permute / transpose / slicing / chunk / flip / roll / repeat / pixel and "
             "channel shuffle / nearest upsampling",
     ADD: "residual addition", CAT: "torch.cat", STRUCTURAL: "",
@@ -76,6 +77,18 @@ class Step:
     def replay(self, name: str | None = None) -> Callable[[Tensor], Tensor]:
         """``t -> op(t)`` for this op (or the op ``name``), other arguments as in the forward pass."""
         return self.record.replays[name or self.op.name]
+
+    def explicit_padding(self) -> Tensor | None:
+        """Where the op's input is explicit zero padding (``nn.ZeroPad2d``, ``F.pad``: its pad ops replayed on
+        ones): bool (1, C, H, W), or None without pad ops.  A rule that reads it must ask for
+        ``op.pads_before`` in its :class:`Needs` replays."""
+        if not self.op.pads_before:
+            return None
+        r = self.relevance
+        units = torch.ones((1, *self.shape(self.op.unpadded)[1:]), dtype=r.dtype, device=r.device)
+        for name in self.op.pads_before:
+            units = self.replay(name)(units)
+        return units == 0
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from ..engine.standard import CatSlice, DropSkipAdd, MaskZeros, MaxPoolRoute, Pr
 from ..registry import register
 from ..rules.ae import ae_conv
 from ..rules.common import safe_divide, sample_sum
-from .propagation import Mode, PropagationMethod, Variant, explicit_padding, select_mode
+from .propagation import Mode, PropagationMethod, Variant, select_mode
 from .rsp import NO_LINEAR_RULE, OVERFLOW, REFERENCE_FAILURE
 
 
@@ -42,7 +42,7 @@ class AEConv(Rule):
         sectional = not (self.authors_1x1 and weight.shape[2] == 1)
         return [ae_conv(step.input(), step.relevance, weight, conv.geometry, self.ratio, sectional=sectional,  # type: ignore[union-attr]
                         structural_support=self.structural_support, keep_mass=self.keep_mass,
-                        padding=explicit_padding(step))]
+                        padding=step.explicit_padding())]
 
 
 def _by_abs_sum(seed: Tensor) -> Tensor:

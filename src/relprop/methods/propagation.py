@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Literal, Mapping, TypeVar
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
 from ..arguments import choice
-from ..engine import Engine, RuleTable, Seed, Step
+from ..engine import Engine, RuleTable, Seed
 from ..targets import Target
 
 Mode = Literal["default", "reference"]
@@ -22,20 +21,6 @@ V = TypeVar("V")
 def select_mode(variants: Mapping[str, V], mode: str) -> V:
     """The variant (default or reference) of a method for ``mode``; ValueError for anything else."""
     return variants[choice("mode", mode, list(variants))]
-
-
-def explicit_padding(step: Step) -> Tensor | None:
-    """Where the input of the step's convolution is explicit zero padding (``nn.ZeroPad2d``, ``F.pad``: its
-    pad ops replayed on ones): bool (1, C, H, W), or None without pad ops.  Rules that read it must ask for
-    ``op.pads_before`` in their :class:`~relprop.engine.Needs`."""
-    op = step.op
-    if not op.pads_before:
-        return None
-    r = step.relevance
-    units = torch.ones((1, *step.shape(op.unpadded)[1:]), dtype=r.dtype, device=r.device)
-    for name in op.pads_before:
-        units = step.replay(name)(units)
-    return units == 0
 
 
 class PropagationMethod:

@@ -17,7 +17,7 @@ from ..engine.standard import AddSplit, CatSlice, MaskZeros, MaxPoolRoute, Propo
 from ..registry import register
 from ..rules.common import by_max_abs
 from ..rules.rsp import purge, rsp_conv
-from .propagation import Mode, PropagationMethod, Variant, explicit_padding, select_mode
+from .propagation import Mode, PropagationMethod, Variant, select_mode
 
 NO_LINEAR_RULE = (
     "RSP and AE start at a convolutional seed layer and have no rule for a Linear layer between the seed "
@@ -57,7 +57,7 @@ class RSPConv(Rule):
         relevance = purge(step.relevance) if self.purge else step.relevance
         return [rsp_conv(step.input(), relevance, conv.geometry, shape, sectional=sectional,  # type: ignore[union-attr]
                          structural_support=self.structural_support, empty_fields=self.empty_fields,
-                         padding=explicit_padding(step) if self.empty_fields else None)]
+                         padding=step.explicit_padding() if self.empty_fields else None)]
 
 
 def _by_max_plus_tiny(seed: Tensor) -> Tensor:

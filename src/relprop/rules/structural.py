@@ -65,18 +65,23 @@ def _split_over_ties(a: Tensor, relevance: Tensor, windows: PoolWindows) -> Tens
     return back[..., ph:ph + height, pw:pw + width].reshape(a.shape)
 
 
-def proportional_pool_rule(pool: Fn, a: Tensor, relevance: Tensor, *, epsilon: float = 0.0, clamp: bool = True) -> Tensor:
+def proportional_pool_rule(
+    pool: Fn, a: Tensor, relevance: Tensor, *, epsilon: float = 0.0, clamp: bool = True, padding: Optional[Tensor] = None,
+) -> Tensor:
     """Average-type pooling: a window's relevance shared in proportion to ``ã = a⁺ + ε`` (``a + ε`` if not ``clamp``).
 
-    With ``epsilon = 0`` a window whose ``ã`` sums to 0 is split evenly over its (non-padding) inputs.
+    ``padding`` (bool, broadcasting to ``a``): entries of ``a`` that are explicit zero padding (timm's
+    ``AvgPool2dSame`` pads before pooling); they get no share.  With ``epsilon = 0`` a window whose ``ã`` sums
+    to 0 is split evenly over its (non-padding) inputs.
     """
-    x = (a.clamp(min=0) if clamp else a) + epsilon
+    real = torch.ones_like(a) if padding is None else (~padding).to(a.dtype).expand_as(a)
+    x = ((a.clamp(min=0) if clamp else a) + epsilon) * real
     z = pool(x)
     result = x * adjoint(pool, x, safe_divide(relevance, z))
     if epsilon == 0:
         dead = relevance * (z == 0)
         if dead.any():
-            result = result + adjoint(pool, x, safe_divide(dead, pool(torch.ones_like(x))))
+            result = result + real * adjoint(pool, x, safe_divide(dead, pool(real)))
     return result
 
 

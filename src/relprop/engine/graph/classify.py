@@ -235,7 +235,7 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
     if target in _POINTWISE_FUNCTIONS or key in _THIRD_PARTY_POINTWISE:
         return make(POINTWISE, written)
     if key in _THIRD_PARTY_PAD:
-        return make(PAD, written) if not _argument(node, 4, "value", 0) else make(UNKNOWN, f"{written} with value != 0")
+        return _classify_constant_pad(node, _argument(node, 4, "value", 0), written, make)
     for kind, functions in _FUNCTION_KINDS:
         if target in functions:
             return make(kind, written)
@@ -245,7 +245,7 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
         pool = _pool_windows(bound["kernel_size"], bound.get("stride"), bound.get("padding", 0), bound.get("dilation", 1))
         return make(MAXPOOL, written, pool=pool)
     if target is F.pad:
-        return make(PAD, written) if _pad_value(node) == 0 else make(UNKNOWN, f"{written} with value != 0")
+        return _classify_constant_pad(node, _pad_value(node), written, make)
     if target in _ADD_FUNCTIONS:
         if "alpha" in node.kwargs:
             return make(UNKNOWN, f"{written}(alpha=...)")
@@ -431,6 +431,16 @@ def _classify_module(module: nn.Module, make: Callable[..., Op], feeds_output: b
     if isinstance(module, _LAYOUT_MODULES):
         return make(LAYOUT, type_name, module=module)
     return make(UNKNOWN, type_name, module=module)
+
+
+def _classify_constant_pad(node: fx.Node, value: Any, written: str, make: Callable[..., Op]) -> Op:
+    """Padding with zeros; or with -inf read only by max pooling (timm's ``MaxPool2dSame``), whose windows
+    never pick a padded entry: both pass the relevance of the entries they copy back to them."""
+    if not value:
+        return make(PAD, written)
+    if value == float("-inf") and node.users and all(user.target in _MAXPOOL_FUNCTIONS for user in node.users):
+        return make(PAD, written)
+    return make(UNKNOWN, f"{written} with value {value}")
 
 
 def _pad_value(node: fx.Node) -> float:

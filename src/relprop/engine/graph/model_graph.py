@@ -18,8 +18,8 @@ from ...errors import RelpropError
 from ...rules.conv_ops import ConvGeometry
 from .classify import INPLACE_FUNCTION_TWINS, classify_node, is_identity_in_eval, module_stack, permutation
 from .ops import (
-    ADD, BATCHNORM, CAT, CHANNELS_LAST, CONV, GATE, INPUT, INPUT_CONV, LAYOUT, LINEAR, NORM, OUTPUT, PAD, POINTWISE,
-    SPLIT, STRUCTURAL, ConvSpec, LinearSpec, Op,
+    ADD, AVGPOOL, BATCHNORM, CAT, CHANNELS_LAST, CONV, GATE, INPUT, INPUT_CONV, LAYOUT, LINEAR, NORM, OUTPUT, PAD,
+    POINTWISE, SPLIT, STRUCTURAL, ConvSpec, LinearSpec, Op,
 )
 from .trace import Example, trace_model
 
@@ -95,17 +95,14 @@ class ModelGraph:
             if reader is not None and op.kind == LINEAR and op.linear is not None:
                 op.linear = LinearSpec(op.linear.weight, op.linear.bias, _batchnorm_of(reader))
                 folded_back.add(reader.name)
+            if op.kind == AVGPOOL:
+                self._resolve_pads_before(op)
             if op.conv is None:
                 continue
             if reader is not None:
                 op.conv = ConvSpec(op.conv.geometry, op.conv.weight, op.conv.bias, _batchnorm_of(reader))
                 folded_back.add(reader.name)
-            pads: list[str] = []
-            current = self.by_name[op.inputs[0]]
-            while current.kind == PAD:
-                pads.insert(0, current.name)
-                current = self.by_name[current.inputs[0]]
-            op.pads_before, op.unpadded = tuple(pads), current.name if pads else ""
+            self._resolve_pads_before(op)
             chain = self._image_chain(op)
             if chain is not None:
                 op.kind = INPUT_CONV
@@ -113,6 +110,15 @@ class ModelGraph:
         for op in self.ops:
             if op.kind == LINEAR and op.linear is not None and not op.channels_last:
                 self._fold_batchnorm_before(op, folded_back)
+
+    def _resolve_pads_before(self, op: Op) -> None:
+        """``op.pads_before``: the zero-padding ops feeding ``op`` directly (forward order); ``op.unpadded``: what they pad."""
+        pads: list[str] = []
+        current = self.by_name[op.inputs[0]]
+        while current.kind == PAD:
+            pads.insert(0, current.name)
+            current = self.by_name[current.inputs[0]]
+        op.pads_before, op.unpadded = tuple(pads), current.name if pads else ""
 
     def _fold_batchnorm_before(self, op: Op, folded_back: set[str]) -> None:
         """Linear ``op`` reading a BatchNorm through dropout only, where nothing else reads them (a head's
