@@ -743,6 +743,7 @@ class InPlaceScaled(nn.Module):
 
 def _inplace_mul(m, t): t.mul_(m.gain)  # noqa: E704
 def _inplace_div(m, t): t.div_(4.0)  # noqa: E704
+def _inplace_add(m, t): t.add_(0.25)  # noqa: E704
 def _inplace_relu_function(m, t): F.relu(t, inplace=True)  # noqa: E704
 def _inplace_relu_(m, t): torch.relu_(t)  # noqa: E704
 def _inplace_relu_module(m, t): m.act(t)  # noqa: E704
@@ -751,6 +752,7 @@ def _inplace_relu_module(m, t): m.act(t)  # noqa: E704
 WRITES = {
     "Tensor.mul_": (_inplace_mul, lambda m, t: t * m.gain),
     "Tensor.div_": (_inplace_div, lambda m, t: t / 4.0),
+    "Tensor.add_": (_inplace_add, lambda m, t: t + 0.25),
     "F.relu(inplace=True)": (_inplace_relu_function, lambda m, t: F.relu(t)),
     "torch.relu_": (_inplace_relu_, lambda m, t: torch.relu(t)),
     "nn.ReLU(inplace=True)": (_inplace_relu_module, lambda m, t: torch.relu(t)),
@@ -763,6 +765,31 @@ def test_what_reads_a_tensor_after_an_in_place_write_sees_the_written_values(nam
     or the traced forward computes another function than the model (NFNet: logits 0.04 off of 0.09)."""
     write, pure = WRITES[name]
     _assert_same_maps(InPlaceScaled(write, None), InPlaceScaled(None, pure))
+
+
+class ShiftsItsInput(nn.Module):
+    """``x.sub_(0.5)`` (or ``x = x - 0.5``) before the layers: eager PyTorch changes the caller's tensor."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.head, self.in_place = Head(nn.Identity()), in_place
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_place:
+            x.sub_(0.5)
+        else:
+            x = x - 0.5
+        return self.head(x)
+
+
+def test_a_model_that_writes_into_its_input_is_explained_and_the_callers_input_kept():
+    writes, pure = ShiftsItsInput(True).double().eval(), ShiftsItsInput(False).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(9))
+    kept = x.clone()
+    for name, method in METHODS.items():
+        a, b = method(writes).attribute(x, target=[0, 2]), method(pure).attribute(x, target=[0, 2])
+        assert torch.equal(x, kept), name
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * float(b.abs().max()), msg=name)
 
 
 class AliasWrittenInPlace(nn.Module):

@@ -83,7 +83,7 @@ def check_against_model(model: torch.nn.Module, x: Tensor, logits: Tensor) -> No
     (an in-place write through an alias, ``g = h; g *= 2``, which changes ``h`` too) or randomness at
     inference makes it another function, whose maps would explain something the model does not compute.
     """
-    reference = model(x)
+    reference = model(x.clone())  # a forward that writes into its input must not change the caller's x
     if not isinstance(reference, Tensor) or reference.shape != logits.shape:
         return  # check_logits has named what the model returns
     scale = reference.abs().amax(dim=1)

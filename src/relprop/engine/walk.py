@@ -19,7 +19,9 @@ from ..model_state import (
 from ..rules.common import sample_total
 from ..targets import Target, channel_mismatch, check_input, resolve_targets
 from .forward import ForwardRecord, check_against_model, record_forward
-from .graph import INPUT, INPUT_CONV, PAD, POINTWISE, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example
+from .graph import (
+    INPUT, INPUT_CONV, PAD, POINTWISE, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example,
+)
 from .precision import float32_precision, warn_if_sixteen_bit, without_autocast
 from .seeds import Seed
 from .table import Needs, Rule, RuleTable, Step

@@ -66,7 +66,8 @@ def _split_over_ties(a: Tensor, relevance: Tensor, windows: PoolWindows) -> Tens
 
 
 def proportional_pool_rule(
-    pool: Fn, a: Tensor, relevance: Tensor, *, epsilon: float = 0.0, clamp: bool = True, padding: Optional[Tensor] = None,
+    pool: Fn, a: Tensor, relevance: Tensor, *, epsilon: float = 0.0, clamp: bool = True,
+    padding: Optional[Tensor] = None,
 ) -> Tensor:
     """Average-type pooling: a window's relevance shared in proportion to ``ã = a⁺ + ε`` (``a + ε`` if not ``clamp``).
 

@@ -38,7 +38,7 @@ _POINTWISE_METHODS = {
     "relu", "relu_", "contiguous", "clone", "clamp", "clamp_", "clamp_min", "clamp_min_", "neg", "neg_", *_GATE_METHODS,
 }
 _SCALE_FUNCTIONS = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div, operator.sub, torch.sub}
-_SCALE_METHODS = {"mul", "mul_", "div", "div_"}
+_SCALE_METHODS = {"mul", "mul_", "div", "div_", "sub", "sub_"}
 _MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
 _GLOBAL_MAX_FUNCTIONS = {F.adaptive_max_pool2d, torch.amax}
 _AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d, torch.mean, torch.sum}
@@ -98,6 +98,7 @@ _SOFTMAX_METHODS = {"softmax", "log_softmax"}
 _COPYING_PADS = (nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
 _CONV_FUNCTIONS = {F.conv2d, torch.conv2d}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_ADD_METHODS = {"add", "add_"}
 
 
 def _target_key(target: Any) -> tuple[str, str]:
@@ -218,6 +219,10 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
         return make(UNKNOWN, written, unsupported=_softmax_reason(_feeds_output(node)))
     if target in _SCALE_FUNCTIONS or (node.op == "call_method" and target in _SCALE_METHODS):
         return _classify_product(node, model, inputs, written, make)
+    if target in _ADD_FUNCTIONS or node.op == "call_method" and target in _ADD_METHODS:
+        if "alpha" in node.kwargs:
+            return make(UNKNOWN, f"{written}(alpha=...)")
+        return make(ADD if len(inputs) == 2 else POINTWISE, written)
     if node.op == "call_method":
         for kind, methods in _METHOD_KINDS:
             if target in methods:
@@ -246,10 +251,6 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
         return make(MAXPOOL, written, pool=pool)
     if target is F.pad:
         return _classify_constant_pad(node, _pad_value(node), written, make)
-    if target in _ADD_FUNCTIONS:
-        if "alpha" in node.kwargs:
-            return make(UNKNOWN, f"{written}(alpha=...)")
-        return make(ADD if len(inputs) == 2 else POINTWISE, written)
     if target is torch.cat:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         return make(CAT, written, dim=dim)

@@ -24,7 +24,6 @@ from .ops import (
 from .trace import Example, trace_model
 
 
-
 def _batchnorm_of(op: Op) -> Any:
     """What folding reads of BatchNorm op ``op``: its module, or the :class:`BatchNormSpec` of an ``F.batch_norm`` call."""
     return op.module if op.module is not None else op.norm
@@ -112,7 +111,8 @@ class ModelGraph:
                 self._fold_batchnorm_before(op, folded_back)
 
     def _resolve_pads_before(self, op: Op) -> None:
-        """``op.pads_before``: the zero-padding ops feeding ``op`` directly (forward order); ``op.unpadded``: what they pad."""
+        """``op.pads_before``: the zero-padding ops feeding ``op`` directly (forward order);
+        ``op.unpadded``: what they pad."""
         pads: list[str] = []
         current = self.by_name[op.inputs[0]]
         while current.kind == PAD:

@@ -116,7 +116,8 @@ class Op:
     on a convolution: a Linear over the channels of such a map, which rules see as a 1×1 convolution
     on (N, C, H, W)), ``via`` (an item of a chunk / split: the op that splits ``inputs[0]``),
     ``image_chain`` (for an input convolution: the ops between the image and it, in forward order),
-    ``pads_before`` (for a convolution or an average pooling: the zero-padding ops feeding it directly, in forward order,
+    ``pads_before`` (for a convolution or an average pooling: the zero-padding ops feeding it directly, in
+    forward order,
     and ``unpadded``, the op they pad), ``unsupported`` (why no rule can apply, e.g. a non-zero
     padding mode).
     """

@@ -232,8 +232,8 @@ _VIEW_FUNCTIONS = {
 
 
 def _writes_in_place(node: fx.Node, model: nn.Module) -> bool:
-    """Whether ``node`` overwrites its first argument (``x.mul_(g)``, ``x += y``, ``F.relu(x, inplace=True)``,
-    a module built with ``inplace=True``)."""
+    """Whether ``node`` overwrites its first argument (``x.mul_(g)``, ``F.relu(x, inplace=True)``, a module
+    built with ``inplace=True``, ``operator.iadd``)."""
     if not node.args or not isinstance(node.args[0], fx.Node):
         return False
     if node.kwargs.get("inplace") is True:
@@ -299,7 +299,9 @@ def _with_max_values_as_amax(graph: fx.Graph) -> fx.Graph:
         if len(values) + len(unread) != len(node.users):
             continue  # the indices are read (an arg-max): not a pooling
         with graph.inserting_before(node):
-            amax = graph.call_function(torch.amax, (arguments["input"], arguments["dim"], arguments.get("keepdim", False)))
+            amax = graph.call_function(
+                torch.amax, (arguments["input"], arguments["dim"], arguments.get("keepdim", False))
+            )
         amax.meta = dict(node.meta)
         for user in values:
             user.replace_all_uses_with(amax)
