@@ -220,8 +220,8 @@ class Engine:
         """InputError if x's channels differ from those of a convolution that reads the image through
         channel-preserving ops only (not, e.g., TResNet's space-to-depth, which makes 48 of 3)."""
         for op in plan.order:
-            preserved = all(link.kind in (PAD, POINTWISE) for link in op.image_chain)
-            if op.kind == INPUT_CONV and op.conv is not None and preserved:
+            preserved = op.kind == INPUT_CONV and all(link.kind in (PAD, POINTWISE) for link in op.image_chain)
+            if preserved and op.conv is not None:
                 weight = op.conv.weight()
                 expected = weight.shape[1] * op.conv.geometry.groups
                 if x.shape[1] != expected:

@@ -75,14 +75,17 @@ def proportional_pool_rule(
     ``AvgPool2dSame`` pads before pooling); they get no share.  With ``epsilon = 0`` a window whose ``ã`` sums
     to 0 is split evenly over its (non-padding) inputs.
     """
-    real = torch.ones_like(a) if padding is None else (~padding).to(a.dtype).expand_as(a)
-    x = ((a.clamp(min=0) if clamp else a) + epsilon) * real
+    x = (a.clamp(min=0) if clamp else a) + epsilon
+    real = None if padding is None else (~padding).to(a.dtype).expand_as(a)
+    if real is not None:
+        x = x * real
     z = pool(x)
     result = x * adjoint(pool, x, safe_divide(relevance, z))
     if epsilon == 0:
         dead = relevance * (z == 0)
         if dead.any():
-            result = result + real * adjoint(pool, x, safe_divide(dead, pool(real)))
+            entries = torch.ones_like(x) if real is None else real
+            result = result + entries * adjoint(pool, x, safe_divide(dead, pool(entries)))
     return result
 
 

@@ -39,7 +39,7 @@ _POINTWISE_METHODS = {
 }
 _SCALE_FUNCTIONS = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div, operator.sub, torch.sub}
 _SCALE_METHODS = {"mul", "mul_", "div", "div_", "sub", "sub_"}
-_MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
+MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
 _GLOBAL_MAX_FUNCTIONS = {F.adaptive_max_pool2d, torch.amax}
 _AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d, torch.mean, torch.sum}
 _AVGPOOL_METHODS = {"mean", "sum"}
@@ -244,7 +244,7 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
     for kind, functions in _FUNCTION_KINDS:
         if target in functions:
             return make(kind, written)
-    if target in _MAXPOOL_FUNCTIONS:
+    if target in MAXPOOL_FUNCTIONS:
         bound = dict(zip(["input", "kernel_size", "stride", "padding", "dilation"], node.args))
         bound.update(node.kwargs)
         pool = _pool_windows(bound["kernel_size"], bound.get("stride"), bound.get("padding", 0), bound.get("dilation", 1))
@@ -292,13 +292,15 @@ def _is_gate_output(node: fx.Node, model: nn.Module) -> bool:
     """Whether ``node`` is a sigmoid-type activation, possibly followed by views / expands / reshapes and
     resizing (GhostNet-v2 upsamples its gate to the signal's size)."""
     while True:
-        module = model.get_submodule(str(node.target)) if node.op == "call_module" else None
-        if module is not None and not isinstance(module, nn.Upsample):
-            return isinstance(module, _GATE_MODULES)
-        if node.target in _GATE_FUNCTIONS or node.target in _GATE_METHODS:
+        if node.op == "call_module":
+            module = model.get_submodule(str(node.target))
+            if isinstance(module, _GATE_MODULES):
+                return True
+            if not isinstance(module, nn.Upsample):
+                return False
+        elif node.target in _GATE_FUNCTIONS or node.target in _GATE_METHODS:
             return True
-        if module is None and node.target is not F.interpolate and node.target not in _LAYOUT_METHODS \
-                and node.target not in _LAYOUT_FUNCTIONS:
+        elif not (node.target is F.interpolate or node.target in _LAYOUT_METHODS or node.target in _LAYOUT_FUNCTIONS):
             return False
         if not node.args or not isinstance(node.args[0], fx.Node):
             return False
@@ -439,7 +441,7 @@ def _classify_constant_pad(node: fx.Node, value: Any, written: str, make: Callab
     never pick a padded entry: both pass the relevance of the entries they copy back to them."""
     if not value:
         return make(PAD, written)
-    if value == float("-inf") and node.users and all(user.target in _MAXPOOL_FUNCTIONS for user in node.users):
+    if value == float("-inf") and node.users and all(user.target in MAXPOOL_FUNCTIONS for user in node.users):
         return make(PAD, written)
     return make(UNKNOWN, f"{written} with value {value}")
 

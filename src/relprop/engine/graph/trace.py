@@ -19,7 +19,7 @@ from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 
 from ...errors import RelpropError
 from ...model_state import forward_defaults
-from .classify import INPLACE_FUNCTION_TWINS, leaf_module_types, traced_as_one_call
+from .classify import INPLACE_FUNCTION_TWINS, MAXPOOL_FUNCTIONS, leaf_module_types, traced_as_one_call
 
 Example = tuple[torch.Size, torch.dtype, torch.device]
 """The shape, dtype and device of the inputs a shape-specialised graph is traced for."""
@@ -94,7 +94,7 @@ def _refuse_shape_dependent_windows(graph: fx.Graph) -> None:
     """Raise :class:`BranchesOnInput` if a max pooling's window is computed from a shape
     (``F.max_pool2d(x, x.size()[2:])``): its rule needs the windows, which are then known per input shape."""
     for node in graph.nodes:
-        if node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
+        if node.op == "call_function" and node.target in MAXPOOL_FUNCTIONS:
             window: list[fx.Node] = []
             fx.node.map_arg((node.args[1:], {k: v for k, v in node.kwargs.items() if k != "input"}), window.append)
             if window:
