@@ -198,9 +198,12 @@ class Engine:
     def _seed(self, traced: Traced, x: Tensor, target: Target) -> tuple[ForwardRecord, Tensor]:
         """The recording forward pass and the seed relevance for the targets."""
         plan = traced.plan
+        # once per graph, on the first batch it explains; before the record, which holds the activations.
+        # A copy of x: a forward that writes into its input must not change the caller's x
+        reference = None if traced.matches_model else self.model(x.clone())
         record = record_forward(traced.graph, x, traced.seed_op, set(plan.uses), plan.replay)
-        if not traced.matches_model:  # once per graph: the first batch it explains
-            check_against_model(self.model, x, record.logits.detach())
+        if reference is not None:
+            check_against_model(self.model, reference, record.logits.detach())
             traced.matches_model = True
         targets = resolve_targets(target, record.logits.detach())
         seed = self.seed.relevance(record, targets, traced.graph, traced.seed_layer)
