@@ -820,6 +820,24 @@ def test_an_augmented_assignment_to_an_alias_which_the_trace_misses_is_refused()
             method(model).attribute(x)
 
 
+def test_the_logits_check_allows_rounding_only_of_the_arithmetic_in_use():
+    """float32 logits off by 1e-3 of the largest: beyond float32 rounding (tolerance 1e-4), within TF32's
+    (100 · 2^-10 ≈ 0.1); off by 0.5: refused either way."""
+    from relprop.engine.forward import check_against_model
+
+    reference = torch.tensor([[2.0, -1.0, 0.5], [0.2, 0.1, -0.4]])
+    model = nn.Identity()
+    check_against_model(model, reference, reference + 1e-6)
+    slightly = reference + torch.tensor([[2e-3, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    with pytest.raises(relprop.RelpropError, match="sample 0 is off by 0.002"):
+        check_against_model(model, reference, slightly)
+    check_against_model(model, reference, slightly, tf32=True)
+    for tf32 in (False, True):
+        with pytest.raises(relprop.RelpropError, match="sample 1 is off by 0.2"):
+            check_against_model(model, reference, reference + torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0]]),
+                                tf32=tf32)
+
+
 class WritesIntoAView(nn.Module):
     def __init__(self) -> None:
         super().__init__()
