@@ -104,4 +104,3 @@ def check_against_model(model: torch.nn.Module, reference: Any, logits: Tensor, 
             "subclass or a copy of the module, or use a method that does not trace the model ('gradient', "
             "'integrated_gradients', 'gradcam')."
         )
-
