@@ -123,6 +123,33 @@ def test_a_branch_on_values_is_named_by_module_path_type_and_line():
     assert all(module.training for module in model.modules())  # the user's train mode is restored
 
 
+class ChecksDevice(KeepsSevenBySeven):
+    """Checks its input's device before the branch on the size, as timm's ``LiteMLA`` checks ``v.device.type``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "meta":
+            x = 2.0 * x
+        return super().forward(x)
+
+
+class DoublesThenKeepsSevenBySeven(KeepsSevenBySeven):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(2.0 * x)
+
+
+@pytest.mark.parametrize("name", ["rsp", "lrp_composite"])
+def test_a_check_of_the_input_device_is_traced_as_the_device_it_is(name):
+    """A graph traced per input shape is for one device too, so ``x.device.type`` is known while tracing:
+    the model is explained as the one without the check (float64; before: "could not trace ... 'str' object
+    has no attribute 'type'")."""
+    checked = ShapeBranchNet(ChecksDevice()).double().eval()
+    plain = ShapeBranchNet(DoublesThenKeepsSevenBySeven()).double().eval()
+    plain.load_state_dict(checked.state_dict())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    expected = relprop.get_method(name)(plain).attribute(x, target=[0, 2])
+    torch.testing.assert_close(relprop.get_method(name)(checked).attribute(x, target=[0, 2]), expected, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["rsp", "ae", "lrp_composite"])
 def test_unsupported_module_is_named_by_path_and_type_before_any_forward_work(name):
     model = GRUInTheMiddle().eval()

@@ -91,6 +91,71 @@ def test_attention_module_named_by_its_class(name, no_tracing):
         relprop.get_method(name)(HybridNet().eval())
 
 
+class PositionMixer(nn.Module):
+    """Attention whose class name does not say so (timm's ``CrossCovarianceAttn``, ``LiteMLA``): the scores
+    q·kᵀ of the positions, without a softmax (linear attention), weigh the values; written ``how``."""
+
+    def __init__(self, channels: int, how: str) -> None:
+        super().__init__()
+        self.qkv, self.how = nn.Conv2d(channels, 3 * channels, 1), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).flatten(2).chunk(3, dim=1)  # (N, C, HW) each
+        if self.how == "matmul":
+            mixed = v @ (q.transpose(1, 2) @ k)
+        elif self.how == "bmm":
+            mixed = torch.bmm(v, torch.bmm(q.transpose(1, 2), k))
+        elif self.how == "einsum":
+            mixed = torch.einsum("nci,nij->ncj", v, torch.einsum("nci,ncj->nij", q, k))
+        else:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            mixed = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return mixed.reshape(x.shape)
+
+
+class MixerNet(HybridNet):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.head = nn.Sequential(PositionMixer(4, how))
+
+
+WRITTEN = {"matmul": "operator.matmul", "bmm": "torch.bmm", "einsum": "torch.einsum",
+           "sdpa": "F.scaled_dot_product_attention"}
+
+
+@pytest.mark.parametrize("how", list(WRITTEN))
+@pytest.mark.parametrize("name", RELEVANCE_METHODS)
+def test_a_product_of_two_feature_maps_is_refused_as_attention_at_construction(name, how):
+    """Wherever it sits (here above every seed a method would choose): the error names the module and the op."""
+    model = MixerNet(how).eval()
+    calls = []
+    model.stem[0].register_forward_pre_hook(lambda m, i: calls.append(1))
+    with pytest.raises(UnsupportedLayerError) as info:
+        relprop.get_method(name)(model)
+    message = str(info.value)
+    assert f"PositionMixer at 'head.0'. It multiplies two feature maps ({WRITTEN[how]}), as attention does." in message
+    assert "relprop's rules cover convolutional networks" in message and "\n" not in message
+    assert info.value.path == "head.0" and calls == []
+
+
+class ProjectsPositions(nn.Module):
+    """conv → the positions times a parameter matrix (x @ W, a dense layer over positions) → mean → fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+        self.mix = nn.Parameter(torch.randn(16, 16, generator=torch.Generator().manual_seed(2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc((self.conv(x).flatten(2) @ self.mix).mean(-1))
+
+
+def test_a_product_of_a_feature_map_and_a_parameter_is_not_called_attention():
+    with pytest.raises(UnsupportedLayerError, match=r"no relevance rule for operator\.matmul at 'matmul'") as info:
+        relprop.LRPEpsilon(ProjectsPositions().eval())
+    assert "attention" not in str(info.value)
+
+
 def test_gradient_methods_and_chosen_cam_layer_still_run_on_a_transformer():
     """Gradients are model-agnostic; a Grad-CAM layer the user names is the user's choice."""
     model = tiny_vit()

@@ -83,6 +83,12 @@ def _is_compiled(model: nn.Module) -> bool:
     return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)
 
 
+ATTENTION_OUT_OF_SCOPE = (
+    "relprop's rules cover convolutional networks; models with attention (vision transformers such as ViT, DeiT, "
+    "Swin, MaxViT, and attention blocks in convolutional networks) are out of scope."
+)
+
+
 def is_attention(module: nn.Module) -> bool:
     """``nn.MultiheadAttention``, or a module whose class name contains "Attention" (timm's ``Attention``,
     torchvision's ``ShiftedWindowAttention``, MaxViT's ``RelativePositionalMultiHeadAttention``, ...)."""
@@ -99,8 +105,7 @@ def refuse_attention(model: nn.Module, method: str) -> None:
         path, module = found
         raise UnsupportedLayerError(
             path or type(model).__name__, type(module).__name__, method,
-            "relprop's rules cover convolutional networks; models with attention (vision transformers such as "
-            "ViT, DeiT, Swin, MaxViT) are out of scope.",
+            ATTENTION_OUT_OF_SCOPE,
         )
 
 

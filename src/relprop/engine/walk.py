@@ -113,6 +113,7 @@ class Engine:
         return self._latest
 
     def _prepare(self, graph: ModelGraph) -> Traced:
+        graph.refuse_attention(self.method)
         seed_op = self.seed.layer(graph)
         if seed_op == graph.input_name:
             raise ValueError("seed_layer must be a layer after the input.")

@@ -92,6 +92,12 @@ _STRUCTURAL_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout
 _SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 _SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 _SOFTMAX_METHODS = {"softmax", "log_softmax"}
+# Products of two feature maps contracted over a dimension: attention's scores q·kᵀ and their weighting of the
+# values (written as matmul, bmm, einsum or scaled_dot_product_attention).
+_ATTENTION_FUNCTIONS = {
+    operator.matmul, torch.matmul, torch.bmm, torch.baddbmm, torch.einsum, F.scaled_dot_product_attention,
+}
+_ATTENTION_METHODS = {"matmul", "bmm", "baddbmm", "__matmul__"}
 
 # Padding that adds zeros or copies of input entries (reflection, replication, circular): the adjoint of its
 # replay hands the copies' relevance back to the entries copied.
@@ -161,7 +167,7 @@ def _module_path(node: fx.Node) -> str:
     return stack[-1] if stack else node.name
 
 
-def _enclosing_type(node: fx.Node) -> str:
+def enclosing_type(node: fx.Node) -> str:
     """Class name of the innermost module a function call was traced in ('' at the top level)."""
     stack = list((node.meta.get("nn_module_stack") or {}).values())
     if not stack:
@@ -170,21 +176,24 @@ def _enclosing_type(node: fx.Node) -> str:
     return getattr(cls, "__name__", str(cls).rsplit(".", 1)[-1])
 
 
-def _written_name(node: fx.Node) -> str:
-    """The operation as the user wrote it: ``F.pad``, ``torch.cat``, ``Tensor.view``, ``operator.getitem``."""
+def written_call(node: fx.Node) -> str:
+    """The function or method called as the user wrote it: ``F.pad``, ``torch.cat``, ``Tensor.view``, ``operator.getitem``."""
     if node.op == "call_method":
-        written = f"Tensor.{node.target}"
-    else:
-        target = node.target
-        name = getattr(target, "__name__", str(target))
-        module = getattr(target, "__module__", "") or ""
-        prefix = next((p for m, p in _WRITTEN_PREFIXES if module.startswith(m)), "")
-        written = prefix + name
-    enclosing = _enclosing_type(node)
+        return f"Tensor.{node.target}"
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    module = getattr(target, "__module__", "") or ""
+    return next((p for m, p in _WRITTEN_PREFIXES if module.startswith(m)), "") + name
+
+
+def _written_name(node: fx.Node) -> str:
+    """:func:`written_call` and the class of the module it was traced in: ``F.pad (in Conv2dSame)``."""
+    written, enclosing = written_call(node), enclosing_type(node)
     return f"{written} (in {enclosing})" if enclosing else written
 
 
-_WRITTEN_PREFIXES = (("torch.nn.functional", "F."), ("_operator", "operator."), ("operator", "operator."), ("torch", "torch."))
+# torch._C._nn holds the functions torch.nn.functional exports as they are (F.gelu, F.linear, F.avg_pool2d, ...)
+_WRITTEN_PREFIXES = (("torch.nn.functional", "F."), ("torch._C._nn", "F."), ("_operator", "operator."), ("operator", "operator."), ("torch", "torch."))
 
 
 def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
@@ -217,6 +226,8 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
     target = node.target
     if target in _SOFTMAX_FUNCTIONS or (node.op == "call_method" and target in _SOFTMAX_METHODS):
         return make(UNKNOWN, written, unsupported=_softmax_reason(_feeds_output(node)))
+    if len(inputs) > 1 and (target in _ATTENTION_FUNCTIONS or (node.op == "call_method" and target in _ATTENTION_METHODS)):
+        return make(UNKNOWN, written, attends=True)
     if target in _SCALE_FUNCTIONS or (node.op == "call_method" and target in _SCALE_METHODS):
         return _classify_product(node, model, inputs, written, make)
     if target in _ADD_FUNCTIONS or node.op == "call_method" and target in _ADD_METHODS:

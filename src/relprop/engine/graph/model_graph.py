@@ -14,9 +14,12 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from ...errors import RelpropError
+from ...errors import RelpropError, UnsupportedLayerError
+from ...model_state import ATTENTION_OUT_OF_SCOPE
 from ...rules.conv_ops import ConvGeometry
-from .classify import INPLACE_FUNCTION_TWINS, classify_node, is_identity_in_eval, module_stack, permutation
+from .classify import (
+    INPLACE_FUNCTION_TWINS, classify_node, enclosing_type, is_identity_in_eval, module_stack, permutation, written_call,
+)
 from .ops import (
     ADD, AVGPOOL, BATCHNORM, CAT, CHANNELS_LAST, CONV, GATE, INPUT, INPUT_CONV, LAYOUT, LINEAR, NORM, OUTPUT, PAD,
     POINTWISE, SPLIT, STRUCTURAL, ConvSpec, LinearSpec, Op,
@@ -175,6 +178,23 @@ class ModelGraph:
         return tuple(sorted(chain.values(), key=lambda o: self.index[o.name]))
 
     # ----------------------------------------------------------------- queries
+
+    def refuse_attention(self, method: str) -> None:
+        """Raise :class:`~relprop.UnsupportedLayerError` naming the module of the first product of two feature
+        maps (attention's ``q @ k.transpose(-2, -1)``, ``F.scaled_dot_product_attention``), wherever it sits:
+        the attention modules whose class name does not say so (timm's ``CrossCovarianceAttn``, ``LiteMLA``)."""
+        op = next((op for op in self.ops if op.attends), None)
+        if op is None:
+            return
+        node = op._node
+        stack = module_stack(node)  # type: ignore[arg-type]
+        raise UnsupportedLayerError(
+            stack[-1] if stack else type(self.model).__name__,
+            enclosing_type(node) or type(self.model).__name__,  # type: ignore[arg-type]
+            method,
+            f"It multiplies two feature maps ({written_call(node)}), as attention does. "  # type: ignore[arg-type]
+            + ATTENTION_OUT_OF_SCOPE,
+        )
 
     def refuse_bypassed_hooks(self) -> None:
         """Forward hooks on a module that is traced through (the model itself, torchvision blocks)

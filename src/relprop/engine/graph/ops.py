@@ -119,7 +119,8 @@ class Op:
     ``pads_before`` (for a convolution or an average pooling: the zero-padding ops feeding it directly, in
     forward order,
     and ``unpadded``, the op they pad), ``unsupported`` (why no rule can apply, e.g. a non-zero
-    padding mode).
+    padding mode), ``attends`` (a product of two feature maps contracted over a dimension, as attention's
+    ``q @ k.transpose(-2, -1)``: the model is out of scope wherever it sits).
     """
 
     name: str
@@ -141,6 +142,7 @@ class Op:
     unpadded: str = ""
     image_chain: tuple["Op", ...] = ()
     unsupported: str = ""
+    attends: bool = False
     _node: fx.Node | None = field(default=None, repr=False)
 
     @property

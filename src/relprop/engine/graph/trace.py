@@ -126,7 +126,14 @@ class _Tracer(fx.Tracer):
 
 
 class _ShapedProxy(MetaProxy, _InferenceProxy):
-    """A traced value that knows its example's shape (a fake tensor): ``size(d)`` and ``shape`` are numbers."""
+    """A traced value that knows its example's shape, dtype and device (a fake tensor): ``size(d)`` and
+    ``shape`` are numbers, ``device`` is a ``torch.device`` (a graph is traced for one device), so a forward
+    that checks ``x.device.type`` traces."""
+
+    @property
+    def device(self) -> Any:
+        meta = self._tensor_meta if hasattr(self, "_tensor_meta") else None
+        return meta.device if meta is not None else super().device
 
     def size(self, dim: Optional[int] = None) -> Any:  # MetaProxy returns the whole size for dim=0
         meta = self._tensor_meta if hasattr(self, "_tensor_meta") else None
