@@ -219,6 +219,15 @@ def test_a_method_that_cannot_explain_the_model_is_a_result_not_a_crash():
     assert checks[1].ok
 
 
+def test_a_model_with_attention_is_reported_as_refused_not_as_a_missing_rule():
+    from test_model_scope import MixerNet, tiny_vit
+
+    (vit,) = check_model(tiny_vit(), ["rsp"], size=32)
+    assert vit.note == "refused: attention (MultiheadAttention at 'encoder.layers.encoder_layer_0.self_attention')"
+    (mixer,) = check_model(MixerNet("einsum").eval(), ["lrp_composite"], size=8)
+    assert mixer.note == "refused: attention (PositionMixer at 'head.0')"
+
+
 def test_seed_relevance_is_the_channel_contribution_map_the_walk_conserves():
     model = _small_net().double().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))

@@ -9,6 +9,7 @@ channels-last Linear, ``nn.BatchNorm2d`` for ``F.batch_norm``).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -327,6 +328,53 @@ def test_seed_of_a_channels_last_block_is_its_channels_first_output():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), ChannelsLastMLP(nn.Linear(4, 4), nn.Linear(4, 4)),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     assert relprop.RSP(model.eval()).seed_layer == "1"  # after the permute back, not the Linear's output
+
+
+class SelectBranches(nn.Module):
+    """SKNet's / ResNeSt's selection among branches, on (N, 4, H, W): two branches (N, 2, 4, H, W), stacked
+    from two 3×3 convolutions (dilation 1 and 2; timm's ``SelectiveKernel``) or cut from one grouped
+    convolution (``SplitAttn``); branch weights: a softmax over the branches of channel statistics (the
+    branches' sum pooled over H, W, then 1×1 conv, ReLU, 1×1 conv); out: the weighted sum of the branches.
+    With ``frozen`` (N, 2, 4, 1, 1) set, the weights are that constant."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.how = how
+        self.register_buffer("frozen", None)
+        self.paths = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=d, dilation=d) for d in (1, 2))
+        self.grouped = nn.Conv2d(4, 8, 3, padding=1, groups=2)
+        self.fc1, self.fc2 = nn.Conv2d(4, 3, 1), nn.Conv2d(3, 8, 1)
+
+    def branches(self, h: torch.Tensor) -> torch.Tensor:
+        if self.how == "stack":
+            return torch.stack([torch.relu(path(h)) for path in self.paths], dim=1)
+        n, _, height, width = h.shape
+        return torch.relu(self.grouped(h)).reshape(n, 2, 4, height, width)
+
+    def weights(self, b: torch.Tensor) -> torch.Tensor:
+        n = b.shape[0]
+        a = self.fc2(torch.relu(self.fc1(b.sum(dim=1).mean((2, 3), keepdim=True))))  # (N, 8, 1, 1)
+        if self.how == "stack":
+            return torch.softmax(a.view(n, 2, 4, 1, 1), dim=1)
+        return F.softmax(a.view(n, 1, 2, -1).transpose(1, 2), dim=1).reshape(n, -1).view(n, -1, 1, 1).reshape(n, 2, 4, 1, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b = self.branches(h)
+        return (b * (self.weights(b) if self.frozen is None else self.frozen)).sum(dim=1)
+
+
+@pytest.mark.parametrize("how", ["stack", "split"])
+def test_a_softmax_of_channel_statistics_is_a_gate_that_selects_among_branches(how):
+    """The branch weights are a fixed per-sample multiplier (relevance goes to the branches; the sum over
+    them is shared like average pooling), so every method gives the maps of the same model with the weights
+    it computes for x stored as a constant (float64; before: "no rule: torch.softmax" / "torch.stack")."""
+    gated = Head(SelectBranches(how)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(5))  # _assert_same_maps's x
+    frozen = copy.deepcopy(gated)
+    with torch.no_grad():
+        frozen.body.frozen = gated.body.weights(gated.body.branches(gated.features(x)))
+    _assert_same_maps(gated, frozen)
 
 
 class FunctionalBatchNorm(nn.BatchNorm2d):

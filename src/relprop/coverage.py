@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .model_state import evaluation_mode
+from .model_state import ATTENTION_OUT_OF_SCOPE, evaluation_mode
 
 INVARIANCE_TOLERANCE = 1e-4
 """Largest batch variance of a float32 map (sample alone vs in the batch), relative to its max|R|."""
@@ -288,14 +288,14 @@ def _judge_conservation(check: MethodCheck, make: Factory, claim: Claim, model64
 
 
 def short_error(error: BaseException) -> str:
-    """One short line: ``no rule: Sigmoid at 'blocks.0.0.se.gate'`` for a missing rule, ``refused: attention
-    at '…'`` for an out-of-scope model, else the exception type and the start of its first line."""
+    """One short line: ``refused: attention (CrossCovarianceAttn at 'stages.1.blocks.1.xca')`` for a model with
+    attention, which is out of scope; ``no rule: Sigmoid at 'blocks.0.0.se.gate'`` for a missing rule; else
+    the exception type and the start of its first line."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     rule = re.search(r"has no relevance rule for (.+?) at '([^']*)'", text)
+    if rule and ATTENTION_OUT_OF_SCOPE in text:
+        return f"refused: attention ({rule.group(1)} at '{rule.group(2)}')"
     if rule:
         return f"no rule: {rule.group(1)} at '{rule.group(2)}'"
-    if "attention" in text.lower() and "convolutional" in text.lower():
-        path = re.search(r"'([^']*)'", text)
-        return f"refused: attention at '{path.group(1)}'" if path else "refused: attention"
     text = text if len(text) <= 90 else text[:87] + "..."
     return f"{type(error).__name__}: {text}"

@@ -29,7 +29,8 @@ _DESCRIPTIONS = {
     NORM: "LayerNorm / GroupNorm / InstanceNorm2d / LocalResponseNorm",
     POINTWISE: "elementwise activations (ReLU family, SiLU, GELU, Hardswish, Mish, Sigmoid, Tanh, ...), Dropout, "
                "Identity, stochastic depth, scaling by a constant or parameter, torchvision's Normalize",
-    GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA, upsampled gates)",
+    GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA, upsampled gates) and x * softmax of "
+          "channel statistics (SKNet, ResNeSt)",
     MAXPOOL: "max pooling (also adaptive / global max, amax, the values of max(dim))",
     AVGPOOL: "average / adaptive-average pooling, mean, sum, bilinear upsampling",
     PAD: "zero, reflection, replication and circular padding (-inf padding before max pooling)",

@@ -300,22 +300,64 @@ def _classify_product(node: fx.Node, model: nn.Module, inputs: tuple[str, ...], 
 
 
 def _is_gate_output(node: fx.Node, model: nn.Module) -> bool:
-    """Whether ``node`` is a sigmoid-type activation, possibly followed by views / expands / reshapes and
-    resizing (GhostNet-v2 upsamples its gate to the signal's size)."""
+    """Whether ``node`` is a sigmoid-type activation, or a softmax of channel statistics (the selection over
+    branches of timm's ``SelectiveKernel`` and ResNeSt's ``SplitAttn``), possibly followed by views / expands /
+    reshapes and resizing (GhostNet-v2 upsamples its gate to the signal's size)."""
     while True:
         if node.op == "call_module":
             module = model.get_submodule(str(node.target))
             if isinstance(module, _GATE_MODULES):
                 return True
+            if isinstance(module, _SOFTMAX_MODULES):
+                return _is_channel_statistic(node.args[0], model)
             if not isinstance(module, nn.Upsample):
                 return False
         elif node.target in _GATE_FUNCTIONS or node.target in _GATE_METHODS:
             return True
+        elif node.target in _SOFTMAX_FUNCTIONS or (node.op == "call_method" and node.target in _SOFTMAX_METHODS):
+            return _is_channel_statistic(node.args[0], model)
         elif not (node.target is F.interpolate or node.target in _LAYOUT_METHODS or node.target in _LAYOUT_FUNCTIONS):
             return False
         if not node.args or not isinstance(node.args[0], fx.Node):
             return False
         node = node.args[0]
+
+
+# What may lie between a global pooling and a softmax that selects among channels or branches: layers
+# applied to the pooled vector (1×1 convolutions, Linear, BatchNorm, activations) and views of it.
+_STATISTIC_MODULES = (nn.Conv2d, nn.Linear, *_BATCHNORM_MODULES, *_POINTWISE_MODULES, nn.Flatten, nn.Unflatten)
+
+
+def _is_channel_statistic(node: Any, model: nn.Module) -> bool:
+    """Whether ``node`` is computed from a global spatial pooling (``x.mean((2, 3))``, ``adaptive_avg_pool2d(x, 1)``)
+    through layers applied to the pooled vector only: one value per channel, as a squeeze-and-excitation gate
+    reads.  A softmax of it weighs channels or branches, not positions (unlike attention pooling)."""
+    while isinstance(node, fx.Node):
+        if _is_global_pooling(node, model):
+            return True
+        if node.op == "call_module":
+            if not isinstance(model.get_submodule(str(node.target)), _STATISTIC_MODULES):
+                return False
+        elif not (node.target in _LAYOUT_METHODS or node.target in _LAYOUT_FUNCTIONS or node.target in _POINTWISE_FUNCTIONS
+                  or node.target in _POINTWISE_METHODS or node.target in _CONV_FUNCTIONS | _LINEAR_FUNCTIONS
+                  or node.target is F.batch_norm):
+            return False
+        node = node.args[0] if node.args else None
+    return False
+
+
+def _is_global_pooling(node: fx.Node, model: nn.Module) -> bool:
+    """A mean, sum or maximum over the two spatial dimensions, or an adaptive pooling to 1×1."""
+    if node.op == "call_module":
+        module = model.get_submodule(str(node.target))
+        return isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and _pair(module.output_size) == (1, 1)
+    if node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+        return _pair(_argument(node, 1, "output_size", None)) == (1, 1)
+    if node.target in _AVGPOOL_METHODS | {"amax"} or node.target in (torch.mean, torch.sum, torch.amax):
+        dims = _argument(node, 1, "dim", None)
+        dims = set(dims) if isinstance(dims, (list, tuple)) else {dims}
+        return {2, 3} <= dims or {-2, -1} <= dims
+    return False
 
 
 def _classify_resize(mode: str, type_name: str, make: Callable[..., Op], module: nn.Module | None = None) -> Op:
@@ -405,8 +447,9 @@ def _softmax_reason(at_output: bool) -> str:
             "is the same."
         )
     return (
-        "A softmax inside the network weighs features by each other (attention, attention pooling, split "
-        "attention); relprop's rules cover convolutional networks without such weighting."
+        "A softmax inside the network weighs features by each other (attention, attention pooling); relprop's "
+        "rules cover convolutional networks without such weighting. A softmax of channel statistics (computed "
+        "from a global pooling, as SKNet and ResNeSt select among branches) is explained as a gate."
     )
 
 

@@ -52,8 +52,9 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
     are traced as one call.  Without an example, a branch on the input raises :class:`BranchesOnInput`.
     ``forward()``'s parameters after the input take their defaults, as in ``model(x)``
     (``forward(self, x, return_features=False)`` is traced with ``return_features=False``).  A Conv2d that
-    pads otherwise than with zeros evenly is traced as its padding followed by an unpadded convolution, and
-    the values of a maximum along dimensions (``x.max(dim)[0]``, ``torch.max(x, dim).values``) as ``torch.amax``.
+    pads otherwise than with zeros evenly is traced as its padding followed by an unpadded convolution,
+    the values of a maximum along dimensions (``x.max(dim)[0]``, ``torch.max(x, dim).values``) as ``torch.amax``
+    and ``torch.stack`` as the concatenation of its inputs with the new dimension (see :func:`_with_stack_as_cat`).
     What reads a tensor after an in-place op changed it reads that op's result (see :func:`_with_writes_followed`).
     """
     flags = {m: m.training for m in model.modules()}
@@ -67,7 +68,7 @@ def trace_model(model: nn.Module, example: Optional[Example] = None) -> fx.Graph
         else:
             graph = _trace_with_shapes(model, example, autowrap, defaults)
         graph = _with_writes_followed(_without_placeholders_for(graph, defaults), model)
-        return _with_max_values_as_amax(_with_explicit_conv_padding(graph, model))
+        return _with_stack_as_cat(_with_max_values_as_amax(_with_explicit_conv_padding(graph, model)))
     except BranchesOnInput:
         raise
     except Exception as exc:  # tracing failures come in many exception types
@@ -314,6 +315,26 @@ def _with_max_values_as_amax(graph: fx.Graph) -> fx.Graph:
             user.replace_all_uses_with(amax)
         for user in values + unread:
             graph.erase_node(user)
+        graph.erase_node(node)
+    return graph
+
+
+def _with_stack_as_cat(graph: fx.Graph) -> fx.Graph:
+    """``graph`` with every ``torch.stack(tensors, dim)`` replaced by ``torch.cat([t.unsqueeze(dim) ...], dim)``,
+    which computes the same tensor with ops that have rules (timm's ``SelectiveKernel`` stacks its paths)."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not torch.stack:
+            continue
+        arguments = dict(zip(("tensors", "dim"), node.args)) | dict(node.kwargs)
+        tensors, dim = arguments.get("tensors"), arguments.get("dim", 0)
+        if set(arguments) - {"tensors", "dim"} or not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
+            continue
+        with graph.inserting_before(node):
+            pieces = [graph.call_method("unsqueeze", (t, dim)) for t in tensors]
+            cat = graph.call_function(torch.cat, (pieces, dim))
+        for new in pieces + [cat]:
+            new.meta = dict(node.meta)
+        node.replace_all_uses_with(cat)
         graph.erase_node(node)
     return graph
 
