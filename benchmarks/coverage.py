@@ -50,6 +50,13 @@ TIMM_MODELS = [
     "tf_efficientnet_lite0", "mobilenetv3_large_100", "mixnet_s", "ghostnet_100", "regnety_016", "rexnet_100",
     "densenet121", "dla34", "cspresnet50", "hrnet_w18_small", "repvgg_a2", "inception_v3", "vgg16", "convnext_tiny",
 ]
+TIMM_MORE = [
+    "skresnet18", "resnest14d", "tresnet_m", "ghostnetv2_100", "dm_nfnet_f0", "res2net50_14w_8s", "dpn68",
+    "cspdarknet53", "mobilenetv4_conv_small", "inception_resnet_v2",
+]
+"""More timm CNN families, beyond the issue's list: SKNet, ResNeSt, TResNet, GhostNet-v2, NFNet, Res2Net, DPN, ..."""
+TIMM_ATTENTION = ["edgenext_xx_small", "efficientvit_b0", "gcresnet33ts"]
+"""timm CNNs with attention blocks whose class name does not say "Attention": relprop must refuse them too."""
 TRANSFORMER_FAMILIES = ("vit_", "swin_", "swin3d", "maxvit")
 """torchvision families outside relprop's scope (attention): relprop must refuse them."""
 SIZES = (64, 96, 128, 160, 192, 224)
@@ -78,7 +85,7 @@ def model_ids() -> list[str]:
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)
-    return [f"torchvision:{n}" for n in sorted(names)] + [f"timm:{n}" for n in TIMM_MODELS]
+    return [f"torchvision:{n}" for n in sorted(names)] + [f"timm:{n}" for n in TIMM_MODELS + TIMM_MORE + TIMM_ATTENTION]
 
 
 def build(model_id: str) -> nn.Module:
@@ -98,9 +105,10 @@ def build(model_id: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
-def is_transformer(model_id: str) -> bool:
+def is_out_of_scope(model_id: str) -> bool:
+    """A transformer, or a CNN with attention blocks: relprop refuses it."""
     library, name = model_id.split(":", 1)
-    return library == "torchvision" and name.startswith(TRANSFORMER_FAMILIES)
+    return name.startswith(TRANSFORMER_FAMILIES) if library == "torchvision" else name in TIMM_ATTENTION
 
 
 def smallest_size(model: nn.Module) -> int:
@@ -256,9 +264,10 @@ def needs_run(entry: dict[str, Any] | None, methods: list[str], rerun: str) -> l
 def render(cache: dict[str, Any]) -> str:
     """docs/coverage.md: method totals per model group, then one row per model."""
     groups = [
-        ("torchvision CNNs", [m for m in cache if m.startswith("torchvision:") and not is_transformer(m)]),
-        ("timm list", [m for m in cache if m.startswith("timm:")]),
-        ("torchvision transformers (out of scope)", [m for m in cache if is_transformer(m)]),
+        ("torchvision CNNs", [m for m in cache if m.startswith("torchvision:") and not is_out_of_scope(m)]),
+        ("timm list", [m for m in cache if m.startswith("timm:") and m[5:] in TIMM_MODELS]),
+        ("more timm families", [m for m in cache if m.startswith("timm:") and m[5:] in TIMM_MORE]),
+        ("transformers and CNNs with attention (out of scope)", [m for m in cache if is_out_of_scope(m)]),
     ]
     lines = [
         "# Coverage",
@@ -283,8 +292,8 @@ def render(cache: dict[str, Any]) -> str:
         "batch variance exceeds the bound, but so does the plain gradient's (autograd, no relprop rule): the",
         "model's float32 forward pass itself takes a different discrete route alone and in the batch (on",
         "VGG-19: one max-pool winner), which no rule can smooth; such a cell is checked again in float64, where it must be batch",
-        "invariant to 1e-4 of max|R| (figures below the tables). Transformers are",
-        "outside relprop's scope: their relprop cells show the refusal.",
+        "invariant to 1e-4 of max|R| (figures below the tables). Transformers and CNNs with attention blocks",
+        "are outside relprop's scope: their relprop cells show the refusal.",
         "",
         "Regenerate with `python benchmarks/coverage.py --out docs/coverage.md` (results are cached in",
         "`benchmarks/coverage_cache.json`; `--rerun failed` recomputes only the cells that are not ✔). The same",
@@ -353,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cache: dict[str, Any] = json.loads(args.cache.read_text()) if args.cache.exists() else {}
     start = time.perf_counter()
-    for model_id in sorted(select_models(args.models), key=is_transformer):  # the out-of-scope ones last
+    for model_id in sorted(select_models(args.models), key=is_out_of_scope):  # the out-of-scope ones last
         todo = needs_run(cache.get(model_id), methods, args.rerun)
         if not todo:
             continue
