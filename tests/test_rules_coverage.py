@@ -116,6 +116,9 @@ PASS_THROUGH = {
     "-x": (Func(lambda h: -h), tuple(-v for v in H)),
     "torch.neg": (Func(torch.neg), tuple(-v for v in H)),
     "x / 6 + 1": (Func(lambda h: h / 6 + 1), tuple(v / 6 + 1 for v in H)),
+    "StarReLU s * relu(x) ** 2 + b": (Func(lambda h: 0.8 * torch.relu(h) ** 2 - 0.5), tuple(0.8 * max(v, 0) ** 2 - 0.5 for v in H)),
+    "Tensor.pow": (Func(lambda h: h.pow(3)), tuple(v ** 3 for v in H)),
+    "torch.square": (Func(torch.square), tuple(v * v for v in H)),
     "layer scale": (LayerScale(), (0.5 * H[0], 3.0 * H[1])),
     "stochastic depth (eval)": (torchvision.ops.StochasticDepth(0.5, "row"), H),
     "squeeze-excite gate": (Squeeze(), tuple(v * sigmoid(v) for v in H)),
@@ -375,6 +378,37 @@ def test_a_softmax_of_channel_statistics_is_a_gate_that_selects_among_branches(h
     with torch.no_grad():
         frozen.body.frozen = gated.body.weights(gated.body.branches(gated.features(x)))
     _assert_same_maps(gated, frozen)
+
+
+def test_lrp_epsilon_splits_a_difference_of_two_maps_like_a_sum_by_hand():
+    """x = (1, 2), h = A·x = (3, −3), logit = h₁ − h₂ = 6: the contributions h₁ = 3 and −h₂ = 3 share R = 6
+    evenly (magnitude split), R_h = (3, 3); the conv's z-rule gives R_x1 = x₁(A₁₁ R_h1/h₁ + A₂₁ R_h2/h₂) = 0
+    and R_x2 = x₂(A₁₂ R_h1/h₁ + A₂₂ R_h2/h₂) = 2(1 + 2) = 6, which sum to the logit."""
+    model = nn.Sequential(TinyNet(nn.Identity()).conv, Func(lambda h: h[:, :1] - h[:, 1:]), nn.Flatten()).double()
+    x = torch.tensor([1.0, 2.0], dtype=D).view(1, 2, 1, 1)
+    out = relprop.LRPEpsilon(model.eval(), epsilon=0.0).attribute(x, target=0)
+    torch.testing.assert_close(out, torch.tensor([0.0, 6.0], dtype=D).view(1, 2, 1, 1), rtol=1e-9, atol=1e-12)
+
+
+class PoolMinusInput(nn.Module):
+    """PoolFormer's token mixer in a residual block: ``h + γ · (pool(h) − h)``, the difference written ``how``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.pool, self.how = nn.AvgPool2d(3, 1, 1, count_include_pad=False), how
+        self.gamma = nn.Parameter(torch.tensor([0.5, -1.0, 2.0, 0.25]).view(1, 4, 1, 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        mixed = self.pool(h) - h if self.how == "difference" else self.pool(h) + torch.neg(h)
+        return h + self.gamma * mixed
+
+
+def test_a_difference_of_two_maps_explains_as_the_sum_with_the_negated_map():
+    """``a − b`` is the sum of the contributions ``a`` and ``−b``: every method gives the maps of
+    ``a + neg(b)`` (float64; reference-mode RSP, whose split by positive contributions tells ``−b`` from
+    ``b``, included)."""
+    methods = {**METHODS, "rsp reference": lambda m: relprop.RSP(m, mode="reference")}
+    _assert_same_maps(Head(PoolMinusInput("difference")), Head(PoolMinusInput("sum")), methods)
 
 
 class FunctionalBatchNorm(nn.BatchNorm2d):

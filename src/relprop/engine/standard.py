@@ -114,8 +114,8 @@ class MaskZeros(Rule):
 
 
 class AddSplit(Rule):
-    """Residual addition ``a + b``: ``split="magnitude"`` by ``|a|`` and ``|b|`` with a small floor, ``"positive"`` by
-    the released code's ``a⁺ + 1e-9`` shares."""
+    """Residual addition ``a + b`` (and ``a - b``, the sum of ``a`` and ``-b``): ``split="magnitude"`` by ``|a|`` and
+    ``|b|`` with a small floor, ``"positive"`` by the released code's ``a⁺ + 1e-9`` shares of the contributions."""
 
     keeps, conserves = "all", True
 
@@ -123,7 +123,7 @@ class AddSplit(Rule):
         self.split = split
 
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
-        return list(add_rule(step.input(0), step.input(1), step.relevance, self.split))
+        return list(add_rule(step.contribution(0), step.contribution(1), step.relevance, self.split))
 
 
 class DropSkipAdd(Rule):

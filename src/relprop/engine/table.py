@@ -36,7 +36,7 @@ _DESCRIPTIONS = {
     PAD: "zero, reflection, replication and circular padding (-inf padding before max pooling)",
     LAYOUT: "flatten / view / reshape / permute / transpose / slicing / chunk / flip / roll / repeat / pixel and "
             "channel shuffle / nearest upsampling",
-    ADD: "residual addition", CAT: "torch.cat", STRUCTURAL: "",
+    ADD: "residual addition, the difference of two maps", CAT: "torch.cat", STRUCTURAL: "",
 }
 """How messages name the op kinds; empty: not worth listing (covered by another entry, or no relevance)."""
 
@@ -65,6 +65,10 @@ class Step:
         """The recorded activation of the op's ``i``-th input (the rule must keep it, see :attr:`Rule.keeps`)."""
         value = self.record.values[self.op.inputs[i]]
         return value.permute(0, 3, 1, 2) if self.op.channels_last else value
+
+    def contribution(self, i: int) -> Tensor:
+        """What the op's ``i``-th input adds to its output: :meth:`input`, negated for the subtrahend of ``a - b``."""
+        return -self.input(i) if i == self.op.negated else self.input(i)
 
     def input_shape(self, i: int = 0) -> tuple[int, ...]:
         """Shape of the op's ``i``-th input (as :meth:`input` gives it)."""

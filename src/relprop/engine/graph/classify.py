@@ -32,13 +32,18 @@ _POINTWISE_MODULES = (
 _POINTWISE_FUNCTIONS = {
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.silu, F.gelu,
     F.hardswish, F.mish, F.softplus, F.hardtanh, F.rrelu, F.logsigmoid, F.softsign, F.tanhshrink, torch.clamp,
-    F.dropout, F.dropout2d, torch.dropout, operator.neg, torch.neg, *_GATE_FUNCTIONS,
+    F.dropout, F.dropout2d, torch.dropout, operator.neg, torch.neg, torch.square, *_GATE_FUNCTIONS,
 }
 _POINTWISE_METHODS = {
-    "relu", "relu_", "contiguous", "clone", "clamp", "clamp_", "clamp_min", "clamp_min_", "neg", "neg_", *_GATE_METHODS,
+    "relu", "relu_", "contiguous", "clone", "clamp", "clamp_", "clamp_min", "clamp_min_", "neg", "neg_", "square",
+    *_GATE_METHODS,
 }
-_SCALE_FUNCTIONS = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div, operator.sub, torch.sub}
-_SCALE_METHODS = {"mul", "mul_", "div", "div_", "sub", "sub_"}
+# x * c, x / c, x - c, x ** c (with c a constant or parameter: elementwise maps) and their forms with two activations
+_SCALE_FUNCTIONS = {
+    operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div, operator.sub, torch.sub,
+    operator.pow, torch.pow,
+}
+_SCALE_METHODS = {"mul", "mul_", "div", "div_", "sub", "sub_", "pow"}
 MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
 _GLOBAL_MAX_FUNCTIONS = {F.adaptive_max_pool2d, torch.amax}
 _AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d, F.adaptive_avg_pool2d, torch.mean, torch.sum}
@@ -279,14 +284,19 @@ _FUNCTION_KINDS = (
 
 
 def _classify_product(node: fx.Node, model: nn.Module, inputs: tuple[str, ...], written: str, make: Callable[..., Op]) -> Op:
-    """``x * c``, ``x / c``, ``x - c`` with a constant or parameter ``c``: pointwise (relevance passes);
+    """``x * c``, ``x / c``, ``x - c``, ``x ** c`` with a constant or parameter ``c``: pointwise (relevance passes;
+    MetaFormer's StarReLU is ``s * relu(x) ** 2 + b``);
     ``x * g`` with two activations: a gate, ``g`` being the operand computed by a sigmoid-type function
-    (through views and expands), e.g. squeeze-and-excitation, ECA, SiLU written as ``x * sigmoid(x)``."""
+    (through views and expands), e.g. squeeze-and-excitation, ECA, SiLU written as ``x * sigmoid(x)``;
+    ``a - b`` with two activations (PoolFormer's ``pool(x) - x``): the sum of ``a`` and ``-b``."""
     target = node.target
     is_product = target in (operator.mul, operator.imul, torch.mul, "mul", "mul_")
     data_first = isinstance(node.args[0], fx.Node) and node.args[0].name == inputs[0]
     if len(inputs) == 1 and (is_product or data_first):
         return make(POINTWISE, written)
+    is_difference = target in (operator.sub, operator.isub, torch.sub, "sub", "sub_")
+    if len(inputs) == 2 and is_difference and inputs[0] != inputs[1] and "alpha" not in node.kwargs:
+        return make(ADD, written, negated=1)
     if len(inputs) == 2 and is_product and inputs[0] != inputs[1]:
         gates = [i for i, arg in enumerate(node.args[:2]) if isinstance(arg, fx.Node) and _is_gate_output(arg, model)]
         if len(gates) == 1:

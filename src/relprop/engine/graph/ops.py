@@ -27,7 +27,7 @@ AVGPOOL = "avgpool"  # any linear averaging pool (avg, adaptive avg)
 LAYOUT = "layout"  # flatten, view, reshape, permute, slicing: relevance follows the adjoint
 SPLIT = "split"  # chunk / split into a tuple: its items are sliced views (LAYOUT ops reading the input)
 PAD = "pad"  # zero / reflection / replication padding: relevance follows the adjoint, the map stays (N, C, H, W)
-ADD = "add"
+ADD = "add"  # a + b, or a - b (``negated``): the sum of two contributions
 CAT = "cat"
 INPUT = "input"
 OUTPUT = "output"
@@ -115,6 +115,7 @@ class Op:
     index in ``inputs`` of a gate's multiplier), ``channels_last`` (the output is laid out (N, H, W, C);
     on a convolution: a Linear over the channels of such a map, which rules see as a 1×1 convolution
     on (N, C, H, W)), ``via`` (an item of a chunk / split: the op that splits ``inputs[0]``),
+    ``negated`` (the index in ``inputs`` of a difference's subtrahend: 1 for ``a - b``),
     ``image_chain`` (for an input convolution: the ops between the image and it, in forward order),
     ``pads_before`` (for a convolution or an average pooling: the zero-padding ops feeding it directly, in
     forward order,
@@ -136,6 +137,7 @@ class Op:
     pool: PoolWindows | None = None
     dim: int = 0
     gate: int = -1
+    negated: int = -1
     channels_last: bool = False
     via: str = ""
     pads_before: tuple[str, ...] = ()
