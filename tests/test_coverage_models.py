@@ -1,7 +1,7 @@
 """One small-input model per family that the coverage rules opened (random init): EfficientNet, MobileNet-v3,
 RegNet-Y, ShuffleNet-v2, ConvNeXt, Inception-v3 and GoogLeNet with ``transform_input=True``, a timm
-model built from ``BatchNormAct2d`` and padding-same convolutions, and timm's SKNet and ResNeSt (a softmax
-selecting among branches).
+model built from ``BatchNormAct2d`` and padding-same convolutions, timm's SKNet and ResNeSt (a softmax
+selecting among branches) and PoolFormer (the difference of two maps, StarReLU).
 
 Each method must return a finite map of the input's shape that is batch invariant (≤ 1e-4 of max|R| in
 float32), leave the model unchanged, and, for RSP, conserve the seed's sum.  The full list of models is a
@@ -52,6 +52,7 @@ MODELS = {
     "timm tf_mobilenetv3_small_minimal_100": (_timm("tf_mobilenetv3_small_minimal_100"), 64),
     "timm skresnet18": (_timm("skresnet18"), 64),
     "timm resnest14d": (_timm("resnest14d"), 64),
+    "timm poolformerv2_s12": (_timm("poolformerv2_s12"), 64),
 }
 METHODS = {
     "RSP": relprop.RSP,
