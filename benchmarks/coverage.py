@@ -53,10 +53,10 @@ TIMM_MODELS = [
 TIMM_MORE = [
     "skresnet18", "resnest14d", "tresnet_m", "ghostnetv2_100", "dm_nfnet_f0", "res2net50_14w_8s", "dpn68",
     "cspdarknet53", "mobilenetv4_conv_small", "inception_resnet_v2", "poolformer_s12", "poolformerv2_s12",
-    "convformer_s18",
+    "convformer_s18", "fastvit_t8", "repvit_m1", "inception_next_tiny", "hgnetv2_b0", "regnetz_b16",
 ]
 """More timm CNN families, beyond the issue's list: SKNet, ResNeSt, TResNet, GhostNet-v2, NFNet, Res2Net, DPN,
-MetaFormer's PoolFormer and ConvFormer, ..."""
+MetaFormer's PoolFormer and ConvFormer, FastViT (without its attention variants), RepViT, ..."""
 TIMM_ATTENTION = ["edgenext_xx_small", "efficientvit_b0", "gcresnet33ts"]
 """timm CNNs with attention blocks whose class name does not say "Attention": relprop must refuse them too."""
 TRANSFORMER_FAMILIES = ("vit_", "swin_", "swin3d", "maxvit")
