@@ -138,6 +138,31 @@ def test_a_product_of_two_feature_maps_is_refused_as_attention_at_construction(n
     assert info.value.path == "head.0" and calls == []
 
 
+class ConvAboveMixer(MixerNet):
+    """stem → PositionMixer → a 3×3 conv → mean → fc: the last convolution lies above the attention (as
+    EfficientViT's and GC-ResNet's heads do)."""
+
+    def __init__(self) -> None:
+        super().__init__("matmul")
+        self.last = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.last(self.head(self.stem(x))).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcampp"])
+def test_cam_refuses_a_default_layer_below_attention_and_takes_one_above_it(name):
+    """The CAM layer is a model's last convolution: below a product of two feature maps it would explain
+    the attention by gradients only, as a ViT's patch embedding would; above it, it is the usual CAM layer."""
+    with pytest.raises(UnsupportedLayerError, match=r"PositionMixer at 'head\.0'\. It multiplies two feature maps"):
+        relprop.get_method(name)(MixerNet("matmul").eval())
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for model, layer in ((ConvAboveMixer().eval(), None), (MixerNet("matmul").eval(), "stem")):
+        method = relprop.get_method(name)(model, layer=layer)
+        assert method.layer == (layer or "last")
+        assert torch.isfinite(method.attribute(x, target=1)).all()
+
+
 class ProjectsPositions(nn.Module):
     """conv → the positions times a parameter matrix (x @ W, a dense layer over positions) → mean → fc."""
 

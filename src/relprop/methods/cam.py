@@ -36,7 +36,9 @@ class ClassActivationMap(AutogradMethod):
             before that ReLU). The chosen path is stored in ``self.layer``. A module called several
             times in one forward pass (EfficientNet's shared ``_swish``) contributes its last call,
             as in Captum.  A model with attention (a vision transformer) is refused when ``layer`` is
-            not given: its only convolutional layer is the patch embedding, below the whole transformer.
+            not given: its only convolutional layer is the patch embedding, below the whole transformer;
+            so is a network whose default layer lies below attention that its class name does not
+            announce (timm's EdgeNeXt: a product of two feature maps above the last convolution).
             A TorchScript model is refused: forward hooks do not reach its compiled layers.
     """
 
@@ -47,7 +49,8 @@ class ClassActivationMap(AutogradMethod):
             refuse_attention(self.model, self.name)
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"layer must be a module path (a str such as 'layer4'); got {type(layer).__name__}.")
-        self.layer = layer if layer is not None and _is_module_path(self.model, layer) else _module_layer(self.model, layer)
+        self.layer = (layer if layer is not None and _is_module_path(self.model, layer)
+                      else _module_layer(self.model, layer, self.name))
         self.layer_module = self.model.get_submodule(self.layer)
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
@@ -71,14 +74,18 @@ def _is_module_path(model: nn.Module, path: str) -> bool:
     return path != ""
 
 
-def _module_layer(model: nn.Module, layer: str | None) -> str:
-    """Module path whose output is op ``layer`` (default: the automatic seed layer), or of the module
-    producing its input when the op is a function call."""
+def _module_layer(model: nn.Module, layer: str | None, method: str) -> str:
+    """Module path whose output is op ``layer`` (default: the automatic seed layer, refused below
+    attention), or of the module producing its input when the op is a function call."""
     try:
         graph = ModelGraph(model)
     except BranchesOnInput:  # forward() branches on the input's shape: module paths do not depend on it
         graph = ModelGraph(model, probe_example(model))
-    name = graph.resolve(layer, "layer") if layer is not None else default_seed_layer(graph)
+    if layer is not None:
+        name = graph.resolve(layer, "layer")
+    else:
+        name = default_seed_layer(graph)
+        graph.refuse_attention(method, above=name)
     current = name
     while (path := graph.producing_module(current)) is None:
         inputs = graph.by_name[current].inputs

@@ -179,11 +179,13 @@ class ModelGraph:
 
     # ----------------------------------------------------------------- queries
 
-    def refuse_attention(self, method: str) -> None:
+    def refuse_attention(self, method: str, above: str | None = None) -> None:
         """Raise :class:`~relprop.UnsupportedLayerError` naming the module of the first product of two feature
-        maps (attention's ``q @ k.transpose(-2, -1)``, ``F.scaled_dot_product_attention``), wherever it sits:
-        the attention modules whose class name does not say so (timm's ``CrossCovarianceAttn``, ``LiteMLA``)."""
-        op = next((op for op in self.ops if op.attends), None)
+        maps (attention's ``q @ k.transpose(-2, -1)``, ``F.scaled_dot_product_attention``): the attention
+        modules whose class name does not say so (timm's ``CrossCovarianceAttn``, ``LiteMLA``).  Wherever it
+        sits, or with ``above`` (an op name) only where it depends on that op (a CAM layer below attention)."""
+        after = self.descendants(above) if above is not None else None
+        op = next((op for op in self.ops if op.attends and (after is None or op.name in after)), None)
         if op is None:
             return
         node = op._node
