@@ -164,21 +164,28 @@ def test_cam_refuses_a_default_layer_below_attention_and_takes_one_above_it(name
 
 
 class ProjectsPositions(nn.Module):
-    """conv → the positions times a parameter matrix (x @ W, a dense layer over positions) → mean → fc."""
+    """conv → the positions times a parameter matrix (a dense layer over positions), written ``x @ W`` or
+    ``F.linear(x, W.T)`` → mean → fc."""
 
-    def __init__(self) -> None:
+    def __init__(self, how: str) -> None:
         super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+        torch.manual_seed(3)
+        self.conv, self.fc, self.how = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3), how
         self.mix = nn.Parameter(torch.randn(16, 16, generator=torch.Generator().manual_seed(2)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc((self.conv(x).flatten(2) @ self.mix).mean(-1))
+        h = self.conv(x).flatten(2)
+        mixed = h @ self.mix if self.how == "matmul" else nn.functional.linear(h, self.mix.t())
+        return self.fc(mixed.mean(-1))
 
 
-def test_a_product_of_a_feature_map_and_a_parameter_is_not_called_attention():
-    with pytest.raises(UnsupportedLayerError, match=r"no relevance rule for operator\.matmul at 'matmul'") as info:
-        relprop.LRPEpsilon(ProjectsPositions().eval())
-    assert "attention" not in str(info.value)
+@pytest.mark.parametrize("name", RELEVANCE_METHODS)
+def test_a_product_of_a_feature_map_and_a_parameter_is_a_dense_layer_not_attention(name):
+    """``x @ W`` with W a parameter is ``F.linear(x, W.T)``: the same maps (float64; before: refused)."""
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    written, linear = (ProjectsPositions(how).double().eval() for how in ("matmul", "linear"))
+    expected = relprop.get_method(name)(linear).attribute(x, target=[0, 2])
+    torch.testing.assert_close(relprop.get_method(name)(written).attribute(x, target=[0, 2]), expected, rtol=0, atol=1e-12)
 
 
 def test_gradient_methods_and_chosen_cam_layer_still_run_on_a_transformer():

@@ -380,6 +380,40 @@ def test_a_softmax_of_channel_statistics_is_a_gate_that_selects_among_branches(h
     _assert_same_maps(gated, frozen)
 
 
+class CosineHead(nn.Module):
+    """A cosine classifier: 16 · normalize(features) @ normalize(W)ᵀ, on globally pooled features; with ``frozen``
+    set, the features' norms are that constant (N, 1) and the class weights a Linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.features, self.weight = _features(1), nn.Parameter(torch.randn(3, 4))
+        self.register_buffer("frozen", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        if self.frozen is None:
+            return 16 * (F.normalize(h, dim=1) @ F.normalize(self.weight, dim=1).t())
+        return 16 * F.linear(h / self.frozen, F.normalize(self.weight, dim=1))
+
+
+def test_a_cosine_classifier_is_a_scale_then_the_dense_layer_of_its_normalised_weights():
+    """F.normalize of the features is a per-sample scale (held fixed, identity for relevance) and ``@`` with
+    weights normalised from parameters is a dense layer: the methods that start from the logits give the maps
+    of the same model with the norms it computes for x stored as a constant (float64; before: "no rule:
+    F.normalize").  RSP's and AE's seeds are gradients, which see the norm's dependence on the features; RAP
+    splits the logit at the layer producing it, and refuses the scale 16 after it."""
+    cosine = CosineHead().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(5))  # _assert_same_maps's x
+    frozen = copy.deepcopy(cosine)
+    with torch.no_grad():
+        frozen.frozen = F.adaptive_avg_pool2d(cosine.features(x), 1).flatten(1).norm(dim=1, keepdim=True)
+    methods = {"lrp_composite": METHODS["lrp_composite"], "lrp_epsilon": relprop.LRPEpsilon}
+    _assert_same_maps(cosine, frozen, methods)
+    for name in ("rsp", "ae"):
+        assert torch.isfinite(METHODS[name](cosine).attribute(x, target=[0, 2])).all()
+
+
 def test_lrp_epsilon_splits_a_difference_of_two_maps_like_a_sum_by_hand():
     """x = (1, 2), h = A·x = (3, −3), logit = h₁ − h₂ = 6: the contributions h₁ = 3 and −h₂ = 3 share R = 6
     evenly (magnitude split), R_h = (3, 3); the conv's z-rule gives R_x1 = x₁(A₁₁ R_h1/h₁ + A₂₁ R_h2/h₂) = 0

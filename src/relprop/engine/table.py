@@ -24,9 +24,9 @@ Key = Union[str, type]
 
 _DESCRIPTIONS = {
     CONV: "Conv2d (any stride, padding, dilation, groups; also a Linear over the channels of a channels-last map)",
-    INPUT_CONV: "", LINEAR: "Linear",
+    INPUT_CONV: "", LINEAR: "Linear (also F.linear, x @ W with W from parameters)",
     BATCHNORM: "BatchNorm1d / BatchNorm2d / SyncBatchNorm / F.batch_norm",
-    NORM: "LayerNorm / GroupNorm / InstanceNorm2d / LocalResponseNorm",
+    NORM: "LayerNorm / GroupNorm / InstanceNorm2d / LocalResponseNorm / F.normalize",
     POINTWISE: "elementwise activations (ReLU family, SiLU, GELU, Hardswish, Mish, Sigmoid, Tanh, ...), Dropout, "
                "Identity, stochastic depth, scaling by a constant or parameter, torchvision's Normalize",
     GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA, upsampled gates) and x * softmax of "

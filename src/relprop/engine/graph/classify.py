@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...errors import RelpropError
 from ...rules.conv_ops import ConvGeometry
 from ...rules.structural import PoolWindows
 from .ops import (
@@ -51,7 +52,8 @@ _AVGPOOL_METHODS = {"mean", "sum"}
 # Normalisations with per-sample statistics (or fixed ones): a per-sample affine map once they are held fixed
 # (local response normalisation: a per-element scale).
 _NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d, nn.LocalResponseNorm)
-_NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.instance_norm, F.local_response_norm}
+# (F.normalize: division by the p-norm along a dimension, a per-sample scale once the norm is held fixed.)
+_NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.instance_norm, F.local_response_norm, F.normalize}
 # BatchNorm in eval mode with running statistics is a fixed per-channel affine map (on (N, C) or (N, C, H, W)).
 _BATCHNORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 _BATCH_STATISTICS = (
@@ -103,6 +105,9 @@ _ATTENTION_FUNCTIONS = {
     operator.matmul, torch.matmul, torch.bmm, torch.baddbmm, torch.einsum, F.scaled_dot_product_attention,
 }
 _ATTENTION_METHODS = {"matmul", "bmm", "baddbmm", "__matmul__"}
+# Matrix products, of a feature map and a matrix computed from parameters only: dense layers.
+_MATRIX_PRODUCT_FUNCTIONS = {operator.matmul, torch.matmul, torch.mm}
+_MATRIX_PRODUCT_METHODS = {"matmul", "mm", "__matmul__"}
 
 # Padding that adds zeros or copies of input entries (reflection, replication, circular): the adjoint of its
 # replay hands the copies' relevance back to the entries copied.
@@ -233,6 +238,8 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
         return make(UNKNOWN, written, unsupported=_softmax_reason(_feeds_output(node)))
     if len(inputs) > 1 and (target in _ATTENTION_FUNCTIONS or (node.op == "call_method" and target in _ATTENTION_METHODS)):
         return make(UNKNOWN, written, attends=True)
+    if target in _MATRIX_PRODUCT_FUNCTIONS or (node.op == "call_method" and target in _MATRIX_PRODUCT_METHODS):
+        return _matrix_product_as_linear(node, model, inputs, written, make, structural)
     if target in _SCALE_FUNCTIONS or (node.op == "call_method" and target in _SCALE_METHODS):
         return _classify_product(node, model, inputs, written, make)
     if target in _ADD_FUNCTIONS or node.op == "call_method" and target in _ADD_METHODS:
@@ -434,6 +441,26 @@ def _linear_of_call(node: fx.Node, model: nn.Module, written: str, make: Callabl
     if _from_activations((weight, bias), structural) or not isinstance(weight, fx.Node):
         return make(UNKNOWN, written, unsupported=f"{written} whose weight is computed in forward(); relprop needs it as a parameter.")
     return make(LINEAR, written, linear=LinearSpec(_parameter_getter(weight, model), _parameter_getter(bias, model)))
+
+
+def _matrix_product_as_linear(
+    node: fx.Node, model: nn.Module, inputs: tuple[str, ...], written: str, make: Callable[..., Op], structural: set[str],
+) -> Op:
+    """``x @ M`` with ``M`` (in, out) a parameter or computed from parameters only (a cosine classifier's
+    normalised class weights): the dense layer ``F.linear(x, M.T)``."""
+    data, matrix = node.args[0], node.args[1] if len(node.args) > 1 else None
+    if not isinstance(data, fx.Node) or data.name != inputs[0] or not isinstance(matrix, fx.Node) \
+            or _from_activations((matrix,), structural):
+        return make(UNKNOWN, written)
+    value = _parameter_getter(matrix, model)
+
+    def weight() -> Tensor:
+        m = value()
+        if m.dim() != 2:
+            raise RelpropError(f"{written} multiplies by a {m.dim()}-d tensor; relprop explains x @ M with a matrix M.")
+        return m.t()
+
+    return make(LINEAR, written, linear=LinearSpec(weight, lambda: None))
 
 
 def _batchnorm_of_call(node: fx.Node, model: nn.Module, written: str, make: Callable[..., Op]) -> Op:
