@@ -99,15 +99,13 @@ _STRUCTURAL_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout
 _SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 _SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 _SOFTMAX_METHODS = {"softmax", "log_softmax"}
-# Products of two feature maps contracted over a dimension: attention's scores q·kᵀ and their weighting of the
-# values (written as matmul, bmm, einsum or scaled_dot_product_attention).
-_ATTENTION_FUNCTIONS = {
-    operator.matmul, torch.matmul, torch.bmm, torch.baddbmm, torch.einsum, F.scaled_dot_product_attention,
+# Products contracted over a dimension.  Of two feature maps: attention's scores q·kᵀ and their weighting of the
+# values.  Of a feature map and a matrix computed from parameters only (x @ W): a dense layer.
+_CONTRACTION_FUNCTIONS = {
+    operator.matmul, torch.matmul, torch.mm, torch.bmm, torch.baddbmm, torch.einsum, F.scaled_dot_product_attention,
 }
-_ATTENTION_METHODS = {"matmul", "bmm", "baddbmm", "__matmul__"}
-# Matrix products, of a feature map and a matrix computed from parameters only: dense layers.
-_MATRIX_PRODUCT_FUNCTIONS = {operator.matmul, torch.matmul, torch.mm}
-_MATRIX_PRODUCT_METHODS = {"matmul", "mm", "__matmul__"}
+_CONTRACTION_METHODS = {"matmul", "mm", "bmm", "baddbmm", "__matmul__"}
+_DENSE_CONTRACTIONS = {operator.matmul, torch.matmul, torch.mm, "matmul", "mm", "__matmul__"}
 
 # Padding that adds zeros or copies of input entries (reflection, replication, circular): the adjoint of its
 # replay hands the copies' relevance back to the entries copied.
@@ -236,10 +234,12 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
     target = node.target
     if target in _SOFTMAX_FUNCTIONS or (node.op == "call_method" and target in _SOFTMAX_METHODS):
         return make(UNKNOWN, written, unsupported=_softmax_reason(_feeds_output(node)))
-    if len(inputs) > 1 and (target in _ATTENTION_FUNCTIONS or (node.op == "call_method" and target in _ATTENTION_METHODS)):
-        return make(UNKNOWN, written, attends=True)
-    if target in _MATRIX_PRODUCT_FUNCTIONS or (node.op == "call_method" and target in _MATRIX_PRODUCT_METHODS):
-        return _matrix_product_as_linear(node, model, inputs, written, make, structural)
+    if target in _CONTRACTION_FUNCTIONS or (node.op == "call_method" and target in _CONTRACTION_METHODS):
+        if len(inputs) > 1:
+            return make(UNKNOWN, written, attends=True)
+        if target in _DENSE_CONTRACTIONS:
+            return _matrix_product_as_linear(node, model, inputs, written, make, structural)
+        return make(UNKNOWN, written)
     if target in _SCALE_FUNCTIONS or (node.op == "call_method" and target in _SCALE_METHODS):
         return _classify_product(node, model, inputs, written, make)
     if target in _ADD_FUNCTIONS or node.op == "call_method" and target in _ADD_METHODS:
@@ -343,6 +343,10 @@ def _is_gate_output(node: fx.Node, model: nn.Module) -> bool:
 # What may lie between a global pooling and a softmax that selects among channels or branches: layers
 # applied to the pooled vector (1×1 convolutions, Linear, BatchNorm, activations) and views of it.
 _STATISTIC_MODULES = (nn.Conv2d, nn.Linear, *_BATCHNORM_MODULES, *_POINTWISE_MODULES, nn.Flatten, nn.Unflatten)
+_STATISTIC_FUNCTIONS = _LAYOUT_FUNCTIONS | _POINTWISE_FUNCTIONS | _CONV_FUNCTIONS | _LINEAR_FUNCTIONS | {F.batch_norm}
+_STATISTIC_METHODS = _LAYOUT_METHODS | _POINTWISE_METHODS
+_GLOBAL_POOLING_FUNCTIONS = {torch.mean, torch.sum, torch.amax}
+_GLOBAL_POOLING_METHODS = {"mean", "sum", "amax"}
 
 
 def _is_channel_statistic(node: Any, model: nn.Module) -> bool:
@@ -355,9 +359,7 @@ def _is_channel_statistic(node: Any, model: nn.Module) -> bool:
         if node.op == "call_module":
             if not isinstance(model.get_submodule(str(node.target)), _STATISTIC_MODULES):
                 return False
-        elif not (node.target in _LAYOUT_METHODS or node.target in _LAYOUT_FUNCTIONS or node.target in _POINTWISE_FUNCTIONS
-                  or node.target in _POINTWISE_METHODS or node.target in _CONV_FUNCTIONS | _LINEAR_FUNCTIONS
-                  or node.target is F.batch_norm):
+        elif node.target not in (_STATISTIC_METHODS if node.op == "call_method" else _STATISTIC_FUNCTIONS):
             return False
         node = node.args[0] if node.args else None
     return False
@@ -370,7 +372,7 @@ def _is_global_pooling(node: fx.Node, model: nn.Module) -> bool:
         return isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and _pair(module.output_size) == (1, 1)
     if node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
         return _pair(_argument(node, 1, "output_size", None)) == (1, 1)
-    if node.target in _AVGPOOL_METHODS | {"amax"} or node.target in (torch.mean, torch.sum, torch.amax):
+    if node.target in (_GLOBAL_POOLING_METHODS if node.op == "call_method" else _GLOBAL_POOLING_FUNCTIONS):
         dims = _argument(node, 1, "dim", None)
         dims = set(dims) if isinstance(dims, (list, tuple)) else {dims}
         return {2, 3} <= dims or {-2, -1} <= dims
