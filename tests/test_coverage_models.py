@@ -1,7 +1,8 @@
 """One small-input model per family that the coverage rules opened (random init): EfficientNet, MobileNet-v3,
 RegNet-Y, ShuffleNet-v2, ConvNeXt, Inception-v3 and GoogLeNet with ``transform_input=True``, a timm
 model built from ``BatchNormAct2d`` and padding-same convolutions, timm's SKNet and ResNeSt (a softmax
-selecting among branches) and PoolFormer (the difference of two maps, StarReLU).
+selecting among branches), PoolFormer (the difference of two maps, StarReLU) and ConvNeXt-V2 (global
+response normalisation).
 
 Each method must return a finite map of the input's shape that is batch invariant (≤ 1e-4 of max|R| in
 float32), leave the model unchanged, and, for RSP, conserve the seed's sum.  The full list of models is a
@@ -37,6 +38,16 @@ def _timm(name: str):  # type: ignore[no-untyped-def]
     return build
 
 
+def _convnextv2_with_response_norm():  # type: ignore[no-untyped-def]
+    """timm's ConvNeXt-V2-Atto with random GRN parameters (they start at zero, where GRN is the identity)."""
+    model = _timm("convnextv2_atto")()
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module).__name__ == "GlobalResponseNorm":
+                module.weight.normal_(), module.bias.normal_(std=0.1)
+    return model
+
+
 # RSP on this random-init Inception-v3 is 2.6e-4 batch invariant in float32, also without transform_input on
 # the same (transformed) input: a float32 conditioning of the model, not of the layers tested here; it is
 # checked in float64 (where batch invariance is exact).
@@ -53,6 +64,7 @@ MODELS = {
     "timm skresnet18": (_timm("skresnet18"), 64),
     "timm resnest14d": (_timm("resnest14d"), 64),
     "timm poolformerv2_s12": (_timm("poolformerv2_s12"), 64),
+    "timm convnextv2_atto": (_convnextv2_with_response_norm, 64),
 }
 METHODS = {
     "RSP": relprop.RSP,

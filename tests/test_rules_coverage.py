@@ -380,6 +380,82 @@ def test_a_softmax_of_channel_statistics_is_a_gate_that_selects_among_branches(h
     _assert_same_maps(gated, frozen)
 
 
+class ResponseNorm(nn.Module):
+    """ConvNeXt-V2's MLP with global response normalisation, written as its paper does, on (N, 4, H, W):
+    Linear → GELU → GRN → Linear over the channels of a channels-last map (``layout="last"``), or 1×1 conv →
+    GELU → GRN → 1×1 conv (``"first"``); ``GRN(h) = h + addcmul(β, γ, h · n)``, ``n = ‖h‖ / (mean_c ‖h‖ + ε)``
+    with the norm over the spatial dimensions.  With ``frozen`` set, ``n`` is that constant."""
+
+    def __init__(self, layout: str) -> None:
+        super().__init__()
+        torch.manual_seed(12)
+        self.layout = layout
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 4)
+        self.gamma, self.beta = nn.Parameter(torch.randn(6)), nn.Parameter(torch.randn(6))
+        self.register_buffer("frozen", None)
+
+    def statistic(self, h: torch.Tensor) -> torch.Tensor:
+        spatial, channel = ((1, 2), -1) if self.layout == "last" else ((2, 3), 1)
+        g = h.norm(p=2, dim=spatial, keepdim=True)
+        return g / (g.mean(dim=channel, keepdim=True) + 1e-6)
+
+    def hidden(self, h: torch.Tensor) -> torch.Tensor:
+        if self.layout == "last":
+            return F.gelu(self.fc1(h.permute(0, 2, 3, 1)))
+        return F.gelu(F.conv2d(h, self.fc1.weight[:, :, None, None], self.fc1.bias))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        a = self.hidden(h)
+        shape = (1, 1, 1, -1) if self.layout == "last" else (1, -1, 1, 1)
+        n = self.statistic(a) if self.frozen is None else self.frozen
+        a = a + torch.addcmul(self.beta.view(shape), self.gamma.view(shape), a * n)
+        if self.layout == "last":
+            return self.fc2(a).permute(0, 3, 1, 2)
+        return F.conv2d(a, self.fc2.weight[:, :, None, None], self.fc2.bias)
+
+
+@pytest.mark.parametrize("layout", ["last", "first"], ids=["channels-last", "channels-first"])
+def test_global_response_normalisation_holds_its_statistics_fixed(layout):
+    """A multiplier computed from channel statistics (a norm over the spatial dimensions, divided by its mean
+    over the channels) is a fixed per-sample multiplier like a gate, and ``addcmul(β, γ, t)`` a per-element
+    affine map: every method gives the maps of the same model with ``n`` stored as a constant (float64;
+    before: "no rule: Tensor.norm")."""
+    model = Head(ResponseNorm(layout)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(5))  # _assert_same_maps's x
+    frozen = copy.deepcopy(model)
+    with torch.no_grad():
+        frozen.body.frozen = model.body.statistic(model.body.hidden(model.features(x)))
+    _assert_same_maps(model, frozen)
+
+
+class TimesStatistic(nn.Module):
+    """``h · s(h)`` with a statistic ``s`` that varies over positions: the mean over the channels, or (on a
+    channels-first map) over channels and rows."""
+
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * h.mean(dim=self.dims, keepdim=True)
+
+
+@pytest.mark.parametrize("dims", [(1,), (1, 2)], ids=["channels", "channels and rows"])
+def test_a_multiplier_that_varies_over_positions_is_no_gate(dims):
+    with pytest.raises(relprop.UnsupportedLayerError, match="multiplies two feature maps, neither"):
+        relprop.LRPEpsilon(Head(TimesStatistic(dims)).eval())
+
+
+class AddcmulOfMaps(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(h, h, torch.relu(h))
+
+
+def test_addcmul_of_two_maps_is_refused():
+    with pytest.raises(relprop.UnsupportedLayerError, match="relprop explains addcmul"):
+        relprop.LRPEpsilon(Head(AddcmulOfMaps()).eval())
+
+
 class CosineHead(nn.Module):
     """A cosine classifier: 16 · normalize(features) @ normalize(W)ᵀ, on globally pooled features; with ``frozen``
     set, the features' norms are that constant (N, 1) and the class weights a Linear layer."""

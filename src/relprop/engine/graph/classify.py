@@ -18,8 +18,8 @@ from ...errors import RelpropError
 from ...rules.conv_ops import ConvGeometry
 from ...rules.structural import PoolWindows
 from .ops import (
-    ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT, LAYOUT, LINEAR, MAXPOOL, NORM, OUTPUT, PAD, POINTWISE, SPLIT,
-    STRUCTURAL, UNKNOWN, BatchNormSpec, ConvSpec, LinearSpec, Op,
+    ADD, AVGPOOL, BATCHNORM, CAT, CHANNELS_LAST, CONV, GATE, INPUT, LAYOUT, LINEAR, MAXPOOL, NORM, OUTPUT, PAD,
+    POINTWISE, SPLIT, STRUCTURAL, UNKNOWN, BatchNormSpec, ConvSpec, LinearSpec, Op,
 )
 
 _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh)
@@ -241,7 +241,9 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
             return _matrix_product_as_linear(node, model, inputs, written, make, structural)
         return make(UNKNOWN, written)
     if target in _SCALE_FUNCTIONS or (node.op == "call_method" and target in _SCALE_METHODS):
-        return _classify_product(node, model, inputs, written, make)
+        return _classify_product(node, model, inputs, written, make, structural)
+    if target is torch.addcmul or (node.op == "call_method" and target == "addcmul"):
+        return _classify_addcmul(node, inputs, written, make)
     if target in _ADD_FUNCTIONS or node.op == "call_method" and target in _ADD_METHODS:
         if "alpha" in node.kwargs:
             return make(UNKNOWN, f"{written}(alpha=...)")
@@ -290,7 +292,9 @@ _FUNCTION_KINDS = (
 )
 
 
-def _classify_product(node: fx.Node, model: nn.Module, inputs: tuple[str, ...], written: str, make: Callable[..., Op]) -> Op:
+def _classify_product(
+    node: fx.Node, model: nn.Module, inputs: tuple[str, ...], written: str, make: Callable[..., Op], structural: set[str],
+) -> Op:
     """``x * c``, ``x / c``, ``x - c``, ``x ** c`` with a constant or parameter ``c``: pointwise (relevance passes;
     MetaFormer's StarReLU is ``s * relu(x) ** 2 + b``);
     ``x * g`` with two activations: a gate, ``g`` being the operand computed by a sigmoid-type function
@@ -305,34 +309,56 @@ def _classify_product(node: fx.Node, model: nn.Module, inputs: tuple[str, ...], 
     if len(inputs) == 2 and is_difference and inputs[0] != inputs[1] and "alpha" not in node.kwargs:
         return make(ADD, written, negated=1)
     if len(inputs) == 2 and is_product and inputs[0] != inputs[1]:
-        gates = [i for i, arg in enumerate(node.args[:2]) if isinstance(arg, fx.Node) and _is_gate_output(arg, model)]
-        if len(gates) == 1:
-            return make(GATE, written, gate=gates[0])
+        gate = _gate_operand(node, model, structural)
+        if gate is not None:
+            return make(GATE, written, gate=gate)
         return make(UNKNOWN, written, unsupported=(
-            f"{written} multiplies two feature maps, "
-            + ("both" if gates else "neither") + " computed by a sigmoid-type gate (Sigmoid, Hardsigmoid, Tanh); "
-            "relprop explains products of a signal and one such gate."
+            f"{written} multiplies two feature maps, neither (or both) of them a gate: computed by a sigmoid-type "
+            "function (Sigmoid, Hardsigmoid, Tanh) or from channel statistics (a global pooling and what follows "
+            "it); relprop explains products of a signal and one gate."
         ))
     return make(UNKNOWN, written)
 
 
-def _is_gate_output(node: fx.Node, model: nn.Module) -> bool:
-    """Whether ``node`` is a sigmoid-type activation, or a softmax of channel statistics (the selection over
-    branches of timm's ``SelectiveKernel`` and ResNeSt's ``SplitAttn``), possibly followed by views / expands /
-    reshapes and resizing (GhostNet-v2 upsamples its gate to the signal's size)."""
+def _classify_addcmul(node: fx.Node, inputs: tuple[str, ...], written: str, make: Callable[..., Op]) -> Op:
+    """``torch.addcmul(b, w, t)`` = ``b + w · t`` with one activation among the factors and constants or parameters
+    otherwise (ConvNeXt-V2's response normalisation ``β + γ · t``): a per-element affine map, pointwise like
+    ``x * c + b``.  With more activations it is refused."""
+    factors = [_argument(node, 1, "tensor1", None), _argument(node, 2, "tensor2", None)]
+    reads_activation = [isinstance(f, fx.Node) and f.name in inputs for f in factors]
+    if len(inputs) == 1 and any(reads_activation):
+        return make(POINTWISE, written)
+    return make(UNKNOWN, written, unsupported=(
+        f"{written} adds or multiplies {len(inputs)} feature maps; relprop explains addcmul(b, w, x) with one "
+        "feature map x and constants or parameters b, w."
+    ))
+
+
+def _gate_operand(node: fx.Node, model: nn.Module, structural: set[str]) -> int | None:
+    """Which operand of the product ``node`` (two activations) is a gate: the one computed by a sigmoid-type function
+    (possibly through views / expands / reshapes and resizing: GhostNet-v2 upsamples its gate to the signal's
+    size), else the one holding channel statistics (see :func:`_is_channel_statistic`: the softmax over branches
+    of timm's ``SelectiveKernel`` and ResNeSt's ``SplitAttn``, ConvNeXt-V2's response normalisation
+    ``‖x‖ / mean ‖x‖``); None if neither or both.  ``structural``: the ops computed from shapes and parameters."""
+    operands = [arg for arg in node.args[:2] if isinstance(arg, fx.Node)]
+    for is_gate in (_is_sigmoid_output, functools.partial(_is_channel_statistic, structural=structural)):
+        gates = [i for i, arg in enumerate(operands) if is_gate(arg, model)]
+        if gates:
+            return gates[0] if len(gates) == 1 else None
+    return None
+
+
+def _is_sigmoid_output(node: fx.Node, model: nn.Module) -> bool:
+    """Whether ``node`` is a sigmoid-type activation, possibly followed by views, expands, reshapes and resizing."""
     while True:
         if node.op == "call_module":
             module = model.get_submodule(str(node.target))
             if isinstance(module, _GATE_MODULES):
                 return True
-            if isinstance(module, _SOFTMAX_MODULES):
-                return _is_channel_statistic(node.args[0], model)
             if not isinstance(module, nn.Upsample):
                 return False
         elif node.target in _GATE_FUNCTIONS or node.target in _GATE_METHODS:
             return True
-        elif node.target in _SOFTMAX_FUNCTIONS or (node.op == "call_method" and node.target in _SOFTMAX_METHODS):
-            return _is_channel_statistic(node.args[0], model)
         elif not (node.target is F.interpolate or node.target in _LAYOUT_METHODS or node.target in _LAYOUT_FUNCTIONS):
             return False
         if not node.args or not isinstance(node.args[0], fx.Node):
@@ -340,42 +366,106 @@ def _is_gate_output(node: fx.Node, model: nn.Module) -> bool:
         node = node.args[0]
 
 
-# What may lie between a global pooling and a softmax that selects among channels or branches: layers
-# applied to the pooled vector (1×1 convolutions, Linear, BatchNorm, activations) and views of it.
-_STATISTIC_MODULES = (nn.Conv2d, nn.Linear, *_BATCHNORM_MODULES, *_POINTWISE_MODULES, nn.Flatten, nn.Unflatten)
-_STATISTIC_FUNCTIONS = _LAYOUT_FUNCTIONS | _POINTWISE_FUNCTIONS | _CONV_FUNCTIONS | _LINEAR_FUNCTIONS | {F.batch_norm}
-_STATISTIC_METHODS = _LAYOUT_METHODS | _POINTWISE_METHODS
-_GLOBAL_POOLING_FUNCTIONS = {torch.mean, torch.sum, torch.amax}
-_GLOBAL_POOLING_METHODS = {"mean", "sum", "amax"}
+# What may lie between a global pooling and what reads it as one value per channel (a gate, a softmax over channels
+# or branches): layers applied to the pooled vector (1×1 convolutions, Linear, BatchNorm, activations, softmax),
+# views, arithmetic among such values and constants (ConvNeXt-V2's ‖x‖ / (mean ‖x‖ + ε)) and reductions of them.
+_GLOBAL_POOLING_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.norm, torch.linalg.vector_norm}
+_GLOBAL_POOLING_METHODS = {"mean", "sum", "amax", "norm"}
+_NORM_REDUCTIONS = {torch.norm, torch.linalg.vector_norm, "norm"}  # dim is their third argument
+_STATISTIC_MODULES = (
+    nn.Conv2d, nn.Linear, *_BATCHNORM_MODULES, *_POINTWISE_MODULES, *_SOFTMAX_MODULES, nn.Flatten, nn.Unflatten,
+)
+_STATISTIC_FUNCTIONS = (
+    _LAYOUT_FUNCTIONS | _POINTWISE_FUNCTIONS | _CONV_FUNCTIONS | _LINEAR_FUNCTIONS | _SCALE_FUNCTIONS | _ADD_FUNCTIONS
+    | _SOFTMAX_FUNCTIONS | _GLOBAL_POOLING_FUNCTIONS | {F.batch_norm}
+)
+_STATISTIC_METHODS = (
+    _LAYOUT_METHODS | _POINTWISE_METHODS | _SCALE_METHODS | _ADD_METHODS | _SOFTMAX_METHODS | _GLOBAL_POOLING_METHODS
+)
+_FROM_INPUTS = object()  # a statistic if what it reads is
 
 
-def _is_channel_statistic(node: Any, model: nn.Module) -> bool:
-    """Whether ``node`` is computed from a global spatial pooling (``x.mean((2, 3))``, ``adaptive_avg_pool2d(x, 1)``)
-    through layers applied to the pooled vector only: one value per channel, as a squeeze-and-excitation gate
-    reads.  A softmax of it weighs channels or branches, not positions (unlike attention pooling)."""
-    while isinstance(node, fx.Node):
-        if _is_global_pooling(node, model):
-            return True
-        if node.op == "call_module":
-            if not isinstance(model.get_submodule(str(node.target)), _STATISTIC_MODULES):
-                return False
-        elif node.target not in (_STATISTIC_METHODS if node.op == "call_method" else _STATISTIC_FUNCTIONS):
-            return False
-        node = node.args[0] if node.args else None
-    return False
+def _is_channel_statistic(node: fx.Node, model: nn.Module, structural: set[str]) -> bool:
+    """Whether ``node`` is computed from global spatial poolings (``x.mean((2, 3))``, ``adaptive_avg_pool2d(x, 1)``,
+    ``x.norm(dim=(2, 3))``; the spatial dimensions of a channels-last map) through ops on the pooled values and
+    constants only: one value per channel (or per branch) of each sample, which says how much of a channel
+    passes, not where the evidence is.  A softmax of it weighs channels or branches, not positions (unlike
+    attention pooling).  Shapes and parameters (``structural``) are constants."""
+    verdicts: dict[fx.Node, Any] = {}  # True: a statistic; None: a constant; False: neither
+    stack = [node]
+    while stack:
+        current = stack[-1]
+        if current in verdicts:
+            stack.pop()
+            continue
+        own = None if current.name in structural else _statistic_verdict(current, model)
+        if own is not _FROM_INPUTS:
+            verdicts[current] = own
+            stack.pop()
+            continue
+        read = current.all_input_nodes
+        pending = next((n for n in read if n not in verdicts), None)
+        if any(verdicts.get(n) is False for n in read):
+            verdicts[current] = False
+        elif pending is not None:
+            stack.append(pending)
+            continue
+        else:
+            verdicts[current] = True if any(verdicts[n] for n in read) else None
+        stack.pop()
+    return verdicts[node] is True
+
+
+def _statistic_verdict(node: fx.Node, model: nn.Module) -> Any:
+    """True for a global spatial pooling, None for a parameter, False for what cannot lie on the way from a
+    pooling to a channel statistic (the input, a pooling with a window, ...), else :data:`_FROM_INPUTS`."""
+    if node.op == "get_attr":
+        return None
+    if node.op == "placeholder" or node.op == "output":
+        return False
+    if _is_global_pooling(node, model):
+        return True
+    if node.op == "call_module":
+        return _FROM_INPUTS if isinstance(model.get_submodule(str(node.target)), _STATISTIC_MODULES) else False
+    return _FROM_INPUTS if node.target in (_STATISTIC_METHODS if node.op == "call_method" else _STATISTIC_FUNCTIONS) else False
 
 
 def _is_global_pooling(node: fx.Node, model: nn.Module) -> bool:
-    """A mean, sum or maximum over the two spatial dimensions, or an adaptive pooling to 1×1."""
+    """A mean, sum, maximum or norm over the two spatial dimensions (of a channels-first map, or of a channels-last
+    one), or an adaptive pooling to 1×1."""
     if node.op == "call_module":
         module = model.get_submodule(str(node.target))
         return isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and _pair(module.output_size) == (1, 1)
     if node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
         return _pair(_argument(node, 1, "output_size", None)) == (1, 1)
     if node.target in (_GLOBAL_POOLING_METHODS if node.op == "call_method" else _GLOBAL_POOLING_FUNCTIONS):
-        dims = _argument(node, 1, "dim", None)
+        dims = _argument(node, 2 if node.target in _NORM_REDUCTIONS else 1, "dim", None)
         dims = set(dims) if isinstance(dims, (list, tuple)) else {dims}
-        return {2, 3} <= dims or {-2, -1} <= dims
+        if {2, 3} <= dims or {-2, -1} <= dims:
+            return True
+        return ({1, 2} == dims or {-3, -2} == dims) and _is_channels_last(node.args[0], model)
+    return False
+
+
+# Ops whose output has the layout of their (first) input.
+_LAYOUT_KEEPING_MODULES = (*_POINTWISE_MODULES, *_NORM_MODULES, nn.Linear)
+_LAYOUT_KEEPING_FUNCTIONS = _POINTWISE_FUNCTIONS | _SCALE_FUNCTIONS | _ADD_FUNCTIONS | _LINEAR_FUNCTIONS | {F.layer_norm}
+_LAYOUT_KEEPING_METHODS = _POINTWISE_METHODS | _SCALE_METHODS | _ADD_METHODS
+
+
+def _is_channels_last(node: Any, model: nn.Module) -> bool:
+    """Whether ``node`` is a 4-d map laid out (N, H, W, C): a ``permute(0, 2, 3, 1)`` followed by ops that keep the
+    layout (activations, LayerNorm, a Linear over the channels, arithmetic), as in ConvNeXt's MLP."""
+    while isinstance(node, fx.Node):
+        if node.op == "call_method" and node.target == "permute" or node.target is torch.permute:
+            return permutation(node) == CHANNELS_LAST
+        if node.op == "call_module":
+            keeps = isinstance(model.get_submodule(str(node.target)), _LAYOUT_KEEPING_MODULES)
+        else:
+            keeps = node.target in (_LAYOUT_KEEPING_METHODS if node.op == "call_method" else _LAYOUT_KEEPING_FUNCTIONS)
+        if not keeps or not node.args:
+            return False
+        node = node.args[0]
     return False
 
 
