@@ -28,9 +28,9 @@ _DESCRIPTIONS = {
     BATCHNORM: "BatchNorm1d / BatchNorm2d / SyncBatchNorm / F.batch_norm",
     NORM: "LayerNorm / GroupNorm / InstanceNorm2d / LocalResponseNorm / F.normalize",
     POINTWISE: "elementwise activations (ReLU family, SiLU, GELU, Hardswish, Mish, Sigmoid, Tanh, ...), Dropout, "
-               "Identity, stochastic depth, scaling by a constant or parameter, torchvision's Normalize",
-    GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA, upsampled gates) and x * softmax of "
-          "channel statistics (SKNet, ResNeSt)",
+               "Identity, stochastic depth, scaling by a constant or parameter (also addcmul), torchvision's Normalize",
+    GATE: "multiplicative gates x * sigmoid(...) (squeeze-and-excitation, ECA, upsampled gates) and x times channel "
+          "statistics (the softmax over branches of SKNet and ResNeSt, ConvNeXt-V2's global response normalisation)",
     MAXPOOL: "max pooling (also adaptive / global max, amax, the values of max(dim))",
     AVGPOOL: "average / adaptive-average pooling, mean, sum, bilinear upsampling",
     PAD: "zero, reflection, replication and circular padding (-inf padding before max pooling)",
