@@ -296,14 +296,28 @@ class Head(nn.Module):
         return self.fc(self.pool(torch.relu(self.last(self.body(self.features(x))))))
 
 
+def _x() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(5))
+
+
 def _assert_same_maps(model_a: nn.Module, model_b: nn.Module, methods=METHODS) -> None:  # type: ignore[no-untyped-def]
     model_a, model_b = model_a.double().eval(), model_b.double().eval()
-    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(5))
+    x = _x()
     torch.testing.assert_close(model_a(x), model_b(x), rtol=1e-12, atol=1e-12)
     for name, method in methods.items():
         a, b = method(model_a).attribute(x, target=[0, 2]), method(model_b).attribute(x, target=[0, 2])
         assert b.abs().max() > 0, name
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * float(b.abs().max()), msg=name)
+
+
+def _assert_same_maps_as_frozen(model: nn.Module, holder: str, value, methods=METHODS) -> None:  # type: ignore[no-untyped-def]
+    """The maps of ``model`` (float64) equal those of its copy whose submodule ``holder`` has its buffer ``frozen``
+    set to ``value(model, x)``, for :func:`_assert_same_maps`'s x: what the model computes from x, held constant."""
+    model = model.double().eval()
+    frozen = copy.deepcopy(model)
+    with torch.no_grad():
+        frozen.get_submodule(holder).frozen = value(model, _x())
+    _assert_same_maps(model, frozen, methods)
 
 
 class ChannelsLastMLP(nn.Module):
@@ -372,12 +386,9 @@ def test_a_softmax_of_channel_statistics_is_a_gate_that_selects_among_branches(h
     """The branch weights are a fixed per-sample multiplier (relevance goes to the branches; the sum over
     them is shared like average pooling), so every method gives the maps of the same model with the weights
     it computes for x stored as a constant (float64; before: "no rule: torch.softmax" / "torch.stack")."""
-    gated = Head(SelectBranches(how)).double().eval()
-    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(5))  # _assert_same_maps's x
-    frozen = copy.deepcopy(gated)
-    with torch.no_grad():
-        frozen.body.frozen = gated.body.weights(gated.body.branches(gated.features(x)))
-    _assert_same_maps(gated, frozen)
+    _assert_same_maps_as_frozen(
+        Head(SelectBranches(how)), "body", lambda m, x: m.body.weights(m.body.branches(m.features(x))),
+    )
 
 
 class ResponseNorm(nn.Module):
@@ -420,12 +431,9 @@ def test_global_response_normalisation_holds_its_statistics_fixed(layout):
     over the channels) is a fixed per-sample multiplier like a gate, and ``addcmul(β, γ, t)`` a per-element
     affine map: every method gives the maps of the same model with ``n`` stored as a constant (float64;
     before: "no rule: Tensor.norm")."""
-    model = Head(ResponseNorm(layout)).double().eval()
-    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(5))  # _assert_same_maps's x
-    frozen = copy.deepcopy(model)
-    with torch.no_grad():
-        frozen.body.frozen = model.body.statistic(model.body.hidden(model.features(x)))
-    _assert_same_maps(model, frozen)
+    _assert_same_maps_as_frozen(
+        Head(ResponseNorm(layout)), "body", lambda m, x: m.body.statistic(m.body.hidden(m.features(x))),
+    )
 
 
 class TimesStatistic(nn.Module):
@@ -452,7 +460,7 @@ class AddcmulOfMaps(nn.Module):
 
 
 def test_addcmul_of_two_maps_is_refused():
-    with pytest.raises(relprop.UnsupportedLayerError, match="relprop explains addcmul"):
+    with pytest.raises(relprop.UnsupportedLayerError, match="reads 3 feature maps; relprop explains addcmul"):
         relprop.LRPEpsilon(Head(AddcmulOfMaps()).eval())
 
 
@@ -480,14 +488,12 @@ def test_a_cosine_classifier_is_a_scale_then_the_dense_layer_of_its_normalised_w
     F.normalize").  RSP's and AE's seeds are gradients, which see the norm's dependence on the features; RAP
     splits the logit at the layer producing it, and refuses the scale 16 after it."""
     cosine = CosineHead().double().eval()
-    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(5))  # _assert_same_maps's x
-    frozen = copy.deepcopy(cosine)
-    with torch.no_grad():
-        frozen.frozen = F.adaptive_avg_pool2d(cosine.features(x), 1).flatten(1).norm(dim=1, keepdim=True)
     methods = {"lrp_composite": METHODS["lrp_composite"], "lrp_epsilon": relprop.LRPEpsilon}
-    _assert_same_maps(cosine, frozen, methods)
+    _assert_same_maps_as_frozen(
+        cosine, "", lambda m, x: F.adaptive_avg_pool2d(m.features(x), 1).flatten(1).norm(dim=1, keepdim=True), methods,
+    )
     for name in ("rsp", "ae"):
-        assert torch.isfinite(METHODS[name](cosine).attribute(x, target=[0, 2])).all()
+        assert torch.isfinite(METHODS[name](cosine).attribute(_x(), target=[0, 2])).all()
 
 
 def test_lrp_epsilon_splits_a_difference_of_two_maps_like_a_sum_by_hand():

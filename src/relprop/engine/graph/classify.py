@@ -243,7 +243,7 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
     if target in _SCALE_FUNCTIONS or (node.op == "call_method" and target in _SCALE_METHODS):
         return _classify_product(node, model, inputs, written, make, structural)
     if target is torch.addcmul or (node.op == "call_method" and target == "addcmul"):
-        return _classify_addcmul(node, inputs, written, make)
+        return _classify_addcmul(inputs, written, make)
     if target in _ADD_FUNCTIONS or node.op == "call_method" and target in _ADD_METHODS:
         if "alpha" in node.kwargs:
             return make(UNKNOWN, f"{written}(alpha=...)")
@@ -320,17 +320,15 @@ def _classify_product(
     return make(UNKNOWN, written)
 
 
-def _classify_addcmul(node: fx.Node, inputs: tuple[str, ...], written: str, make: Callable[..., Op]) -> Op:
-    """``torch.addcmul(b, w, t)`` = ``b + w · t`` with one activation among the factors and constants or parameters
-    otherwise (ConvNeXt-V2's response normalisation ``β + γ · t``): a per-element affine map, pointwise like
-    ``x * c + b``.  With more activations it is refused."""
-    factors = [_argument(node, 1, "tensor1", None), _argument(node, 2, "tensor2", None)]
-    reads_activation = [isinstance(f, fx.Node) and f.name in inputs for f in factors]
-    if len(inputs) == 1 and any(reads_activation):
+def _classify_addcmul(inputs: tuple[str, ...], written: str, make: Callable[..., Op]) -> Op:
+    """``torch.addcmul(b, w, t)`` = ``b + w · t`` reading one activation, the other operands being constants or
+    parameters (ConvNeXt-V2's response normalisation ``β + γ · t``): a per-element affine map, pointwise like
+    ``x * c + b``.  Reading two or three activations it is refused."""
+    if len(inputs) == 1:
         return make(POINTWISE, written)
     return make(UNKNOWN, written, unsupported=(
-        f"{written} adds or multiplies {len(inputs)} feature maps; relprop explains addcmul(b, w, x) with one "
-        "feature map x and constants or parameters b, w."
+        f"{written} reads {len(inputs)} feature maps; relprop explains addcmul(b, w, t) with one feature map "
+        "among b, w, t and constants or parameters otherwise."
     ))
 
 
@@ -421,7 +419,7 @@ def _statistic_verdict(node: fx.Node, model: nn.Module) -> Any:
     pooling to a channel statistic (the input, a pooling with a window, ...), else :data:`_FROM_INPUTS`."""
     if node.op == "get_attr":
         return None
-    if node.op == "placeholder" or node.op == "output":
+    if node.op == "placeholder":
         return False
     if _is_global_pooling(node, model):
         return True
