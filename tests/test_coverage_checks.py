@@ -228,6 +228,13 @@ def test_a_model_with_attention_is_reported_as_refused_not_as_a_missing_rule():
     assert mixer.note == "refused: attention (PositionMixer at 'head.0')"
 
 
+def test_a_token_model_is_reported_as_refused_token_mixing():
+    from test_model_scope import TokenMLP
+
+    (tokens,) = check_model(TokenMLP("channels").eval(), ["rsp"], size=8)
+    assert tokens.note == "refused: token mixing (Linear at 'mix')"
+
+
 def test_seed_relevance_is_the_channel_contribution_map_the_walk_conserves():
     model = _small_net().double().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))

@@ -138,6 +138,46 @@ def test_a_product_of_two_feature_maps_is_refused_as_attention_at_construction(n
     assert info.value.path == "head.0" and calls == []
 
 
+class TokenMLP(nn.Module):
+    """A patch embedding (4×4 conv, stride 4) to tokens (N, L, C), then one MLP-Mixer block: Linear over the
+    tokens (on the transposed (N, C, L) tensor, ``mixing="tokens"``) or over the channels of the sequence
+    (``"channels"``), then the mean over the tokens and a classifier."""
+
+    def __init__(self, mixing: str) -> None:
+        super().__init__()
+        self.mixing = mixing
+        self.stem = nn.Conv2d(3, 4, 4, stride=4)
+        self.mix = nn.Linear(6, 6) if mixing == "tokens" else nn.Linear(4, 4)  # 8×12 input: 6 tokens of 4 channels
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).transpose(1, 2)  # (N, L, C)
+        if self.mixing == "tokens":
+            tokens = tokens + self.mix(tokens.transpose(1, 2)).transpose(1, 2)
+        else:
+            tokens = tokens + self.mix(torch.relu(tokens))
+        return self.fc(tokens.mean(dim=1))
+
+
+@pytest.mark.parametrize("mixing", ["tokens", "channels"])
+@pytest.mark.parametrize("name", RELEVANCE_METHODS)
+def test_a_linear_layer_over_a_token_sequence_is_refused(name, mixing):
+    """Before: RSP and AE seeded at the patch embedding, the only convolution, and returned a map in which the
+    token mixing entered only through the seed's gradient (timm's MLP-Mixer: a constant map); LRP crashed with
+    a raw "size of tensor a (196) must match" error.  Now every relevance method names the Linear layer and
+    the shape it is applied to, on the first batch (shapes are known only then), and the model is unchanged."""
+    model = TokenMLP(mixing).eval()
+    before = snapshot(model)
+    method = relprop.get_method(name)(model)
+    with pytest.raises(UnsupportedLayerError) as info:
+        method.attribute(torch.randn(2, 3, 8, 12), target=[0, 1])
+    message = str(info.value)
+    shape = "(N, 4, 6)" if mixing == "tokens" else "(N, 6, 4)"
+    assert f"Linear at 'mix'. It is applied to a {shape} tensor" in message and "mixes the tokens" in message
+    assert info.value.path == "mix" and "\n" not in message
+    assert_unchanged(before, model)
+
+
 class ConvAboveMixer(MixerNet):
     """stem → PositionMixer → a 3×3 conv → mean → fc: the last convolution lies above the attention (as
     EfficientViT's and GC-ResNet's heads do)."""
@@ -163,29 +203,37 @@ def test_cam_refuses_a_default_layer_below_attention_and_takes_one_above_it(name
         assert torch.isfinite(method.attribute(x, target=1)).all()
 
 
-class ProjectsPositions(nn.Module):
-    """conv → the positions times a parameter matrix (a dense layer over positions), written ``x @ W`` or
-    ``F.linear(x, W.T)`` → mean → fc."""
+class ProjectsFeatures(nn.Module):
+    """conv → ReLU → mean → the pooled features times a parameter matrix (a dense layer), written ``x @ W`` or
+    ``F.linear(x, W.T)`` → fc; ``over="positions"``: the matrix multiplies the conv map's positions instead
+    (a dense layer over the tokens of (N, C, HW), as a token mixer does)."""
 
-    def __init__(self, how: str) -> None:
+    def __init__(self, how: str, over: str = "features") -> None:
         super().__init__()
         torch.manual_seed(3)
-        self.conv, self.fc, self.how = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3), how
-        self.mix = nn.Parameter(torch.randn(16, 16, generator=torch.Generator().manual_seed(2)))
+        self.conv, self.fc, self.how, self.over = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3), how, over
+        size = 16 if over == "positions" else 4
+        self.mix = nn.Parameter(torch.randn(size, size, generator=torch.Generator().manual_seed(2)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv(x).flatten(2)
+        h = torch.relu(self.conv(x)).flatten(2)
+        h = h if self.over == "positions" else h.mean(-1)
         mixed = h @ self.mix if self.how == "matmul" else nn.functional.linear(h, self.mix.t())
-        return self.fc(mixed.mean(-1))
+        return self.fc(mixed.mean(-1) if self.over == "positions" else mixed)
 
 
 @pytest.mark.parametrize("name", RELEVANCE_METHODS)
 def test_a_product_of_a_feature_map_and_a_parameter_is_a_dense_layer_not_attention(name):
-    """``x @ W`` with W a parameter is ``F.linear(x, W.T)``: the same maps (float64; before: refused)."""
+    """``x @ W`` with W a parameter is ``F.linear(x, W.T)``: the same maps (float64; before: refused as
+    attention).  Over the positions of a map it is token mixing, refused on the first batch, however written."""
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    written, linear = (ProjectsPositions(how).double().eval() for how in ("matmul", "linear"))
+    written, linear = (ProjectsFeatures(how).double().eval() for how in ("matmul", "linear"))
     expected = relprop.get_method(name)(linear).attribute(x, target=[0, 2])
+    assert expected.abs().max() > 0
     torch.testing.assert_close(relprop.get_method(name)(written).attribute(x, target=[0, 2]), expected, rtol=0, atol=1e-12)
+    for how in ("matmul", "linear"):
+        with pytest.raises(UnsupportedLayerError, match=r"It is applied to a \(N, 4, 16\) tensor"):
+            relprop.get_method(name)(ProjectsFeatures(how, "positions").double().eval()).attribute(x, target=[0, 2])
 
 
 def test_gradient_methods_and_chosen_cam_layer_still_run_on_a_transformer():

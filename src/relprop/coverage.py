@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .model_state import ATTENTION_OUT_OF_SCOPE, evaluation_mode
+from .model_state import ATTENTION_OUT_OF_SCOPE, TOKEN_MIXING, evaluation_mode
 
 INVARIANCE_TOLERANCE = 1e-4
 """Largest batch variance of a float32 map (sample alone vs in the batch), relative to its max|R|."""
@@ -289,12 +289,13 @@ def _judge_conservation(check: MethodCheck, make: Factory, claim: Claim, model64
 
 def short_error(error: BaseException) -> str:
     """One short line: ``refused: attention (CrossCovarianceAttn at 'stages.1.blocks.1.xca')`` for a model with
-    attention, which is out of scope; ``no rule: Sigmoid at 'blocks.0.0.se.gate'`` for a missing rule; else
+    attention, ``refused: token mixing (Linear at 'blocks.0.mlp_tokens.fc1')`` for a token model, both out of scope; ``no rule: Sigmoid at 'blocks.0.0.se.gate'`` for a missing rule; else
     the exception type and the start of its first line."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     rule = re.search(r"has no relevance rule for (.+?) at '([^']*)'", text)
     if rule and ATTENTION_OUT_OF_SCOPE in text:
-        return f"refused: attention ({rule.group(1)} at '{rule.group(2)}')"
+        scope = "token mixing" if TOKEN_MIXING in text else "attention"
+        return f"refused: {scope} ({rule.group(1)} at '{rule.group(2)}')"
     if rule:
         return f"no rule: {rule.group(1)} at '{rule.group(2)}'"
     text = text if len(text) <= 90 else text[:87] + "..."

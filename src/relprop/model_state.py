@@ -87,6 +87,8 @@ ATTENTION_OUT_OF_SCOPE = (
     "relprop's rules cover convolutional networks; models with attention (vision transformers such as ViT, DeiT, "
     "Swin, MaxViT, and attention blocks in convolutional networks) are out of scope."
 )
+TOKEN_MIXING = "it mixes the tokens of a sequence (MLP-Mixer, ResMLP, vision transformers)"
+"""Why a Linear layer applied to a token sequence is refused (with :data:`ATTENTION_OUT_OF_SCOPE`)."""
 
 
 def is_attention(module: nn.Module) -> bool:

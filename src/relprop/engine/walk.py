@@ -205,6 +205,7 @@ class Engine:
         record = record_forward(traced.graph, x, traced.seed_op, set(plan.uses), plan.replay)
         if reference is not None:
             check_against_model(self.model, reference, record.logits.detach(), tf32=self.allow_tf32)
+            traced.graph.refuse_linear_over_tokens(record.shapes, self.method)
             traced.matches_model = True
         targets = resolve_targets(target, record.logits.detach())
         seed = self.seed.relevance(record, targets, traced.graph, traced.seed_layer)

@@ -7,7 +7,7 @@ import difflib
 import functools
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.fx as fx
@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ...errors import RelpropError, UnsupportedLayerError
-from ...model_state import ATTENTION_OUT_OF_SCOPE
+from ...model_state import ATTENTION_OUT_OF_SCOPE, TOKEN_MIXING
 from ...rules.conv_ops import ConvGeometry
 from .classify import (
     INPLACE_FUNCTION_TWINS, classify_node, enclosing_type, is_identity_in_eval, module_stack, permutation, written_call,
@@ -196,6 +196,21 @@ class ModelGraph:
             method,
             f"It multiplies two feature maps ({written_call(node)}), as attention does. "  # type: ignore[arg-type]
             + ATTENTION_OUT_OF_SCOPE,
+        )
+
+    def refuse_linear_over_tokens(self, shapes: Mapping[str, torch.Size], method: str) -> None:
+        """Raise :class:`~relprop.UnsupportedLayerError` naming the first Linear layer (or ``x @ W``) whose input,
+        of the recorded ``shapes``, has more than two dimensions and is not a channels-last map: a sequence of
+        tokens (N, L, C) or (N, C, L), as MLP-Mixer, ResMLP and vision transformers mix them after a patch
+        embedding, which would otherwise be the only convolution and the seed of RSP and AE."""
+        op = next((op for op in self.ops if op.kind == LINEAR and len(shapes.get(op.inputs[0], ())) > 2), None)
+        if op is None:
+            return
+        shape = "(N, " + ", ".join(str(d) for d in shapes[op.inputs[0]][1:]) + ")"
+        raise UnsupportedLayerError(
+            op.path, op.type_name, method,
+            f"It is applied to a {shape} tensor, not to (N, features) or over the channels of a channels-last "
+            f"map: {TOKEN_MIXING}. " + ATTENTION_OUT_OF_SCOPE,
         )
 
     def refuse_bypassed_hooks(self) -> None:
