@@ -289,8 +289,9 @@ def _judge_conservation(check: MethodCheck, make: Factory, claim: Claim, model64
 
 def short_error(error: BaseException) -> str:
     """One short line: ``refused: attention (CrossCovarianceAttn at 'stages.1.blocks.1.xca')`` for a model with
-    attention, ``refused: token mixing (Linear at 'blocks.0.mlp_tokens.fc1')`` for a token model, both out of scope; ``no rule: Sigmoid at 'blocks.0.0.se.gate'`` for a missing rule; else
-    the exception type and the start of its first line."""
+    attention and ``refused: token mixing (Linear at 'blocks.0.mlp_tokens.fc1')`` for a token model, both out of
+    scope; ``no rule: Sigmoid at 'blocks.0.0.se.gate'`` for a missing rule; else the exception type and the start
+    of its first line."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     rule = re.search(r"has no relevance rule for (.+?) at '([^']*)'", text)
     if rule and ATTENTION_OUT_OF_SCOPE in text:
