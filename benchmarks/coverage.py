@@ -64,6 +64,8 @@ MetaFormer's PoolFormer and ConvFormer, FastViT (without its attention variants)
 MobileOne, RepGhostNet, ResNet-RS, ..."""
 TIMM_ATTENTION = ["edgenext_xx_small", "efficientvit_b0", "gcresnet33ts"]
 """timm CNNs with attention blocks whose class name does not say "Attention": relprop must refuse them too."""
+TIMM_TOKEN_MIXERS = ["mixer_s16_224", "resmlp_12_224", "gmlp_ti16_224"]
+"""timm models without attention that mix a token sequence with Linear layers: relprop must refuse them too."""
 TRANSFORMER_FAMILIES = ("vit_", "swin_", "swin3d", "maxvit")
 """torchvision families outside relprop's scope (attention): relprop must refuse them."""
 SIZES = (64, 96, 128, 160, 192, 224)
@@ -92,7 +94,7 @@ def model_ids() -> list[str]:
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)
-    return [f"torchvision:{n}" for n in sorted(names)] + [f"timm:{n}" for n in TIMM_MODELS + TIMM_MORE + TIMM_ATTENTION]
+    return [f"torchvision:{n}" for n in sorted(names)] + [f"timm:{n}" for n in TIMM_MODELS + TIMM_MORE + TIMM_ATTENTION + TIMM_TOKEN_MIXERS]
 
 
 def build(model_id: str) -> nn.Module:
@@ -113,9 +115,9 @@ def build(model_id: str) -> nn.Module:
 
 
 def is_out_of_scope(model_id: str) -> bool:
-    """A transformer, or a CNN with attention blocks: relprop refuses it."""
+    """A transformer, a token mixer, or a CNN with attention blocks: relprop refuses it."""
     library, name = model_id.split(":", 1)
-    return name.startswith(TRANSFORMER_FAMILIES) if library == "torchvision" else name in TIMM_ATTENTION
+    return name.startswith(TRANSFORMER_FAMILIES) if library == "torchvision" else name in TIMM_ATTENTION + TIMM_TOKEN_MIXERS
 
 
 def smallest_size(model: nn.Module) -> int:
@@ -274,7 +276,7 @@ def render(cache: dict[str, Any]) -> str:
         ("torchvision CNNs", [m for m in cache if m.startswith("torchvision:") and not is_out_of_scope(m)]),
         ("timm list", [m for m in cache if m.startswith("timm:") and m[5:] in TIMM_MODELS]),
         ("more timm families", [m for m in cache if m.startswith("timm:") and m[5:] in TIMM_MORE]),
-        ("transformers and CNNs with attention (out of scope)", [m for m in cache if is_out_of_scope(m)]),
+        ("transformers, token mixers and CNNs with attention (out of scope)", [m for m in cache if is_out_of_scope(m)]),
     ]
     lines = [
         "# Coverage",
