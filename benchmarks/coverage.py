@@ -66,6 +66,7 @@ TIMM_ATTENTION = ["edgenext_xx_small", "efficientvit_b0", "gcresnet33ts"]
 """timm CNNs with attention blocks whose class name does not say "Attention": relprop must refuse them too."""
 TIMM_TOKEN_MIXERS = ["mixer_s16_224", "resmlp_12_224", "gmlp_ti16_224"]
 """timm models without attention that mix a token sequence with Linear layers: relprop must refuse them too."""
+TIMM_OUT_OF_SCOPE = TIMM_ATTENTION + TIMM_TOKEN_MIXERS
 TRANSFORMER_FAMILIES = ("vit_", "swin_", "swin3d", "maxvit")
 """torchvision families outside relprop's scope (attention): relprop must refuse them."""
 SIZES = (64, 96, 128, 160, 192, 224)
@@ -94,7 +95,7 @@ def model_ids() -> list[str]:
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)
-    return [f"torchvision:{n}" for n in sorted(names)] + [f"timm:{n}" for n in TIMM_MODELS + TIMM_MORE + TIMM_ATTENTION + TIMM_TOKEN_MIXERS]
+    return [f"torchvision:{n}" for n in sorted(names)] + [f"timm:{n}" for n in TIMM_MODELS + TIMM_MORE + TIMM_OUT_OF_SCOPE]
 
 
 def build(model_id: str) -> nn.Module:
@@ -117,7 +118,7 @@ def build(model_id: str) -> nn.Module:
 def is_out_of_scope(model_id: str) -> bool:
     """A transformer, a token mixer, or a CNN with attention blocks: relprop refuses it."""
     library, name = model_id.split(":", 1)
-    return name.startswith(TRANSFORMER_FAMILIES) if library == "torchvision" else name in TIMM_ATTENTION + TIMM_TOKEN_MIXERS
+    return name.startswith(TRANSFORMER_FAMILIES) if library == "torchvision" else name in TIMM_OUT_OF_SCOPE
 
 
 def smallest_size(model: nn.Module) -> int:
