@@ -4,6 +4,7 @@ models are explained through the module they wrap, torchvision's ``Normalize`` m
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import pytest
@@ -176,6 +177,36 @@ def test_a_linear_layer_over_a_token_sequence_is_refused(name, mixing):
     assert f"Linear at 'mix'. It is applied to a {shape} tensor" in message and "mixes the tokens" in message
     assert info.value.path == "mix" and "\n" not in message
     assert_unchanged(before, model)
+
+
+class PaddedTokenMLP(TokenMLP):
+    """:class:`TokenMLP` that pads its input to a multiple of the patch size: ``forward()`` branches on the
+    input's shape, so its graphs are traced for one input shape each."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 4:
+            x = nn.functional.pad(x, (0, 4 - x.shape[-1] % 4))
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("model_type, mixing, width, shape", [
+    (TokenMLP, "tokens", 12, "(N, 4, 6)"), (PaddedTokenMLP, "channels", 10, "(N, 6, 4)"),
+])
+@pytest.mark.parametrize("name", ["gradcam", "gradcampp"])
+def test_cam_refuses_a_default_layer_below_token_mixing(name, model_type, mixing, width, shape):
+    """Before: the default CAM layer of a token model was its patch embedding, the only convolution, and
+    Grad-CAM returned a constant map of timm's MLP-Mixer, ResMLP and gMLP without a word.  Now the first batch
+    names the Linear layer that mixes the tokens (also when ``forward()`` branches on the input's shape); a
+    layer the user names is taken as given, and the model is unchanged."""
+    x = torch.randn(2, 3, 8, width, generator=torch.Generator().manual_seed(0))
+    model = model_type(mixing).eval()
+    before = snapshot(model)
+    method = relprop.get_method(name)(model)
+    for _ in range(2):  # refused on every call, not only the one that checks
+        with pytest.raises(UnsupportedLayerError, match=re.escape(f"Linear at 'mix'. It is applied to a {shape} tensor")):
+            method.attribute(x, target=[0, 1])
+    assert_unchanged(before, model)
+    assert torch.isfinite(relprop.get_method(name)(model, layer="stem").attribute(x, target=[0, 1])).all()
 
 
 class ConvAboveMixer(MixerNet):

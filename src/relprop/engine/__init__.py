@@ -8,6 +8,7 @@ from .graph import (
     ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, MAXPOOL, NORM, PAD, POINTWISE, STRUCTURAL,
     ModelGraph, Op,
 )
+from .forward import record_forward
 from .seeds import ChannelContributionSeed, FeatureMapSeed, HostileSeed, LogitSeed, LogitSplitSeed, Seed, default_seed_layer
 from .standard import STANDARD_TABLE, Bounds, ZBox
 from .table import Needs, Rule, RuleTable, Step
@@ -17,5 +18,5 @@ __all__ = [
     "ADD", "AVGPOOL", "BATCHNORM", "CAT", "CONV", "GATE", "INPUT_CONV", "LAYOUT", "LINEAR", "MAXPOOL", "NORM", "PAD",
     "POINTWISE", "STRUCTURAL",
     "Bounds", "ChannelContributionSeed", "Engine", "FeatureMapSeed", "HostileSeed", "LogitSeed", "LogitSplitSeed", "ModelGraph", "Needs", "Op", "Rule",
-    "RuleTable", "STANDARD_TABLE", "Seed", "Step", "ZBox", "default_seed_layer",
+    "RuleTable", "STANDARD_TABLE", "Seed", "Step", "ZBox", "default_seed_layer", "record_forward",
 ]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import RelpropError
-from ..engine import ModelGraph, default_seed_layer
+from ..engine import ModelGraph, default_seed_layer, record_forward
 from ..engine.graph import BranchesOnInput, probe_example
 from ..model_state import refuse_attention, refuse_torchscript
 from ..registry import register
@@ -38,7 +38,9 @@ class ClassActivationMap(AutogradMethod):
             as in Captum.  A model with attention (a vision transformer) is refused when ``layer`` is
             not given: its only convolutional layer is the patch embedding, below the whole transformer;
             so is a network whose default layer lies below attention that its class name does not
-            announce (timm's EdgeNeXt: a product of two feature maps above the last convolution).
+            announce (timm's EdgeNeXt: a product of two feature maps above the last convolution), and,
+            on the first batch (shapes are known only then), a network whose Linear layers mix a sequence
+            of tokens (MLP-Mixer, ResMLP: the default layer would be the patch embedding).
             A TorchScript model is refused: forward hooks do not reach its compiled layers.
     """
 
@@ -49,11 +51,18 @@ class ClassActivationMap(AutogradMethod):
             refuse_attention(self.model, self.name)
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"layer must be a module path (a str such as 'layer4'); got {type(layer).__name__}.")
-        self.layer = (layer if layer is not None and _is_module_path(self.model, layer)
-                      else _module_layer(self.model, layer, self.name))
+        self._unchecked_graph: ModelGraph | None = None  # of the default layer, until checked for token mixing
+        if layer is not None and _is_module_path(self.model, layer):
+            self.layer = layer
+        else:
+            self.layer, graph = _module_layer(self.model, layer, self.name)
+            self._unchecked_graph = graph if layer is None else None
         self.layer_module = self.model.get_submodule(self.layer)
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        if self._unchecked_graph is not None:
+            _refuse_token_mixing(self._unchecked_graph, x, self.name)
+            self._unchecked_graph = None
         cam = self._layer_map(x, targets)
         upsampled = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
         return upsampled.expand_as(x).contiguous()
@@ -74,9 +83,20 @@ def _is_module_path(model: nn.Module, path: str) -> bool:
     return path != ""
 
 
-def _module_layer(model: nn.Module, layer: str | None, method: str) -> str:
+def _refuse_token_mixing(graph: ModelGraph, x: Tensor, method: str) -> None:
+    """Raise :class:`~relprop.UnsupportedLayerError` if a Linear layer of ``graph``'s model is applied to a token
+    sequence, by the shapes of one forward pass on ``x`` (N, C, H, W) (through a graph traced for ``x``'s shape
+    when ``graph`` was traced for another)."""
+    if graph.example is not None and graph.example != (x.shape, x.dtype, x.device):
+        graph = ModelGraph(graph.model, (x.shape, x.dtype, x.device))
+    with torch.no_grad():
+        shapes = record_forward(graph, x.detach(), default_seed_layer(graph), keep=set(), replay=set()).shapes
+    graph.refuse_linear_over_tokens(shapes, method)
+
+
+def _module_layer(model: nn.Module, layer: str | None, method: str) -> tuple[str, ModelGraph]:
     """Module path whose output is op ``layer`` (default: the automatic seed layer, refused below
-    attention), or of the module producing its input when the op is a function call."""
+    attention), or of the module producing its input when the op is a function call; with the graph."""
     try:
         graph = ModelGraph(model)
     except BranchesOnInput:  # forward() branches on the input's shape: module paths do not depend on it
@@ -95,7 +115,7 @@ def _module_layer(model: nn.Module, layer: str | None, method: str) -> str:
                 "pass layer='module.path' naming a module."
             )
         current = inputs[0]
-    return path
+    return path, graph
 
 
 @register("gradcam")

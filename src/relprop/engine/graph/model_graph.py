@@ -42,6 +42,7 @@ class ModelGraph:
 
     def __init__(self, model: nn.Module, example: Optional[Example] = None) -> None:
         self.model = model
+        self.example = example
         fx_graph = trace_model(model, example)
         self.ops: list[Op] = []
         structural: set[str] = set()
