@@ -180,3 +180,85 @@ def test_squeezenet_is_explained_and_balanced():
 def test_logits_not_from_a_linear_layer_or_convolution_are_rejected(head, culprit):
     with pytest.raises(relprop.UnsupportedLayerError, match=culprit):
         relprop.RAP(head)
+
+
+class AveragedHeads(nn.Module):
+    """conv -> ReLU -> global mean -> two heads ``BatchNorm1d -> Linear`` on the same features, averaged
+    (timm's RepViT classifier with its distillation head); ``shared=False``: the second head reads the
+    features before the ReLU instead (they differ where the conv map is negative)."""
+
+    def __init__(self, shared: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.shared = nn.Conv2d(3, 6, 3, padding=1), shared
+        self.bn1, self.bn2 = nn.BatchNorm1d(6), nn.BatchNorm1d(6)
+        self.head1, self.head2 = nn.Linear(6, 4), nn.Linear(6, 4)
+        for bn in (self.bn1, self.bn2):
+            bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2.0), bn.weight.data.normal_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x)
+        a = torch.relu(z).mean(dim=(2, 3))
+        b = a if self.shared else z.mean(dim=(2, 3))
+        return (self.head1(self.bn1(a)) + self.head2(self.bn2(b))) / 2
+
+
+def _one_head(model: AveragedHeads) -> nn.Module:
+    """The same network with one Linear head: W = (W₁ diag(s₁) + W₂ diag(s₂)) / 2, with BatchNorm scale s and
+    shift t, and bias (W₁ t₁ + b₁ + W₂ t₂ + b₂) / 2 — the averaged heads written out."""
+    def folded(bn: nn.BatchNorm1d, head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        t = bn.bias - s * bn.running_mean
+        return head.weight * s, head.weight @ t + head.bias
+
+    (w1, b1), (w2, b2) = folded(model.bn1, model.head1), folded(model.bn2, model.head2)
+    head = nn.Linear(6, 4).to(D)
+    with torch.no_grad():
+        head.weight.copy_((w1 + w2) / 2), head.bias.copy_((b1 + b2) / 2)
+    conv = nn.Conv2d(3, 6, 3, padding=1).to(D)
+    conv.load_state_dict(model.conv.state_dict())
+    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+
+
+def test_the_logit_split_of_averaged_heads_by_hand():
+    """Heads W₁ = (3, −1, 2) and W₂ = (1, −3, 0) for the target, averaged, on features a = (1, 2, 3): the
+    logit's contributions are c = a ⊙ (W₁ + W₂) / 2 = (2, −4, 3) -> balanced (2, 0, 3) / 5 − (0, 4, 0) / 4 =
+    (0.4, −1, 0.6).  Before, RAP refused the division by 2 as the op producing the logits."""
+
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(3, 3, 1, bias=False)
+            self.head1, self.head2 = nn.Linear(3, 1), nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = torch.relu(self.features(x)).flatten(1)
+            return (self.head1(a) + self.head2(a)) / 2
+
+    model = Heads().to(D).eval()
+    with torch.no_grad():
+        model.features.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        model.head1.weight.copy_(torch.tensor([[3.0, -1.0, 2.0]])), model.head2.weight.copy_(torch.tensor([[1.0, -3.0, 0.0]]))
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=D).view(1, 3, 1, 1)
+    graph = ModelGraph(model)
+    seed = LogitSplitSeed()
+    layer = seed.layer(graph)
+    record = record_forward(graph, x, layer, set(), set())
+    expected = torch.tensor([0.4, -1.0, 0.6], dtype=D).view(1, 3)
+    torch.testing.assert_close(seed.relevance(record, torch.tensor([0]), graph, layer), expected, rtol=0, atol=1e-12)
+
+
+def test_averaged_heads_give_the_map_of_the_one_head_they_add_up_to():
+    """RepViT's head, ``(head₁(bn₁(a)) + head₂(bn₂(a))) / 2``, is one Linear layer of ``a``: RAP's map equals
+    the map of the network with that layer (float64), for every target, in a batch."""
+    model = AveragedHeads().to(D).eval()
+    x = torch.randn(3, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(1))
+    targets = [0, 2, 3]
+    torch.testing.assert_close(relprop.RAP(model).attribute(x, target=targets),
+                               relprop.RAP(_one_head(model)).attribute(x, target=targets), rtol=0, atol=1e-12)
+
+
+def test_heads_on_different_features_are_refused():
+    with pytest.raises(relprop.UnsupportedLayerError, match=r"'head1', 'head2'|'head2', 'head1'") as info:
+        relprop.RAP(AveragedHeads(shared=False).to(D).eval())
+    assert "read different features" in str(info.value) and "\n" not in str(info.value)

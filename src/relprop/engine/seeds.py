@@ -175,33 +175,38 @@ class LogitSplitSeed(Seed):
     input contributions ``c = a ⊙ ∂y_t/∂a`` and balanced (:func:`relprop.rules.rap.rap_balance`).
 
     The logit layer is a Linear layer or a hidden convolution, found from the output back through a
-    *head* of piecewise-linear ops with no parameters: flattens and other layout ops, identities,
-    dropouts, ReLUs and average pooling.  Through such a head the logit is linear in ``a`` at this
-    input, so ``Σ c`` is the target logit without its bias terms: for a Linear layer ``c_i = a_i w_ti``;
-    for SqueezeNet's 1×1 convolution → ReLU → global average pool, ``c_ip = a_ip w_ti 1[z_tp > 0] / hw``.
+    *head* of ops that are piecewise linear in ``a``: flattens and other layout ops, identities, dropouts,
+    ReLUs, average pooling, scalings and shifts by constants, and sums of such branches.  Through such a
+    head the logit is linear in ``a`` at this input, so ``Σ c`` is the target logit without its bias terms:
+    for a Linear layer ``c_i = a_i w_ti``; for SqueezeNet's 1×1 convolution → ReLU → global average pool,
+    ``c_ip = a_ip w_ti 1[z_tp > 0] / hw``; for RepViT's mean of two heads ``(W₁ a + W₂ a) / 2`` reading the
+    same features, ``c_i = a_i (w₁_ti + w₂_ti) / 2``.  Several logit layers must all read the same ``a``.
     """
 
-    def _logit_layer(self, graph: ModelGraph) -> Op:
-        """The layer producing the logits (behind the head ops of the class docstring)."""
-        op = graph.by_name[graph.by_name[graph.output_name].inputs[0]]
-        while op.inputs and _is_head_op(op):
-            op = graph.by_name[op.inputs[0]]
-        if op.kind == INPUT_CONV:
+    def _logit_layers(self, graph: ModelGraph) -> list[Op]:
+        """The layers producing the logits (behind the head ops of the class docstring)."""
+        layers: dict[str, Op] = {}
+        pending = [graph.by_name[graph.output_name].inputs[0]]
+        while pending:
+            op = graph.by_name[pending.pop()]
+            if op.inputs and (_is_head_op(op) or op.affine):
+                pending.append(op.inputs[0])
+            elif op.kind == ADD:
+                pending.extend(op.inputs)
+            else:
+                layers[op.name] = _checked_logit_layer(op)
+        reads = {op.inputs[0] for op in layers.values()}
+        if len(reads) > 1:
+            names = ", ".join(f"'{op.path}'" for op in layers.values())
             raise UnsupportedLayerError(
-                op.path, op.type_name, "RAP",
-                "The convolution producing the logits reads the image, so RAP has no layers to propagate through.",
+                next(iter(layers.values())).path, "sum of logit layers", "RAP",
+                f"The logits add the outputs of {names}, which read different features; RAP splits the target "
+                "logit over the input of one logit layer, or of several that read the same features.",
             )
-        if op.kind not in (LINEAR, CONV):
-            raise UnsupportedLayerError(
-                op.path, op.type_name, "RAP", op.unsupported or
-                "RAP splits the target logit at the Linear layer or convolution that produces the logits, "
-                "reached from the output through flattens, identities, dropouts, ReLUs and average pooling "
-                "only; this model's logits come from another operation.",
-            )
-        return op
+        return list(layers.values())
 
     def layer(self, graph: ModelGraph) -> str:
-        return self._logit_layer(graph).inputs[0]
+        return self._logit_layers(graph)[0].inputs[0]
 
     def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
         with torch.enable_grad():
@@ -214,6 +219,23 @@ class LogitSplitSeed(Seed):
         rounded seed's own sum is off by its rounding, and RAP's maps depend strongly on the total."""
         flat = relevance.reshape(relevance.shape[0], -1)
         return (flat > 0).any(dim=1).double() - (flat < 0).any(dim=1).double()
+
+
+def _checked_logit_layer(op: Op) -> Op:
+    """``op``, which a logit of RAP comes from, if it is a Linear layer or a hidden convolution."""
+    if op.kind == INPUT_CONV:
+        raise UnsupportedLayerError(
+            op.path, op.type_name, "RAP",
+            "The convolution producing the logits reads the image, so RAP has no layers to propagate through.",
+        )
+    if op.kind not in (LINEAR, CONV):
+        raise UnsupportedLayerError(
+            op.path, op.type_name, "RAP", op.unsupported or
+            "RAP splits the target logit at the Linear layer or convolution that produces the logits, "
+            "reached from the output through flattens, identities, dropouts, ReLUs, average pooling, scalings "
+            "by constants and sums only; this model's logits come from another operation.",
+        )
+    return op
 
 
 def _is_head_op(op: Op) -> bool:

@@ -47,7 +47,8 @@ class RAP(PropagationMethod):
 
     Args:
         model: a CNN classifier whose logits come from an ``nn.Linear`` layer or a hidden convolution
-            (through flattens, ReLUs and average pooling only); never modified.
+            (through flattens, ReLUs, average pooling, constant scalings and sums of layers reading the same
+            features only); never modified.
         input_bounds: ``(low, high)`` for z^B (floats or per-channel tensors); default: each
             sample's minimum and maximum over all channels and pixels.
         allow_tf32: let CUDA run convolutions and matrix products in TF32 (default False).

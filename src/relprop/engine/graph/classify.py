@@ -247,7 +247,7 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
     if target in _ADD_FUNCTIONS or node.op == "call_method" and target in _ADD_METHODS:
         if "alpha" in node.kwargs:
             return make(UNKNOWN, f"{written}(alpha=...)")
-        return make(ADD if len(inputs) == 2 else POINTWISE, written)
+        return make(ADD, written) if len(inputs) == 2 else make(POINTWISE, written, affine=True)
     if node.op == "call_method":
         for kind, methods in _METHOD_KINDS:
             if target in methods:
@@ -296,7 +296,7 @@ def _classify_product(
     node: fx.Node, model: nn.Module, inputs: tuple[str, ...], written: str, make: Callable[..., Op], structural: set[str],
 ) -> Op:
     """``x * c``, ``x / c``, ``x - c``, ``x ** c`` with a constant or parameter ``c``: pointwise (relevance passes;
-    MetaFormer's StarReLU is ``s * relu(x) ** 2 + b``);
+    MetaFormer's StarReLU is ``s * relu(x) ** 2 + b``), affine but for ``x ** c``;
     ``x * g`` with two activations: a gate, ``g`` being the operand computed by a sigmoid-type function
     (through views and expands), e.g. squeeze-and-excitation, ECA, SiLU written as ``x * sigmoid(x)``;
     ``a - b`` with two activations (PoolFormer's ``pool(x) - x``): the sum of ``a`` and ``-b``."""
@@ -304,7 +304,7 @@ def _classify_product(
     is_product = target in (operator.mul, operator.imul, torch.mul, "mul", "mul_")
     data_first = isinstance(node.args[0], fx.Node) and node.args[0].name == inputs[0]
     if len(inputs) == 1 and (is_product or data_first):
-        return make(POINTWISE, written)
+        return make(POINTWISE, written, affine=target not in (operator.pow, torch.pow, "pow"))
     is_difference = target in (operator.sub, operator.isub, torch.sub, "sub", "sub_")
     if len(inputs) == 2 and is_difference and inputs[0] != inputs[1] and "alpha" not in node.kwargs:
         return make(ADD, written, negated=1)

@@ -121,7 +121,8 @@ class Op:
     forward order,
     and ``unpadded``, the op they pad), ``unsupported`` (why no rule can apply, e.g. a non-zero
     padding mode), ``attends`` (a product of two feature maps contracted over a dimension, as attention's
-    ``q @ k.transpose(-2, -1)``: the model is out of scope wherever it sits).
+    ``q @ k.transpose(-2, -1)``: the model is out of scope wherever it sits), ``affine`` (the output is an
+    affine function of the one feature map read, with constants or parameters: ``x * c``, ``x / c``, ``x ± c``).
     """
 
     name: str
@@ -145,6 +146,7 @@ class Op:
     image_chain: tuple["Op", ...] = ()
     unsupported: str = ""
     attends: bool = False
+    affine: bool = False
     _node: fx.Node | None = field(default=None, repr=False)
 
     @property
