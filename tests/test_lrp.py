@@ -19,7 +19,8 @@ import relprop
 from model_state import assert_unchanged, snapshot
 from relprop.rules.conv_ops import ConvGeometry
 from relprop.rules.lrp import (
-    alpha_beta_rule, conv_map, dense_map, fold_batchnorm, fold_batchnorm_before, gamma_rule, zplus_rule,
+    alpha_beta_rule, conv_map, dense_map, fold_batchnorm, fold_batchnorm_before, gamma_rule, unbiased_relevance,
+    unexplained_shares, zplus_rule,
 )
 
 D = torch.float64
@@ -633,3 +634,79 @@ def test_lrp_rules_equal_zennit(name):
         _, expected = attributor(x, lambda out: torch.zeros_like(out).scatter_(1, targets[:, None], 1.0) * out)
     assert expected.abs().max() > 0
     assert _rel(ours, expected) <= 1e-12, _rel(ours, expected)
+
+
+def test_relevance_at_an_output_no_input_explains_is_shared_evenly_over_its_field():
+    """A bias-free depthwise 3×3 convolution, padding 1, on a 2×2 map whose channel 1 is 0 everywhere: every
+    output of channel 1 carries relevance (R = 1, 2, 3, 4) but no input contributes to it, so each output's
+    relevance goes evenly to its field, the 4 inputs of the map (the padding takes none): 10 / 4 = 2.5 each.
+    Channel 0, whose inputs are non-zero, gets nothing from this fallback.  With the first column explicit
+    padding (a pad op before the convolution), every output's field holds the 2 inputs of column 1: 10 / 2 = 5
+    each, none to the padding."""
+    a = torch.zeros(1, 2, 2, 2, dtype=D)
+    a[0, 0] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    relevance = torch.zeros(1, 2, 2, 2, dtype=D)
+    relevance[0, 1] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    relevance[0, 0] = 5.0  # explained by channel 0's inputs: not the fallback's
+    geometry = ConvGeometry((1, 1), (1, 1), (1, 1), 2)
+    weight = torch.ones(2, 1, 3, 3, dtype=D)
+    expected = torch.zeros_like(a)
+    expected[0, 1] = 2.5
+    torch.testing.assert_close(unexplained_shares(a, relevance, weight, geometry), expected, rtol=0, atol=1e-12)
+    padding = torch.zeros(1, 2, 2, 2, dtype=torch.bool)
+    padding[..., 0] = True
+    expected[0, 1] = torch.tensor([[0.0, 5.0], [0.0, 5.0]])
+    torch.testing.assert_close(unexplained_shares(a, relevance, weight, geometry, padding), expected, rtol=0, atol=1e-12)
+    assert unexplained_shares(a, relevance * torch.tensor([1.0, 0.0], dtype=D).view(1, 2, 1, 1), weight, geometry) is None
+
+
+def test_relevance_at_a_dense_output_with_a_zero_input_is_shared_evenly_and_a_bias_keeps_its_own():
+    """A dense layer whose input is 0 (sample 1): outputs with relevance 1 and 3 pass (1 + 3) / 2 = 2 to each of its
+    2 inputs; sample 0's non-zero input gets nothing from the fallback.  With a bias on output 1 only, that
+    output's relevance (3) stays the bias's, as in every LRP rule: (1 + 0) / 2 = 0.5 each."""
+    a = torch.tensor([[1.0, -2.0], [0.0, 0.0]], dtype=D)
+    relevance = torch.tensor([[4.0, 4.0], [1.0, 3.0]], dtype=D)
+    weight = torch.ones(2, 2, dtype=D)
+    expected = torch.tensor([[0.0, 0.0], [2.0, 2.0]], dtype=D)
+    torch.testing.assert_close(unexplained_shares(a, relevance, weight, None), expected, rtol=0, atol=1e-12)
+    unbiased = unbiased_relevance(relevance, torch.tensor([0.0, 0.5], dtype=D))
+    torch.testing.assert_close(unexplained_shares(a, unbiased, weight, None), expected / 4, rtol=0, atol=1e-12)
+    assert unbiased_relevance(relevance, torch.tensor([0.1, 0.5], dtype=D)) is None
+
+
+class GatedDepthwiseNorm(nn.Module):
+    """RDNet's block in small: a 3×3 conv, a hard-sigmoid channel gate that shuts channel 0 (its input saturates
+    at −10), a depthwise 3×3 conv, a LayerNorm over the channels (channels-last), a 1×1 conv, a mean and a
+    Linear head; all bias-free, so every LRP rule there claims Σ R = the target logit.  The LayerNorm maps the
+    depthwise conv's zero channel to a non-zero value, so the 1×1 conv gives it relevance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+        self.norm = nn.LayerNorm(4, bias=False)
+        self.pointwise = nn.Conv2d(4, 6, 1, bias=False)
+        self.fc = nn.Linear(6, 3, bias=False)
+        self.shut = torch.tensor([-10.0, 3.0, 3.0, 3.0]).view(1, 4, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        h = h * F.hardsigmoid(self.shut.to(h.dtype) + 0 * h.mean(dim=(2, 3), keepdim=True))
+        h = self.norm(self.depthwise(h).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(self.pointwise(h).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("name", ["lrp_composite", "lrp_epsilon", "lrp_gamma"])
+def test_lrp_conserves_through_a_layernorm_above_a_zero_channel(name):
+    """Before: the depthwise conv dropped the relevance the LayerNorm gave its zero channel (Σ R fell short of
+    the logit; timm's RDNet-tiny, bias-free: 6.7e-6 of it); now it is shared over the channel's fields.  With
+    ε = 0, so that no stabiliser absorbs any relevance either."""
+    model = GatedDepthwiseNorm().to(D).eval()
+    x = torch.randn(2, 3, 6, 6, dtype=D, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(x)
+    targets = torch.tensor([0, 2])
+    attr = relprop.get_method(name)(model, epsilon=0.0).attribute(x, target=targets)
+    expected = logits.gather(1, targets[:, None])[:, 0]
+    torch.testing.assert_close(attr.sum(dim=(1, 2, 3)), expected, rtol=1e-10, atol=0)

@@ -26,9 +26,12 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..arguments import number
-from ..engine import CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, LogitSeed, Op, Rule, Step, ZBox
+from ..engine import CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, LogitSeed, Needs, Op, Rule, Step, ZBox
 from ..registry import register
-from ..rules.lrp import LayerRule, LinearMap, alpha_beta_rule, conv_map, dense_map, epsilon_rule, gamma_rule, zplus_rule
+from ..rules.lrp import (
+    LayerRule, LinearMap, alpha_beta_rule, conv_map, dense_map, epsilon_rule, gamma_rule, unbiased_relevance,
+    unexplained_shares, zplus_rule,
+)
 from .propagation import PropagationMethod
 
 
@@ -43,17 +46,26 @@ def linear_parameters(op: Op, a: Tensor) -> tuple[Tensor, Optional[Tensor], Line
 
 
 class LRPRule(Rule):
-    """An LRP rule ``rule(a, relevance, weight, bias, layer)`` at a Linear layer or a convolution."""
-
-    keeps = "first"
+    """An LRP rule ``rule(a, relevance, weight, bias, layer)`` at a Linear layer or a convolution; the relevance
+    of an output that nothing in the layer explains (no bias, no non-zero input in its receptive field) is
+    shared evenly over that field (:func:`relprop.rules.lrp.unexplained_shares`)."""
 
     def __init__(self, rule: LayerRule) -> None:
         self.rule = rule
 
+    def needs(self, op: Op) -> Needs:
+        return Needs(op.inputs[:1], op.pads_before)
+
     def __call__(self, step: Step) -> Sequence[Tensor | None]:
         a = step.input()
         weight, bias, layer = linear_parameters(step.op, a)
-        return [self.rule(a, step.relevance, weight, bias, layer)]
+        result = self.rule(a, step.relevance, weight, bias, layer)
+        unbiased = unbiased_relevance(step.relevance, bias)
+        if unbiased is None:
+            return [result]
+        geometry = step.op.conv.geometry if step.op.conv is not None else None
+        unexplained = unexplained_shares(a, unbiased, weight, geometry, step.explicit_padding())
+        return [result if unexplained is None else result + unexplained]
 
 
 OVERFLOW = "Explain in float64 (model.double(), x.double())."

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .common import safe_divide
 from .conv_ops import ConvGeometry
+from .fields import empty_field_shares
 
 Terms = Sequence[tuple[Tensor, Tensor]]
 LayerRule = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], "LinearMap"], Tensor]
@@ -180,6 +181,40 @@ def gamma_rule(
         return generic_rule([(a, weight), *[(x * gamma, k) for x, k in terms]], amplified_bias, r, layer, epsilon)
 
     return _by_output_sign(a, relevance, weight, bias, layer, amplified_rule)
+
+
+def unbiased_relevance(relevance: Tensor, bias: Optional[Tensor]) -> Optional[Tensor]:
+    """The relevance of the outputs without a bias (``b_j = 0``), zero elsewhere; None when every output has one.
+    relevance: (N, O, ...) or (N, O); bias: (O,) or None."""
+    if bias is None:
+        return relevance
+    unbiased = bias == 0
+    if not bool(unbiased.any()):
+        return None
+    return relevance * unbiased.view(1, -1, *([1] * (relevance.dim() - 2)))
+
+
+def unexplained_shares(
+    a: Tensor, relevance: Tensor, weight: Tensor, geometry: Optional[ConvGeometry], padding: Optional[Tensor] = None,
+) -> Optional[Tensor]:
+    """The relevance of the outputs that no input explains — no non-zero input in the receptive field — shared
+    evenly over each one's field (its non-padding inputs), as the flat rule does; None when there is none.
+
+    Such an output has nothing to share by in any rule above, yet it can carry relevance where the op above
+    it does not pass relevance in proportion to its value (a LayerNorm passes relevance to an output of
+    exactly 0, whose normalised value is not 0).  Give it the :func:`unbiased_relevance`: where the output
+    has a bias, the bias explains it and keeps that relevance, as in every LRP rule.
+
+    a: (N, C, H, W) with ``geometry`` (a convolution, kernels ``weight`` (O, C/g, kh, kw)), or (N, in) for a
+    dense layer (``geometry`` None); relevance: the output's shape; padding: None or bool (1, C, H, W),
+    explicit zero padding in ``a``.  Returns a's shape.
+    """
+    if geometry is not None:
+        return empty_field_shares(a, a.abs(), relevance, geometry, tuple(weight.shape), padding)
+    orphaned = relevance.mul((a == 0).all(dim=1, keepdim=True)).sum(dim=1, keepdim=True)  # (N, 1)
+    if not orphaned.any():
+        return None
+    return (orphaned / a.shape[1]).expand_as(a).contiguous()
 
 
 def _by_output_sign(
