@@ -56,12 +56,12 @@ TIMM_MORE = [
     "convformer_s18", "fastvit_t8", "repvit_m1", "inception_next_tiny", "hgnetv2_b0", "regnetz_b16",
     "convnextv2_atto", "resnetv2_50x1_bit", "ese_vovnet19b_dw", "selecsls42b", "lcnet_050", "fbnetv3_b", "gernet_s",
     "regnetv_040", "cs3darknet_s", "efficientnetv2_rw_t", "mobileone_s0", "repghostnet_050", "efficientnet_b0_gn",
-    "resnetrs50",
+    "resnetrs50", "rdnet_tiny",
 ]
 """More timm CNN families, beyond the issue's list: SKNet, ResNeSt, TResNet, GhostNet-v2, NFNet, Res2Net, DPN,
 MetaFormer's PoolFormer and ConvFormer, FastViT (without its attention variants), RepViT, ConvNeXt-V2, BiT
 (ResNet-v2 with weight standardisation), VoVNet, SelecSLS, LCNet, FBNet-v3, GENet, RegNet-V, CS3-DarkNet,
-MobileOne, RepGhostNet, ResNet-RS, ..."""
+MobileOne, RepGhostNet, ResNet-RS, RDNet (DenseNet revisited), ..."""
 TIMM_ATTENTION = ["edgenext_xx_small", "efficientvit_b0", "gcresnet33ts"]
 """timm CNNs with attention blocks whose class name does not say "Attention": relprop must refuse them too."""
 TIMM_TOKEN_MIXERS = ["mixer_s16_224", "resmlp_12_224", "gmlp_ti16_224"]
