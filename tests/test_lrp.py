@@ -19,8 +19,8 @@ import relprop
 from model_state import assert_unchanged, snapshot
 from relprop.rules.conv_ops import ConvGeometry
 from relprop.rules.lrp import (
-    alpha_beta_rule, conv_map, dense_map, fold_batchnorm, fold_batchnorm_before, gamma_rule, unbiased_relevance,
-    unexplained_shares, zplus_rule,
+    alpha_beta_rule, conv_map, dense_map, epsilon_rule, fold_batchnorm, fold_batchnorm_before, gamma_rule,
+    layer_norm_rule, unbiased_relevance, unexplained_shares, zplus_rule,
 )
 
 D = torch.float64
@@ -710,3 +710,88 @@ def test_lrp_conserves_through_a_layernorm_above_a_zero_channel(name):
     attr = relprop.get_method(name)(model, epsilon=0.0).attribute(x, target=targets)
     expected = logits.gather(1, targets[:, None])[:, 0]
     torch.testing.assert_close(attr.sum(dim=(1, 2, 3)), expected, rtol=1e-10, atol=0)
+
+
+def test_layer_norm_rule_by_hand():
+    """h = (0, 0, 2, 2): μ = 1, centred (−1, −1, 1, 1), σ = 1 (ε = 0); γ = (2, 1, 1, 0.5), β = (0, 1, 0, 0) give
+    y = (−2, 0, 1, 0.5).  R = (4, 3, 2, 1): u = γ / σ ⊙ R ⊘ y = (−4, 0, 2, 1) (y = 0 adds nothing), mean −0.25,
+    R_h = h ⊙ (u + 0.25) = (0, 0, 4.5, 2.5); Σ = 7 = Σ R (y − β) / y over y ≠ 0 = 4 + 2 + 1."""
+    h = torch.tensor([[0.0, 0.0, 2.0, 2.0]], dtype=D)
+    gamma, beta = torch.tensor([2.0, 1.0, 1.0, 0.5], dtype=D), torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=D)
+    relevance = torch.tensor([[4.0, 3.0, 2.0, 1.0]], dtype=D)
+    expected = torch.tensor([[0.0, 0.0, 4.5, 2.5]], dtype=D)
+    torch.testing.assert_close(layer_norm_rule(h, relevance, gamma, beta, 0.0, 1), expected, rtol=0, atol=1e-12)
+
+
+def test_layer_norm_rule_after_an_epsilon_rule_is_lrp_on_the_folded_layer():
+    """With σ held fixed, ``fc(LayerNorm(h))`` is the linear layer ``W' = W diag(γ / σ) (I − 11ᵀ / n)`` of h (plus
+    the bias W β + b): the ε rule at fc (ε = 0) then the LayerNorm rule give what the ε rule gives on W' directly,
+    per sample, with that bias."""
+    g = torch.Generator().manual_seed(0)
+    n, features, outputs = 3, 6, 4
+    h = torch.randn(n, features, dtype=D, generator=g)
+    gamma, beta = torch.randn(features, dtype=D, generator=g), torch.randn(features, dtype=D, generator=g)
+    weight, bias = torch.randn(outputs, features, dtype=D, generator=g), torch.randn(outputs, dtype=D, generator=g)
+    relevance = torch.randn(n, outputs, dtype=D, generator=g)
+    eps = 1e-5
+    y = F.layer_norm(h, (features,), gamma, beta, eps)
+    r_y = epsilon_rule(y, relevance, weight, bias, dense_map(), epsilon=0.0)
+    got = layer_norm_rule(h, r_y, gamma, beta, eps, 1)
+    centring = torch.eye(features, dtype=D) - 1.0 / features
+    for i in range(n):
+        inv_sigma = torch.rsqrt(h[i].var(unbiased=False) + eps)
+        folded = weight @ torch.diag(gamma * inv_sigma) @ centring
+        expected = epsilon_rule(h[i:i + 1], relevance[i:i + 1], folded, weight @ beta + bias, dense_map(), epsilon=0.0)
+        torch.testing.assert_close(got[i:i + 1], expected, rtol=1e-10, atol=1e-12)
+
+
+class LayerNormHead(nn.Module):
+    """conv → ReLU → mean → fc1 → ReLU → LayerNorm → fc2, bias-free but for fc1 (as ConvFormer's and InceptionNeXt's
+    MLP heads): fc1's bias puts unit 0 of sample 0 a hair below 0 (−1e-5), so the ReLU switches it off while the
+    LayerNorm's output at it is far from 0."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc1, self.fc2 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Linear(8, 6), nn.Linear(6, 3, bias=False)
+        self.norm = nn.LayerNorm(6, bias=False)
+        self.to(x.dtype)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 2.0)
+            features = torch.relu(self.conv(x)).mean(dim=(2, 3))
+            self.fc1.bias.zero_()
+            self.fc1.bias[0] = -1e-5 - (features[0] @ self.fc1.weight[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(torch.relu(self.conv(x)).mean(dim=(2, 3))))
+        return self.fc2(self.norm(h))
+
+
+class FunctionalLayerNormHead(LayerNormHead):
+    """:class:`LayerNormHead` with its LayerNorm written ``F.layer_norm`` (as timm's LayerNorm classes call it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(torch.relu(self.conv(x)).mean(dim=(2, 3))))
+        return self.fc2(F.layer_norm(h, self.norm.normalized_shape, self.norm.weight, None, self.norm.eps))
+
+
+@pytest.mark.parametrize("head", ["module", "F.layer_norm"])
+@pytest.mark.parametrize("name", ["lrp_composite", "lrp_epsilon"])
+def test_a_layer_norm_head_keeps_lrp_precise_in_float32(name, head):
+    """Before, relevance passed the LayerNorm unchanged to the switched-off unit 0, and fc1's ε rule divided it by
+    the unit's pre-activation, −1e-5 (− ε = 1e-6): float32, which resolves that pre-activation to about 1 %, moved
+    the map by 1.5e-3 of its maximum.  The LayerNorm rule gives unit 0 relevance in proportion to its ReLU
+    output, 0."""
+    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(1))
+    model64 = (LayerNormHead if head == "module" else FunctionalLayerNormHead)(x).eval()
+    model32 = copy.deepcopy(model64).float()
+    ref = relprop.get_method(name)(model64).attribute(x, target=[1, 2])
+    got = relprop.get_method(name)(model32).attribute(x.float(), target=[1, 2]).double()
+    assert _rel(got, ref) <= 1e-4
+
+
+def test_the_layer_norm_rule_reads_f_layer_norm_like_the_module():
+    x = torch.randn(2, 3, 8, 8, dtype=D, generator=torch.Generator().manual_seed(1))
+    module, functional = LayerNormHead(x).eval(), FunctionalLayerNormHead(x).eval()
+    torch.testing.assert_close(relprop.LRPComposite(functional).attribute(x, target=[1, 2]),
+                               relprop.LRPComposite(module).attribute(x, target=[1, 2]), rtol=0, atol=1e-13)

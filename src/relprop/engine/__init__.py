@@ -10,13 +10,13 @@ from .graph import (
 )
 from .forward import record_forward
 from .seeds import ChannelContributionSeed, FeatureMapSeed, HostileSeed, LogitSeed, LogitSplitSeed, Seed, default_seed_layer
-from .standard import STANDARD_TABLE, Bounds, ZBox
+from .standard import STANDARD_TABLE, Bounds, PassThrough, ZBox
 from .table import Needs, Rule, RuleTable, Step
 from .walk import Engine
 
 __all__ = [
     "ADD", "AVGPOOL", "BATCHNORM", "CAT", "CONV", "GATE", "INPUT_CONV", "LAYOUT", "LINEAR", "MAXPOOL", "NORM", "PAD",
     "POINTWISE", "STRUCTURAL",
-    "Bounds", "ChannelContributionSeed", "Engine", "FeatureMapSeed", "HostileSeed", "LogitSeed", "LogitSplitSeed", "ModelGraph", "Needs", "Op", "Rule",
+    "Bounds", "ChannelContributionSeed", "Engine", "FeatureMapSeed", "HostileSeed", "LogitSeed", "LogitSplitSeed", "ModelGraph", "Needs", "Op", "PassThrough", "Rule",
     "RuleTable", "STANDARD_TABLE", "Seed", "Step", "ZBox", "default_seed_layer", "record_forward",
 ]

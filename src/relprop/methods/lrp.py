@@ -26,11 +26,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..arguments import number
-from ..engine import CONV, INPUT_CONV, LINEAR, STANDARD_TABLE, Bounds, LogitSeed, Needs, Op, Rule, Step, ZBox
+from ..engine import (
+    CONV, INPUT_CONV, LINEAR, NORM, STANDARD_TABLE, Bounds, LogitSeed, Needs, Op, PassThrough, Rule, Step, ZBox,
+)
 from ..registry import register
 from ..rules.lrp import (
-    LayerRule, LinearMap, alpha_beta_rule, conv_map, dense_map, epsilon_rule, gamma_rule, unbiased_relevance,
-    unexplained_shares, zplus_rule,
+    LayerRule, LinearMap, alpha_beta_rule, conv_map, dense_map, epsilon_rule, gamma_rule, layer_norm_rule,
+    unbiased_relevance, unexplained_shares, zplus_rule,
 )
 from .propagation import PropagationMethod
 
@@ -66,6 +68,31 @@ class LRPRule(Rule):
         geometry = step.op.conv.geometry if step.op.conv is not None else None
         unexplained = unexplained_shares(a, unbiased, weight, geometry, step.explicit_padding())
         return [result if unexplained is None else result + unexplained]
+
+
+class LayerNormRule(Rule):
+    """:func:`relprop.rules.lrp.layer_norm_rule` at a LayerNorm over feature vectors (a classifier head's
+    ``Linear → activation → LayerNorm → Linear``); a LayerNorm over the channels of a map (channels-last, or
+    timm's ``LayerNorm2d``) and the other normalisations pass relevance unchanged (docs/methods.md, "Other layer types")."""
+
+    def needs(self, op: Op) -> Needs:
+        return Needs(op.inputs[:1] if _takes_layer_norm_rule(op) else ())
+
+    def __call__(self, step: Step) -> Sequence[Tensor | None]:
+        spec = step.op.layer_norm
+        if spec is None or not _takes_layer_norm_rule(step.op):
+            return _PASS_THROUGH(step)
+        return [layer_norm_rule(step.input(), step.relevance, spec.weight(), spec.bias(), spec.eps, len(spec.shape))]
+
+
+_PASS_THROUGH = PassThrough()
+
+
+def _takes_layer_norm_rule(op: Op) -> bool:
+    """A LayerNorm whose input is not a channels-last map (in a classifier head: a feature vector (N, features))."""
+    if op.layer_norm is None or not op.inputs:
+        return False
+    return not op.channels_last
 
 
 OVERFLOW = "Explain in float64 (model.double(), x.double())."
@@ -109,6 +136,7 @@ class LRP(PropagationMethod):
             LINEAR: LRPRule(linear_rule),
             CONV: LRPRule(conv_rule),
             INPUT_CONV: ZBox(input_bounds) if input_rule is None else LRPRule(input_rule),
+            NORM: LayerNormRule(),
         })
         super().__init__(model, LogitSeed(times_logit=True), table, failure_hint=OVERFLOW, allow_tf32=allow_tf32)
 

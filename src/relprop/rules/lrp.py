@@ -183,6 +183,30 @@ def gamma_rule(
     return _by_output_sign(a, relevance, weight, bias, layer, amplified_rule)
 
 
+def layer_norm_rule(
+    h: Tensor, relevance: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, dims: int,
+) -> Tensor:
+    """The LayerNorm rule of Ali et al. (2022): the standard deviation held fixed, ``y = γ ⊙ (h − μ(h)) / σ + β``
+    is affine in ``h`` (the centring is linear), and the relevance follows its contributions:
+
+        u = γ / σ ⊙ R ⊘ y,    R_h = h ⊙ (u − mean(u))        (means over the ``dims`` trailing dimensions)
+
+    so ``R_h`` is proportional to ``h`` and ``Σ R_h = Σ R ⊙ (y − β) ⊘ y`` (β keeps its share, as a bias does).
+    Where an ε rule above made ``R`` proportional to ``y`` (a classifier's Linear layer), ``R ⊘ y`` is bounded,
+    so is ``R_h``, and a layer below dividing by its pre-activations sees no relevance at outputs the
+    activation between them switched off.  An entry with ``y = 0`` exactly adds nothing to ``u``.
+    h: the LayerNorm's input; relevance: its output's; weight, bias: γ and β of the trailing shape, or None.
+    """
+    reduced = tuple(range(-dims, 0))
+    centred = h - h.mean(dim=reduced, keepdim=True)
+    scale = torch.rsqrt(centred.pow(2).mean(dim=reduced, keepdim=True) + eps)
+    if weight is not None:
+        scale = scale * weight
+    y = centred * scale if bias is None else torch.addcmul(bias, centred, scale)
+    u = scale * safe_divide(relevance, y)
+    return h * (u - u.mean(dim=reduced, keepdim=True))
+
+
 def unbiased_relevance(relevance: Tensor, bias: Optional[Tensor]) -> Optional[Tensor]:
     """The relevance of the outputs without a bias (``b_j = 0``), zero elsewhere; None when every output has one.
     relevance: (N, O, ...) or (N, O); bias: (O,) or None."""

@@ -13,13 +13,14 @@ the model is changed.
 from .model_graph import ModelGraph
 from .ops import (
     ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT, INPUT_CONV, LAYOUT, LINEAR, MAXPOOL, NORM, OUTPUT, PAD, POINTWISE,
-    SPLIT, STRUCTURAL, UNKNOWN, BatchNormSpec, ConvSpec, LinearSpec, Op,
+    SPLIT, STRUCTURAL, UNKNOWN, BatchNormSpec, ConvSpec, LayerNormSpec, LinearSpec, Op,
 )
 from .trace import BranchesOnInput, BranchesOnValues, Example, probe_example
 
 __all__ = [
     "ADD", "AVGPOOL", "BATCHNORM", "CAT", "CONV", "GATE", "INPUT", "INPUT_CONV", "LAYOUT", "LINEAR", "MAXPOOL", "NORM",
     "OUTPUT", "PAD", "POINTWISE", "SPLIT", "STRUCTURAL", "UNKNOWN",
-    "BatchNormSpec", "BranchesOnInput", "BranchesOnValues", "ConvSpec", "Example", "LinearSpec", "ModelGraph", "Op",
+    "BatchNormSpec", "BranchesOnInput", "BranchesOnValues", "ConvSpec", "Example", "LayerNormSpec", "LinearSpec",
+    "ModelGraph", "Op",
     "probe_example",
 ]

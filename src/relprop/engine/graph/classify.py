@@ -19,7 +19,7 @@ from ...rules.conv_ops import ConvGeometry
 from ...rules.structural import PoolWindows
 from .ops import (
     ADD, AVGPOOL, BATCHNORM, CAT, CHANNELS_LAST, CONV, GATE, INPUT, LAYOUT, LINEAR, MAXPOOL, NORM, OUTPUT, PAD,
-    POINTWISE, SPLIT, STRUCTURAL, UNKNOWN, BatchNormSpec, ConvSpec, LinearSpec, Op,
+    POINTWISE, SPLIT, STRUCTURAL, UNKNOWN, BatchNormSpec, ConvSpec, LayerNormSpec, LinearSpec, Op,
 )
 
 _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh)
@@ -266,6 +266,8 @@ def classify_node(node: fx.Node, model: nn.Module, structural: set[str]) -> Op:
         return make(POINTWISE, written)
     if key in _THIRD_PARTY_PAD:
         return _classify_constant_pad(node, _argument(node, 4, "value", 0), written, make)
+    if target is F.layer_norm:
+        return _layer_norm_of_call(node, model, written, make)
     for kind, functions in _FUNCTION_KINDS:
         if target in functions:
             return make(kind, written)
@@ -565,6 +567,23 @@ def _batchnorm_of_call(node: fx.Node, model: nn.Module, written: str, make: Call
     return make(BATCHNORM, written, norm=BatchNormSpec(getters))
 
 
+def _layer_norm_of_call(node: fx.Node, model: nn.Module, written: str, make: Callable[..., Op]) -> Op:
+    """``F.layer_norm(x, normalized_shape, weight, bias, eps)`` (timm's LayerNorm classes call it): a normalisation
+    whose parameters the LRP rule of LayerNorm reads.  A shape, weight or bias that is not a constant or a parameter
+    attribute leaves it without them (its relevance then passes unchanged, as through other normalisations)."""
+    shape = _argument(node, 1, "normalized_shape", None)
+    weight, bias = _argument(node, 2, "weight", None), _argument(node, 3, "bias", None)
+    if not isinstance(shape, (int, list, tuple)) or any(
+        isinstance(v, fx.Node) and v.op != "get_attr" for v in (weight, bias)
+    ):
+        return make(NORM, written)
+    spec = LayerNormSpec(
+        (shape,) if isinstance(shape, int) else tuple(shape), _parameter_getter(weight, model),
+        _parameter_getter(bias, model), _argument(node, 4, "eps", 1e-5),
+    )
+    return make(NORM, written, layer_norm=spec)
+
+
 def _softmax_reason(at_output: bool) -> str:
     """Why a softmax has no rule: after the logits (with the fix), or weighting inside the network."""
     if at_output:
@@ -597,6 +616,9 @@ def _classify_module(module: nn.Module, make: Callable[..., Op], feeds_output: b
         return make(BATCHNORM, type_name, module=module)
     if isinstance(module, _SOFTMAX_MODULES):
         return make(UNKNOWN, type_name, module=module, unsupported=_softmax_reason(feeds_output))
+    if isinstance(module, nn.LayerNorm):
+        spec = LayerNormSpec(tuple(module.normalized_shape), lambda: module.weight, lambda: module.bias, module.eps)
+        return make(NORM, type_name, module=module, layer_norm=spec)
     if isinstance(module, _NORM_MODULES):
         return make(NORM, type_name, module=module)
     if isinstance(module, nn.Upsample):

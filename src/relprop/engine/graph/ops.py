@@ -50,6 +50,17 @@ class BatchNormSpec:
         raise AttributeError(name)
 
 
+@dataclass(frozen=True)
+class LayerNormSpec:
+    """A LayerNorm (``nn.LayerNorm`` or an ``F.layer_norm`` call): it normalises the trailing dimensions
+    ``shape``; ``weight`` and ``bias`` return γ and β (or None), read at call time."""
+
+    shape: tuple[int, ...]
+    weight: Callable[[], Optional[Tensor]]
+    bias: Callable[[], Optional[Tensor]]
+    eps: float
+
+
 def _folded(
     weight: Tensor, bias: Optional[Tensor], batchnorm: Optional[Any], fold_batchnorm: bool
 ) -> tuple[Tensor, Optional[Tensor]]:
@@ -121,7 +132,8 @@ class Op:
     forward order,
     and ``unpadded``, the op they pad), ``unsupported`` (why no rule can apply, e.g. a non-zero
     padding mode), ``attends`` (a product of two feature maps contracted over a dimension, as attention's
-    ``q @ k.transpose(-2, -1)``: the model is out of scope wherever it sits), ``affine`` (the output is an
+    ``q @ k.transpose(-2, -1)``: the model is out of scope wherever it sits), ``layer_norm`` (a LayerNorm's
+    parameters), ``affine`` (the output is an
     affine function of the one feature map read, with constants or parameters: ``x * c``, ``x / c``, ``x ± c``).
     """
 
@@ -135,6 +147,7 @@ class Op:
     conv: ConvSpec | None = None
     linear: LinearSpec | None = None
     norm: BatchNormSpec | None = None
+    layer_norm: LayerNormSpec | None = None
     pool: PoolWindows | None = None
     dim: int = 0
     gate: int = -1
