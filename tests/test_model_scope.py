@@ -234,6 +234,49 @@ def test_cam_refuses_a_default_layer_below_attention_and_takes_one_above_it(name
         assert torch.isfinite(method.attribute(x, target=1)).all()
 
 
+class ConvAboveTokenMLP(TokenMLP):
+    """:class:`TokenMLP` whose mixed tokens are laid out as a map again and convolved (as Sequencer's and
+    CoaT's stages end in a convolution): the default CAM layer, that convolution, lies above the token mixing."""
+
+    def __init__(self) -> None:
+        super().__init__("tokens")
+        self.last = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2)  # (N, C, L)
+        mixed = (tokens + self.mix(tokens)).reshape(x.shape[0], 4, 2, 3)
+        return self.fc(self.last(mixed).mean(dim=(2, 3)))
+
+
+class MixedThenFunctionalConv(nn.Module):
+    """stem → :class:`PositionMixer` → ``F.conv2d`` of the sum of the stem's and the mixer's maps → mean → fc:
+    the last convolution is a function call on a sum, so no module produces the default CAM layer's input
+    (CoaT: its last convolution is a positional encoding inside the attention)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.mixer, self.fc = nn.Conv2d(3, 4, 3, padding=1), PositionMixer(4, "matmul"), nn.Linear(4, 3)
+        self.weight = nn.Parameter(torch.randn(4, 4, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.fc(nn.functional.conv2d(h + self.mixer(h), self.weight, padding=1).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcampp"])
+def test_cam_takes_a_default_layer_above_token_mixing_and_names_attention_it_cannot_place(name):
+    """Token mixing below the default CAM layer does not concern the CAM (before: refused as token mixing, as
+    timm's ECA-HaloNeXt was for a relative position embedding below its last convolution); a default layer no
+    module produces, in a model with attention, is refused naming the attention (before: "not produced by a
+    module", as for timm's CoaT)."""
+    x = torch.randn(2, 3, 8, 12, generator=torch.Generator().manual_seed(0))
+    method = relprop.get_method(name)(ConvAboveTokenMLP().eval())
+    assert method.layer == "last" and torch.isfinite(method.attribute(x, target=[0, 1])).all()
+    with pytest.raises(UnsupportedLayerError, match=r"PositionMixer at 'mixer'\. It multiplies two feature maps"):
+        relprop.get_method(name)(MixedThenFunctionalConv().eval())
+
+
 class ProjectsFeatures(nn.Module):
     """conv → ReLU → mean → the pooled features times a parameter matrix (a dense layer), written ``x @ W`` or
     ``F.linear(x, W.T)`` → fc; ``over="positions"``: the matrix multiplies the conv map's positions instead

@@ -39,8 +39,8 @@ class ClassActivationMap(AutogradMethod):
             not given: its only convolutional layer is the patch embedding, below the whole transformer;
             so is a network whose default layer lies below attention that its class name does not
             announce (timm's EdgeNeXt: a product of two feature maps above the last convolution), and,
-            on the first batch (shapes are known only then), a network whose Linear layers mix a sequence
-            of tokens (MLP-Mixer, ResMLP: the default layer would be the patch embedding).
+            on the first batch (shapes are known only then), a network whose Linear layers above that layer
+            mix a sequence of tokens (MLP-Mixer, ResMLP: the default layer would be the patch embedding).
             A TorchScript model is refused: forward hooks do not reach its compiled layers.
     """
 
@@ -84,14 +84,15 @@ def _is_module_path(model: nn.Module, path: str) -> bool:
 
 
 def _refuse_token_mixing(graph: ModelGraph, x: Tensor, method: str) -> None:
-    """Raise :class:`~relprop.UnsupportedLayerError` if a Linear layer of ``graph``'s model is applied to a token
-    sequence, by the shapes of one forward pass on ``x`` (N, C, H, W) (through a graph traced for ``x``'s shape
-    when ``graph`` was traced for another)."""
+    """Raise :class:`~relprop.UnsupportedLayerError` if a Linear layer above the default CAM layer of ``graph``'s
+    model is applied to a token sequence, by the shapes of one forward pass on ``x`` (N, C, H, W) (through a
+    graph traced for ``x``'s shape when ``graph`` was traced for another)."""
     if graph.example is not None and graph.example != (x.shape, x.dtype, x.device):
         graph = ModelGraph(graph.model, (x.shape, x.dtype, x.device))
+    layer = default_seed_layer(graph)
     with torch.no_grad():
-        shapes = record_forward(graph, x.detach(), default_seed_layer(graph), keep=set(), replay=set()).shapes
-    graph.refuse_linear_over_tokens(shapes, method)
+        shapes = record_forward(graph, x.detach(), layer, keep=set(), replay=set()).shapes
+    graph.refuse_linear_over_tokens(shapes, method, above=layer)
 
 
 def _module_layer(model: nn.Module, layer: str | None, method: str) -> tuple[str, ModelGraph]:
@@ -110,6 +111,8 @@ def _module_layer(model: nn.Module, layer: str | None, method: str) -> tuple[str
     while (path := graph.producing_module(current)) is None:
         inputs = graph.by_name[current].inputs
         if len(inputs) != 1 or inputs[0] == graph.input_name:
+            if layer is None:  # the last convolution sits inside attention (CoaT's positional encoding): say so
+                graph.refuse_attention(method)
             raise ValueError(
                 f"layer '{graph.display_name(name)}' of {type(model).__name__} is not produced by a module; "
                 "pass layer='module.path' naming a module."

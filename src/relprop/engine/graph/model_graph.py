@@ -199,12 +199,15 @@ class ModelGraph:
             + ATTENTION_OUT_OF_SCOPE,
         )
 
-    def refuse_linear_over_tokens(self, shapes: Mapping[str, torch.Size], method: str) -> None:
+    def refuse_linear_over_tokens(self, shapes: Mapping[str, torch.Size], method: str, above: str | None = None) -> None:
         """Raise :class:`~relprop.UnsupportedLayerError` naming the first Linear layer (or ``x @ W``) whose input,
         of the recorded ``shapes``, has more than two dimensions and is not a channels-last map: a sequence of
         tokens (N, L, C) or (N, C, L), as MLP-Mixer, ResMLP and vision transformers mix them after a patch
-        embedding, which would otherwise be the only convolution and the seed of RSP and AE."""
-        op = next((op for op in self.ops if op.kind == LINEAR and len(shapes.get(op.inputs[0], ())) > 2), None)
+        embedding, which would otherwise be the only convolution and the seed of RSP and AE.  Wherever it sits,
+        or with ``above`` (an op name) only where it depends on that op (a CAM layer below token mixing)."""
+        after = self.descendants(above) if above is not None else None
+        op = next((op for op in self.ops if op.kind == LINEAR and len(shapes.get(op.inputs[0], ())) > 2
+                   and (after is None or op.name in after)), None)
         if op is None:
             return
         shape = "(N, " + ", ".join(str(d) for d in shapes[op.inputs[0]][1:]) + ")"
