@@ -10,6 +10,7 @@ channels-last Linear, ``nn.BatchNorm2d`` for ``F.batch_norm``).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -345,6 +346,72 @@ def test_seed_of_a_channels_last_block_is_its_channels_first_output():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), ChannelsLastMLP(nn.Linear(4, 4), nn.Linear(4, 4)),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     assert relprop.RSP(model.eval()).seed_layer == "1"  # after the permute back, not the Linear's output
+
+
+class PooledChannelsLast(nn.Module):
+    """Features, then a channels-last stage that is pooled as it is, never permuted back (as Sequencer and
+    MambaOut pool an (N, H, W, C) map): permute → h + Linear(ReLU(h)) → mean over H, W → fc; with
+    ``channels_first`` the same network on (N, C, H, W), its Linear the 1×1 convolution it is."""
+
+    def __init__(self, channels_first: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.features, self.fc, self.channels_first = _features(1), nn.Linear(4, 3), channels_first
+        self.mlp = nn.Linear(4, 4)
+        self.conv = nn.Conv2d(4, 4, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(self.mlp.weight[:, :, None, None]), self.conv.bias.copy_(self.mlp.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        if self.channels_first:
+            return self.fc((h + self.conv(torch.relu(h))).mean(dim=(2, 3)))
+        h = h.permute(0, 2, 3, 1)
+        return self.fc((h + self.mlp(torch.relu(h))).mean(dim=(1, 2)))
+
+
+def test_a_pooled_channels_last_map_seeds_as_its_channels_first_twin():
+    """Before, the automatic seed layer walked on through the pooling of a channels-last map, to a (N, C) vector
+    that RSP and AE refused ("a (N, C, h, w) feature map is needed"); it now stops at the map, whose seed is
+    computed channels-first: every map equals the channels-first network's, the hostile seed's too."""
+    methods = {**METHODS, "rsp hostile": functools.partial(relprop.RSP, hostile=1)}
+    _assert_same_maps(PooledChannelsLast(), PooledChannelsLast(channels_first=True), methods)
+    assert relprop.RSP(PooledChannelsLast().eval()).seed_layer == "add"
+
+
+class NormedChannelsLast(PooledChannelsLast):
+    """:class:`PooledChannelsLast` with a LayerNorm over the channels before the pooling (Sequencer's last norm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).permute(0, 2, 3, 1)
+        return self.fc(self.norm(h + self.mlp(torch.relu(h))).mean(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcampp"])
+def test_cam_refuses_a_channels_last_default_layer(name):
+    """A CAM weighs the channels of (N, C, h, w); on timm's Sequencer the default layer's (N, h, w, C) output gave
+    Grad-CAM a constant map.  Now it is refused, naming the layer; a channels-first layer named by the user works."""
+    with pytest.raises(ValueError, match=r"layer 'norm' of NormedChannelsLast outputs a channels-last \(N, h, w, C\) map"):
+        relprop.get_method(name)(NormedChannelsLast().eval())
+    assert torch.isfinite(relprop.get_method(name)(NormedChannelsLast().eval(), layer="features").attribute(
+        _x().float(), target=[0, 2])).all()
+
+
+@pytest.mark.filterwarnings("ignore:RSP starts at:UserWarning", "ignore:AE starts at:UserWarning")
+@pytest.mark.parametrize("name", ["rsp", "ae"])
+def test_a_seed_layer_the_user_puts_in_a_channels_last_stage_is_seeded_channels_first(name):
+    """Before, a seed_layer named inside a channels-last stage (the Linear of ConvNeXt's MLP) took the mean of
+    the gradient over the wrong dimensions (W and C, not H and W): the map differed from the channels-first
+    twin's by 1.3 × its maximum (RSP), without a word."""
+    a, b = PooledChannelsLast().double().eval(), PooledChannelsLast(channels_first=True).double().eval()
+    x = _x()
+    got = relprop.get_method(name)(a, seed_layer="mlp").attribute(x, target=[0, 2])
+    expected = relprop.get_method(name)(b, seed_layer="conv").attribute(x, target=[0, 2])
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12 * float(expected.abs().max()))
 
 
 class SelectBranches(nn.Module):

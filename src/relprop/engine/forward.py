@@ -31,6 +31,8 @@ class ForwardRecord:
     replays: dict[str, Callable[[Tensor], Tensor]]
     logits: Tensor
     seed: Tensor = field(repr=False)
+    seed_channels_last: bool = False
+    """Whether the seed op's output is laid out (N, H, W, C) (a channels-last map, as in ConvNeXt's blocks)."""
 
 
 def record_forward(graph: ModelGraph, x: Tensor, seed: str, keep: set[str], replay: set[str]) -> ForwardRecord:
@@ -73,7 +75,7 @@ def record_forward(graph: ModelGraph, x: Tensor, seed: str, keep: set[str], repl
     check_logits(graph.model, logits, x.shape[0])
     assert seed_value is not None
     values = {name: env[name] for name in keep if name in env}
-    return ForwardRecord(values, shapes, replays, logits, seed_value)
+    return ForwardRecord(values, shapes, replays, logits, seed_value, graph.by_name[seed].channels_last)
 
 
 _TF32_EPS = 2.0 ** -10

@@ -14,7 +14,9 @@ from ..rules.hostile import hostile_seed
 from ..rules.common import sample_total
 from ..rules.rap import rap_balance
 from .forward import ForwardRecord
-from .graph import ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, NORM, POINTWISE, ModelGraph, Op
+from .graph import (
+    ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, MAXPOOL, NORM, POINTWISE, ModelGraph, Op,
+)
 
 # The authors' seed layers where they differ from the automatic choice.
 _AUTHORS_SEED_LAYERS = {"DenseNet": "features", "AlexNet": "features"}
@@ -23,7 +25,7 @@ _AUTHORS_SEED_LAYERS = {"DenseNet": "features", "AlexNet": "features"}
 def default_seed_layer(graph: ModelGraph) -> str:
     """Output of the last convolutional block: the last conv, followed forward through BatchNorm,
     normalisations, activations, gates, residual adds and concatenations (and out of a channels-last
-    layout), stopping before pooling or flattening.
+    layout), stopping before pooling or flattening (also of a channels-last map, as Sequencer pools one).
 
     VGG-16 gives ``features.29`` (before the last max-pool), ResNet the output of ``layer4``,
     DenseNet the ReLU after ``features.norm5``, Inception-v3 ``Mixed_7c``.
@@ -35,8 +37,11 @@ def default_seed_layer(graph: ModelGraph) -> str:
     current = convs[-1].name
     while True:
         users = [u for u in graph.consumers[current] if u in feeds_output]
-        channels_last = graph.by_name[current].channels_last
-        if len(users) != 1 or not (channels_last or graph.by_name[users[0]].kind in (BATCHNORM, NORM, POINTWISE, GATE, ADD, CAT)):
+        if len(users) != 1:
+            return current
+        kind = graph.by_name[users[0]].kind
+        leaves_channels_last = graph.by_name[current].channels_last and kind not in (AVGPOOL, MAXPOOL, LINEAR)
+        if not (leaves_channels_last or kind in (BATCHNORM, NORM, POINTWISE, GATE, ADD, CAT)):
             return current
         current = users[0]
 
@@ -70,7 +75,8 @@ class Seed:
 
 
 class FeatureMapSeed(Seed):
-    """A seed at a convolutional layer's (N, C, h, w) output, computed from channel contribution maps.
+    """A seed at a convolutional layer's (N, C, h, w) output, computed from channel contribution maps (of a
+    channels-last output (N, h, w, C) too: computed channels-first, returned in the output's layout).
 
     ``layer_name``: a module path or None (automatic: :func:`default_seed_layer`, or with
     ``authors_layers`` the layer the authors' scripts use for the architecture).
@@ -112,7 +118,8 @@ class FeatureMapSeed(Seed):
             raise ValueError(
                 f"seed layer '{display}' outputs shape {tuple(record.seed.shape)}; a (N, C, h, w) feature map is needed."
             )
-        return torch.stack([channel_contribution(record.seed.detach(), g) for g in grads], dim=1)
+        activation = _channels_first(record, record.seed.detach())
+        return torch.stack([channel_contribution(activation, _channels_first(record, g)) for g in grads], dim=1)
 
 
 class ChannelContributionSeed(FeatureMapSeed):
@@ -126,7 +133,7 @@ class ChannelContributionSeed(FeatureMapSeed):
         self.normalise = normalise
 
     def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
-        return self.normalise(self.contributions(record, targets[:, None], display)[:, 0])
+        return _in_seed_layout(record, self.normalise(self.contributions(record, targets[:, None], display)[:, 0]))
 
 
 class HostileSeed(FeatureMapSeed):
@@ -145,14 +152,24 @@ class HostileSeed(FeatureMapSeed):
         self.hostile = checked
 
     def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
-        if record.seed.dim() == 4 and record.seed[0, 0].numel() == 1:
+        if record.seed.dim() == 4 and _channels_first(record, record.seed)[0, 0].numel() == 1:
             raise InputError(
                 f"the hostile seed contrasts the positions of the seed layer's map, and '{display}' gives a 1×1 map "
                 "for this input, where the contrast is 0 by construction; use a larger input or an earlier seed_layer."
             )
         competitors, weights = resolve_competitors(self.hostile, record.logits.detach(), targets)
         maps = self.contributions(record, torch.cat([targets[:, None], competitors], dim=1), display)
-        return hostile_seed(maps[:, 0], maps[:, 1:], weights)
+        return _in_seed_layout(record, hostile_seed(maps[:, 0], maps[:, 1:], weights))
+
+
+def _channels_first(record: ForwardRecord, t: Tensor) -> Tensor:
+    """``t``, shaped like the seed op's output, as (N, C, h, w)."""
+    return t.permute(0, 3, 1, 2) if record.seed_channels_last else t
+
+
+def _in_seed_layout(record: ForwardRecord, t: Tensor) -> Tensor:
+    """A (N, C, h, w) seed relevance laid out as the seed op's output (the walk keeps each op's layout)."""
+    return t.permute(0, 2, 3, 1).contiguous() if record.seed_channels_last else t
 
 
 class LogitSeed(Seed):

@@ -41,7 +41,8 @@ class ClassActivationMap(AutogradMethod):
             announce (timm's EdgeNeXt: a product of two feature maps above the last convolution), and,
             on the first batch (shapes are known only then), a network whose Linear layers above that layer
             mix a sequence of tokens (MLP-Mixer, ResMLP: the default layer would be the patch embedding).
-            A TorchScript model is refused: forward hooks do not reach its compiled layers.
+            A layer with a channels-last (N, h, w, C) output is refused: a CAM weighs the channels of an
+            (N, C, h, w) map.  A TorchScript model is refused: forward hooks do not reach its compiled layers.
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None) -> None:
@@ -118,6 +119,11 @@ def _module_layer(model: nn.Module, layer: str | None, method: str) -> tuple[str
                 "pass layer='module.path' naming a module."
             )
         current = inputs[0]
+    if graph.by_name[current].channels_last:
+        raise ValueError(
+            f"layer '{path}' of {type(model).__name__} outputs a channels-last (N, h, w, C) map; a CAM weighs the "
+            "channels of an (N, C, h, w) map: pass layer='module.path' naming a layer with such an output."
+        )
     return path, graph
 
 
