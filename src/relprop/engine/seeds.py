@@ -17,6 +17,7 @@ from .forward import ForwardRecord
 from .graph import (
     ADD, AVGPOOL, BATCHNORM, CAT, CONV, GATE, INPUT_CONV, LAYOUT, LINEAR, MAXPOOL, NORM, POINTWISE, ModelGraph, Op,
 )
+from .layout import channels_first, in_layout
 
 # The authors' seed layers where they differ from the automatic choice.
 _AUTHORS_SEED_LAYERS = {"DenseNet": "features", "AlexNet": "features"}
@@ -118,8 +119,9 @@ class FeatureMapSeed(Seed):
             raise ValueError(
                 f"seed layer '{display}' outputs shape {tuple(record.seed.shape)}; a (N, C, h, w) feature map is needed."
             )
-        activation = _channels_first(record, record.seed.detach())
-        return torch.stack([channel_contribution(activation, _channels_first(record, g)) for g in grads], dim=1)
+        layout = record.seed_channels_last
+        activation = channels_first(record.seed.detach(), layout)
+        return torch.stack([channel_contribution(activation, channels_first(g, layout)) for g in grads], dim=1)
 
 
 class ChannelContributionSeed(FeatureMapSeed):
@@ -133,7 +135,8 @@ class ChannelContributionSeed(FeatureMapSeed):
         self.normalise = normalise
 
     def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
-        return _in_seed_layout(record, self.normalise(self.contributions(record, targets[:, None], display)[:, 0]))
+        seed = self.normalise(self.contributions(record, targets[:, None], display)[:, 0])
+        return in_layout(seed, record.seed_channels_last)  # the walk keeps each op's layout
 
 
 class HostileSeed(FeatureMapSeed):
@@ -152,24 +155,14 @@ class HostileSeed(FeatureMapSeed):
         self.hostile = checked
 
     def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
-        if record.seed.dim() == 4 and _channels_first(record, record.seed)[0, 0].numel() == 1:
+        if record.seed.dim() == 4 and channels_first(record.seed, record.seed_channels_last)[0, 0].numel() == 1:
             raise InputError(
                 f"the hostile seed contrasts the positions of the seed layer's map, and '{display}' gives a 1×1 map "
                 "for this input, where the contrast is 0 by construction; use a larger input or an earlier seed_layer."
             )
         competitors, weights = resolve_competitors(self.hostile, record.logits.detach(), targets)
         maps = self.contributions(record, torch.cat([targets[:, None], competitors], dim=1), display)
-        return _in_seed_layout(record, hostile_seed(maps[:, 0], maps[:, 1:], weights))
-
-
-def _channels_first(record: ForwardRecord, t: Tensor) -> Tensor:
-    """``t``, shaped like the seed op's output, as (N, C, h, w)."""
-    return t.permute(0, 3, 1, 2) if record.seed_channels_last else t
-
-
-def _in_seed_layout(record: ForwardRecord, t: Tensor) -> Tensor:
-    """A (N, C, h, w) seed relevance laid out as the seed op's output (the walk keeps each op's layout)."""
-    return t.permute(0, 2, 3, 1).contiguous() if record.seed_channels_last else t
+        return in_layout(hostile_seed(maps[:, 0], maps[:, 1:], weights), record.seed_channels_last)
 
 
 class LogitSeed(Seed):

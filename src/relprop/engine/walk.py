@@ -22,6 +22,7 @@ from .forward import ForwardRecord, check_against_model, record_forward
 from .graph import (
     INPUT, INPUT_CONV, PAD, POINTWISE, BranchesOnInput, BranchesOnValues, Example, ModelGraph, Op, probe_example,
 )
+from .layout import channels_first, in_layout
 from .precision import float32_precision, warn_if_sixteen_bit, without_autocast
 from .seeds import Seed
 from .table import Needs, Rule, RuleTable, Step
@@ -250,7 +251,7 @@ class Engine:
                 result = r
                 continue
             rule = plan.rules[op.name]
-            contributions = _in_op_layout(op, rule(Step(op, _channels_first(op, r), record, x, total)))
+            contributions = _in_op_layout(op, rule(Step(op, channels_first(r, op.channels_last), record, x, total)))
             parts = _carried_totals(contributions, total, rule.conserves) if total is not None else [None] * len(contributions)
             for inp, contribution, part in zip(op.inputs, contributions, parts):
                 if contribution is None:
@@ -286,13 +287,8 @@ def _carried_totals(contributions: Sequence[Tensor | None], total: Tensor, conse
     return [None if s is None else s + missing * m for s, m in zip(sums, masses)]
 
 
-def _channels_first(op: Op, t: Tensor) -> Tensor:
-    """A channels-last op's tensor (N, H, W, C) as the (N, C, H, W) its rule sees; others unchanged."""
-    return t.permute(0, 3, 1, 2).contiguous() if op.channels_last else t
-
-
 def _in_op_layout(op: Op, relevances: Sequence[Tensor | None]) -> list[Tensor | None]:
     """A rule's (N, C, H, W) input relevances back in the op's own layout (N, H, W, C) if it is channels-last."""
     if not op.channels_last:
         return list(relevances)
-    return [None if r is None else r.permute(0, 2, 3, 1).contiguous() for r in relevances]
+    return [None if r is None else in_layout(r, True) for r in relevances]
