@@ -155,7 +155,8 @@ class HostileSeed(FeatureMapSeed):
         self.hostile = checked
 
     def relevance(self, record: ForwardRecord, targets: Tensor, graph: ModelGraph, display: str) -> Tensor:
-        if record.seed.dim() == 4 and channels_first(record.seed, record.seed_channels_last)[0, 0].numel() == 1:
+        spatial = record.seed.shape[1:3] if record.seed_channels_last else record.seed.shape[2:]
+        if record.seed.dim() == 4 and spatial.numel() == 1:
             raise InputError(
                 f"the hostile seed contrasts the positions of the seed layer's map, and '{display}' gives a 1×1 map "
                 "for this input, where the contrast is 0 by construction; use a larger input or an earlier seed_layer."

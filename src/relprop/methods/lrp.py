@@ -90,9 +90,7 @@ _PASS_THROUGH = PassThrough()
 
 def _takes_layer_norm_rule(op: Op) -> bool:
     """A LayerNorm whose input is not a channels-last map (in a classifier head: a feature vector (N, features))."""
-    if op.layer_norm is None or not op.inputs:
-        return False
-    return not op.channels_last
+    return op.layer_norm is not None and not op.channels_last
 
 
 OVERFLOW = "Explain in float64 (model.double(), x.double())."
